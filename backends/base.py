@@ -1,0 +1,232 @@
+"""The one interface every model backend implements.
+
+A backend owns the model math only: forward, backward, the optimizer update and a KV-cached
+generation session. Everything else (data, schedules, checkpoints, sampling policy) lives in
+``minigpt_tui`` and talks to a backend through this ABC with plain NumPy arrays, so backends are
+interchangeable and can be checked against each other.
+
+Weights cross the interface under canonical names (see ``canonical_shapes``). Linear weights use
+the ``(out_features, in_features)`` layout of ``torch.nn.Linear``; a layer computes ``x @ W.T + b``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+POS_ENCODINGS = ("learned", "sinusoidal")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the network; everything a backend needs to build it."""
+
+    vocab_size: int
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    pos_encoding: str = "learned"
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and clipping settings; the learning rate is passed per step (it follows a schedule)."""
+
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # mean loss over the micro-batches of this step
+    grad_norm: float  # global L2 norm of the gradient before clipping
+
+
+def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter, in the order backends should iterate them."""
+    C, V = config.n_embd, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C)}
+    if config.pos_encoding == "learned":
+        shapes["wpe.weight"] = (config.block_size, C)
+
+    def add_linear(name: str, n_out: int, n_in: int) -> None:
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if config.bias:
+            shapes[f"{name}.bias"] = (n_out,)
+
+    def add_layernorm(name: str) -> None:
+        shapes[f"{name}.weight"] = (C,)
+        if config.bias:
+            shapes[f"{name}.bias"] = (C,)
+
+    for i in range(config.n_layer):
+        add_layernorm(f"h.{i}.ln_1")
+        add_linear(f"h.{i}.attn.c_attn", 3 * C, C)
+        add_linear(f"h.{i}.attn.c_proj", C, C)
+        add_layernorm(f"h.{i}.ln_2")
+        add_linear(f"h.{i}.mlp.c_fc", 4 * C, C)
+        add_linear(f"h.{i}.mlp.c_proj", C, 4 * C)
+    add_layernorm("ln_f")
+    if not config.tie_weights:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """GPT-2 initialisation drawn in NumPy so every backend can start from identical weights.
+
+    Matrices ~ N(0, 0.02); residual projections (``c_proj``) are scaled by 1/sqrt(2 * n_layer)
+    because each block adds two of them to the residual stream; LayerNorm gains 1, biases 0.
+    """
+    rng = np.random.default_rng(seed)
+    residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+    weights = {}
+    for name, shape in canonical_shapes(config).items():
+        if name.endswith(".bias"):
+            weights[name] = np.zeros(shape, np.float32)
+        elif len(shape) == 1:
+            weights[name] = np.ones(shape, np.float32)
+        else:
+            std = residual_std if name.endswith("c_proj.weight") else 0.02
+            weights[name] = rng.normal(0.0, std, size=shape).astype(np.float32)
+    return weights
+
+
+def sinusoidal_positions(n_positions: int, n_embd: int) -> np.ndarray:
+    """Fixed encodings of "Attention is all you need": sin on even channels, cos on odd ones."""
+    position = np.arange(n_positions, dtype=np.float64)[:, None]
+    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, n_embd, 2, dtype=np.float64) / n_embd)
+    table = np.zeros((n_positions, n_embd), np.float64)
+    table[:, 0::2] = np.sin(position * inv_freq)
+    table[:, 1::2] = np.cos(position * inv_freq[: n_embd // 2])
+    return table.astype(np.float32)
+
+
+def is_decayed(name: str, shape: tuple[int, ...]) -> bool:
+    """Weight decay applies to matrices (embeddings and linear weights), not to gains and biases."""
+    return len(shape) >= 2
+
+
+class GenerationSession(ABC):
+    """Incremental decoding with a KV cache.
+
+    ``feed`` appends tokens to the context and returns the logits for the token after the last one.
+    The session keeps at most ``block_size`` positions: when the context would overflow, it keeps the
+    most recent half of the tokens and rebuilds the cache from them (absolute positions make shifting
+    a cache impossible), so the amortised cost per token stays O(block_size).
+    """
+
+    @abstractmethod
+    def feed(self, tokens: list[int]) -> np.ndarray:
+        """Append ``tokens`` (at least one) and return float32 logits of shape (vocab_size,)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the context."""
+
+
+class Backend(ABC):
+    """A trainable GPT. Subclasses register under the ``minigpt.backends`` entry-point group."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, np.ndarray],
+        optim: OptimConfig,
+        *,
+        device: str | None = None,
+        seed: int = 0,
+        compile: bool = False,
+        dtype: str = "float32",
+    ) -> None:
+        """Build the model from ``config`` and canonical ``weights``; ``seed`` seeds dropout."""
+
+    @property
+    @abstractmethod
+    def device(self) -> str:
+        """Where the math runs, e.g. ``cpu``, ``cuda:0``, ``numpy``."""
+
+    @abstractmethod
+    def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        """One optimizer step: accumulate gradients over ``micro_batches`` of (inputs, targets), int64
+        arrays of shape (B, T), averaged; clip the global norm; AdamW update with learning rate ``lr``."""
+
+    @abstractmethod
+    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:
+        """Mean next-token cross-entropy (nats) of (B, T) targets, without dropout or gradients."""
+
+    @abstractmethod
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """Float32 logits of shape (B, T, vocab_size), without dropout."""
+
+    @abstractmethod
+    def generation_session(self) -> GenerationSession:
+        """A fresh KV-cached decoding session over the current weights."""
+
+    @abstractmethod
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Current parameters as float32 arrays under canonical names."""
+
+    @abstractmethod
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Replace all parameters; names and shapes must match ``canonical_shapes``."""
+
+    @abstractmethod
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        """AdamW moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` arrays plus ``step`` (shape ())."""
+
+    @abstractmethod
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``get_optimizer_state`` returned (possibly from another backend)."""
+
+    @abstractmethod
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """State of the dropout random generator, as arrays (saved in checkpoints)."""
+
+    @abstractmethod
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a state from ``get_rng_state`` of the same backend; ignore another backend's."""
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(shape)) for shape in canonical_shapes(self.config).values())
+
+    config: ModelConfig
+
+
+def check_weights(config: ModelConfig, weights: dict[str, np.ndarray]) -> None:
+    """Raise ValueError naming the first missing, unexpected or misshapen parameter."""
+    expected = canonical_shapes(config)
+    missing = expected.keys() - weights.keys()
+    extra = weights.keys() - expected.keys()
+    if missing or extra:
+        raise ValueError(f"weights do not match the config: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise ValueError(f"weight {name} has shape {tuple(weights[name].shape)}, expected {shape}")

@@ -1,0 +1,217 @@
+"""PyTorch backend: CUDA (bf16 autocast, TF32, fused AdamW), MPS or CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from backends.base import (
+    Backend,
+    GenerationSession,
+    ModelConfig,
+    OptimConfig,
+    StepResult,
+    canonical_shapes,
+    check_weights,
+    is_decayed,
+)
+from backends.torch_model import GPT, Decoder, KVCache
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """``auto`` picks cuda > mps > cpu; an explicit device that is not there is a ValueError."""
+    if requested in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = requested.split(":")[0]
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"unknown device {requested!r} (use auto, cpu, cuda, cuda:N or mps)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but CUDA is not available here")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available here")
+    return torch.device(requested)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, np.ndarray],
+        optim: OptimConfig,
+        *,
+        device: str | None = None,
+        seed: int = 0,
+        compile: bool = False,
+        dtype: str = "float32",
+    ) -> None:
+        check_weights(config, weights)
+        self.config = config
+        self.optim_config = optim
+        self._device = resolve_device(device)
+        self._dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        is_cuda = self._device.type == "cuda"
+        if is_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # bf16 autocast on CUDA only; the parameters and AdamW moments stay in full precision
+        self._autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if is_cuda else contextlib.nullcontext()
+        )
+        self.generator = torch.Generator(device=self._device)
+        self.generator.manual_seed(seed)
+        self.model = GPT(config).to(self._device, self._dtype)
+        self.set_weights(weights)
+        self.params = dict(self.model.named_parameters())
+        shapes = canonical_shapes(config)
+        groups = [
+            {"params": [p for n, p in self.params.items() if is_decayed(n, shapes[n])], "weight_decay": optim.weight_decay},
+            {"params": [p for n, p in self.params.items() if not is_decayed(n, shapes[n])], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None
+        )
+        # the compiled wrapper is used for training only; weights are read from the plain module
+        self._train_forward = torch.compile(self.model) if compile else self.model
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self._device)
+
+    def _loss(self, model, inputs: np.ndarray, targets: np.ndarray) -> torch.Tensor:
+        with self._autocast:
+            logits = model(self._tensor(inputs))
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), self._tensor(targets).view(-1))
+
+    def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        self.model.train()
+        with _dropout_rng(self.generator, self._device):
+            total = 0.0
+            for inputs, targets in micro_batches:
+                loss = self._loss(self._train_forward, inputs, targets) / len(micro_batches)
+                loss.backward()
+                total += loss.item()
+        clip = self.optim_config.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=total, grad_norm=float(norm))
+
+    @torch.inference_mode()
+    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:
+        self.model.eval()
+        return float(self._loss(self.model, inputs, targets))
+
+    @torch.inference_mode()
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        with self._autocast:
+            out = self.model(self._tensor(inputs))
+        return out.float().cpu().numpy()
+
+    def generation_session(self) -> GenerationSession:
+        return TorchGenerationSession(self)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: p.detach().float().cpu().numpy() for n, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        check_weights(self.config, weights)
+        for name, param in self.model.named_parameters():
+            param.copy_(torch.from_numpy(np.asarray(weights[name])))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        state: dict[str, np.ndarray] = {"step": np.array(0.0, np.float64)}
+        for name, param in self.params.items():
+            entry = self.optimizer.state.get(param)
+            if not entry:
+                continue
+            state["step"] = np.array(float(entry["step"]), np.float64)
+            state[f"exp_avg.{name}"] = entry["exp_avg"].float().cpu().numpy()
+            state[f"exp_avg_sq.{name}"] = entry["exp_avg_sq"].float().cpu().numpy()
+        return state
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        step = float(state["step"])
+        if step == 0:
+            return
+        for name, param in self.params.items():
+            self.optimizer.state[param] = {
+                # fused/capturable AdamW keeps step on the device; the default keeps it on the CPU
+                "step": torch.tensor(step, dtype=torch.float32, device=self._device if self._device.type == "cuda" else "cpu"),
+                "exp_avg": torch.from_numpy(np.asarray(state[f"exp_avg.{name}"])).to(self._device, self._dtype),
+                "exp_avg_sq": torch.from_numpy(np.asarray(state[f"exp_avg_sq.{name}"])).to(self._device, self._dtype),
+            }
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        return {"torch_generator": self.generator.get_state().numpy()}
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        if "torch_generator" in state:
+            self.generator.set_state(torch.from_numpy(np.asarray(state["torch_generator"], np.uint8)))
+
+
+@contextlib.contextmanager
+def _dropout_rng(generator: torch.Generator, device: torch.device):
+    """Run dropout from the backend's own generator so a checkpoint can restore it exactly."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(generator.get_state(), device)
+        else:
+            torch.set_rng_state(generator.get_state())
+        yield
+        state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+        generator.set_state(state)
+
+
+class TorchGenerationSession(GenerationSession):
+    def __init__(self, backend: TorchBackend) -> None:
+        self.backend = backend
+        self.model = backend.model
+        self.block_size = backend.config.block_size
+        self.decoder = Decoder(self.model)
+        self.tokens: list[int] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens = []
+        self.cache = KVCache(self.backend.config, 1, self.backend._device, self.backend._dtype)
+
+    @torch.inference_mode()
+    def feed(self, tokens: list[int]) -> np.ndarray:
+        if not tokens:
+            raise ValueError("feed needs at least one token")
+        if self.model.training:
+            self.model.eval()
+        self.tokens.extend(tokens)
+        if self.cache.length + len(tokens) > self.block_size:
+            # keep the recent half (or the whole block when one feed overflows it) and rebuild
+            keep = self.tokens[-max(self.block_size // 2, min(len(tokens), self.block_size)) :]
+            self.tokens = list(keep)
+            self.cache.length = 0
+            tokens = keep
+        with self.backend._autocast:
+            if len(tokens) == 1 and self.cache.length > 0:
+                logits = self.decoder(self.cache, tokens[0])
+            else:
+                idx = torch.tensor([tokens], dtype=torch.long, device=self.backend._device)
+                logits = self.model(idx, self.cache)[0, -1]
+                self.cache.commit()
+        return logits.float().cpu().numpy()

@@ -1,0 +1,178 @@
+"""The GPT as a torch.nn.Module (nanoGPT layout), with an optional KV cache for decoding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from backends.base import ModelConfig, sinusoidal_positions
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's own cannot drop just the bias)."""
+
+    def __init__(self, ndim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        # (B, T, 3C) -> three (B, nh, T, hs): heads become a batch dimension
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
+        else:
+            k, v = cache.append(layer, k, v)
+            # a single new query sees every cached key; a prompt of T > 1 needs the causal mask,
+            # offset so that query i sees keys up to (past + i)
+            mask = None if T == 1 else cache.mask(T, k.shape[2], x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU; the NumPy backend uses the same
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN: normalise the input of each sub-layer, keep the residual stream un-normalised."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos_encoding == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            # sinusoids are defined for any position: keep a table 4x the context for long prompts
+            table = torch.from_numpy(sinusoidal_positions(4 * config.block_size, config.n_embd))
+            self.register_buffer("sinusoids", table, persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        if not config.tie_weights:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        if self.config.pos_encoding == "learned":
+            return self.wpe(torch.arange(start, start + length, device=device))
+        return self.sinusoids[start : start + length]
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits."""
+        start = cache.length if cache is not None else 0
+        x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1], idx.device))
+        for layer, block in enumerate(self.h):
+            x = block(x, cache, layer)
+        x = self.ln_f(x)
+        head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
+        return F.linear(x, head)
+
+
+class KVCache:
+    """Preallocated keys and values, (n_layer, B, nh, block_size, hs), filled left to right."""
+
+    def __init__(self, config: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype) -> None:
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, config.block_size, hs)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # positions committed by earlier forwards
+        self._pending = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        self._pending = k.shape[2]
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def commit(self) -> None:
+        self.length += self._pending
+        self._pending = 0
+
+    def mask(self, n_new: int, n_total: int, device: torch.device) -> torch.Tensor:
+        rows = torch.arange(n_new, device=device)[:, None] + (n_total - n_new)
+        return torch.arange(n_total, device=device)[None, :] <= rows
+
+
+
+class Decoder:
+    """Logits for one new token at a time, batch 1, over a model's KV cache.
+
+    The same math as ``GPT.forward`` written with bare functional calls on tensors gathered once:
+    for a single token, per-module Python overhead, not arithmetic, is what costs time on a CPU.
+    Parameters are updated in place by the optimizer, so the gathered references stay current.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        self.model = model
+        self.layers = [
+            (b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
+             b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias,
+             b.mlp.c_proj.weight, b.mlp.c_proj.bias)
+            for b in model.h
+        ]
+        config = model.config
+        self.head = model.wte.weight if config.tie_weights else model.lm_head.weight
+        self.n_embd, self.n_head = config.n_embd, config.n_head
+
+    def __call__(self, cache: KVCache, token: int) -> torch.Tensor:
+        model, pos = self.model, cache.length
+        C, nh = self.n_embd, self.n_head
+        hs = C // nh
+        x = (model.wte.weight[token] + model.positions(pos, 1, self.head.device)[0])[None]  # (1, C)
+        for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b) in enumerate(self.layers):
+            h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
+            q, k, v = F.linear(h, attn_w, attn_b).view(3, nh, hs)
+            cache.keys[layer, 0, :, pos] = k
+            cache.values[layer, 0, :, pos] = v
+            keys, values = cache.keys[layer, 0, :, : pos + 1], cache.values[layer, 0, :, : pos + 1]
+            scores = torch.bmm(q[:, None], keys.transpose(1, 2)) * hs**-0.5  # (nh, 1, pos+1)
+            y = torch.bmm(scores.softmax(-1), values).view(1, C)
+            x = x + F.linear(y, proj_w, proj_b)
+            h = F.gelu(F.linear(F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5), fc_w, fc_b), approximate="tanh")
+            x = x + F.linear(h, fc2_w, fc2_b)
+        x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias, 1e-5)
+        cache.length += 1
+        return F.linear(x, self.head)[0]

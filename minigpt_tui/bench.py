@@ -1,0 +1,86 @@
+"""Throughput benchmark: training and generation tokens/s per backend, FLOPs/token and MFU."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from backends.base import init_weights
+from minigpt_tui.config import TrainConfig
+from minigpt_tui.metrics import flops_per_token
+from minigpt_tui.runs import build_backend
+from minigpt_tui.sampling import SamplingParams, generate, generate_nocache
+
+BENCH_VOCAB = 65  # tiny Shakespeare's character vocabulary
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    backend: str
+    device: str
+    train_tokens_per_s: float
+    train_ms_per_iter: float
+    generate_tokens_per_s: float
+    generate_tokens_per_s_nocache: float
+    flops_per_token: float
+    mfu: float  # achieved training FLOP/s over the measured matmul peak of this machine
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def matmul_peak_flops(backend_name: str, size: int = 1024, seconds: float = 0.5) -> float:
+    """Measured float32 matmul FLOP/s of the library a backend computes with."""
+    if backend_name == "torch":
+        import torch
+
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        matmul = torch.mm
+    else:
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((size, size), np.float32), rng.standard_normal((size, size), np.float32)
+        matmul = np.matmul
+    matmul(a, b)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        matmul(a, b)
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_tokens: int = 500,
+                  nocache_tokens: int = 100, device: str | None = None) -> BenchResult:
+    model_config = config.model_config(BENCH_VOCAB)
+    backend = build_backend(config, BENCH_VOCAB, init_weights(model_config, config.seed), backend=name, device=device)
+    rng = np.random.default_rng(0)
+
+    def batch():
+        x = rng.integers(0, BENCH_VOCAB, (config.batch_size, config.block_size + 1))
+        return x[:, :-1], x[:, 1:]
+
+    batches = [[batch() for _ in range(config.grad_accum_steps)] for _ in range(train_iters + 3)]
+    for micro in batches[:3]:  # warm-up: allocations, kernels, compilation
+        backend.train_step(micro, config.learning_rate)
+    start = time.perf_counter()
+    for micro in batches[3:]:
+        backend.train_step(micro, config.learning_rate)
+    per_iter = (time.perf_counter() - start) / train_iters
+    train_tps = config.tokens_per_step / per_iter
+
+    params = SamplingParams(temperature=1.0)
+    for _ in generate(backend, [0], 20, params, seed=0):
+        pass
+    start = time.perf_counter()
+    for _ in generate(backend, [0], gen_tokens, params, seed=0):
+        pass
+    gen_tps = gen_tokens / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in generate_nocache(backend, [0] * config.block_size, nocache_tokens, params, seed=0):
+        pass
+    nocache_tps = nocache_tokens / (time.perf_counter() - start)
+
+    fpt = flops_per_token(model_config)
+    mfu = train_tps * fpt / matmul_peak_flops(name)
+    return BenchResult(name, backend.device, train_tps, per_iter * 1000, gen_tps, nocache_tps, fpt, mfu)

@@ -1,0 +1,219 @@
+"""``minigpt``: the command-line shell over the core (train, sample, eval, bench).
+
+Heavy modules (torch, the trainer) are imported inside commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from minigpt_tui.config import PRESETS, TrainConfig, field_names, field_type
+from minigpt_tui.datasets import DATASETS
+from minigpt_tui.errors import MiniGPTError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class FriendlyGroup(click.Group):
+    """Turns a MiniGPTError anywhere below into ``error: <message>`` and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MiniGPTError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+
+def config_options(command):
+    """One ``--kebab-case`` option per TrainConfig field, all defaulting to "not given"."""
+    for name in reversed(field_names()):
+        flag = name.replace("_", "-")
+        kind = field_type(name)
+        if kind is bool:
+            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=f"Set {name}.")
+        else:
+            option = click.option(f"--{flag}", name, type=kind, default=None, help=f"Set {name}.")
+        command = option(command)
+    return command
+
+
+data_option = click.option("--data", type=click.Path(path_type=Path), help="A UTF-8 text file or a folder of .txt files.")
+dataset_option = click.option("--dataset", type=click.Choice(DATASETS), help="A named corpus.")
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="minigpt")
+def main() -> None:
+    """Train, watch and sample a small GPT."""
+
+
+@main.command()
+@click.option("--headless", is_flag=True, help="Train without the TUI: a progress bar or plain log lines.")
+@data_option
+@dataset_option
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Start from a preset (default: baby).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="A TOML file of config fields.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<timestamp>).")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
+@config_options
+def train(headless: bool, data: Path | None, dataset: str | None, preset: str | None, config_file: Path | None,
+          out: Path | None, resume: Path | None, **kwargs) -> None:
+    """Train a model (headless), or resume one with --resume RUN_DIR."""
+    from minigpt_tui.config import build_config, load_toml
+    from minigpt_tui.corpus import corpus_for_run, resolve_corpus
+    from minigpt_tui.runs import default_run_dir, open_run
+    from minigpt_tui.trainer import new_training, resume_training
+
+    overrides = {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
+    if not headless:
+        raise MiniGPTError("the interactive trainer is `minigpt-tui`; add --headless to train here")
+    if resume is not None:
+        if preset or config_file or out:
+            raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out")
+        corpus = corpus_for_run(open_run(resume), data, dataset)
+        trainer = resume_training(resume, corpus, overrides)
+    else:
+        file_values = load_toml(config_file) if config_file else None
+        config = build_config(preset or "baby", file_values, overrides)
+        corpus, note = resolve_corpus(data, dataset)
+        if note:
+            click.echo(note, err=True)
+        trainer = new_training(config, corpus, out or default_run_dir())
+    run_headless(trainer)
+
+
+def run_headless(trainer) -> None:
+    from minigpt_tui.progress import attach_progress
+
+    def stop(signum, frame):
+        trainer.request_stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    c = trainer.config
+    click.echo(
+        f"run {trainer.run_dir.path}: {trainer.backend.name} on {trainer.backend.device}, "
+        f"{trainer.backend.num_parameters() / 1e6:.2f}M parameters, "
+        f"{c.tokens_per_step} tokens/step, steps {trainer.step} -> {c.max_iters}",
+        err=True,
+    )
+    try:
+        with attach_progress(trainer, sys.stdout.isatty()):
+            done = trainer.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo(done.message, err=done.reason != "finished")
+    if done.reason == "stopped":
+        sys.exit(EXIT_INTERRUPTED)
+    if done.reason == "diverged":
+        sys.exit(1)
+
+
+def checkpoint_choice():
+    return click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True,
+                        help="Which checkpoint of the run to load.")
+
+
+backend_option = click.option("--backend", default=None, help="Backend that loads the run (default: the run's).")
+device_option = click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", default="\n", show_default=True, help="Text to continue.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=int, default=None, help="Keep the k most likely tokens.")
+@click.option("--top-p", type=float, default=None, help="Keep the smallest set with probability >= p.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@checkpoint_choice()
+@backend_option
+@device_option
+def sample(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None, checkpoint: str, backend: str | None, device: str | None) -> None:
+    """Stream a sample from a trained run."""
+    from minigpt_tui.runs import load_model, open_run
+    from minigpt_tui.sampling import SamplingParams, generate_text
+
+    params = SamplingParams(temperature, top_k, top_p)
+    run = open_run(run_dir)
+    run.tokenizer.encode(prompt)  # unknown characters fail before the model loads
+    model, _ = load_model(run, which=checkpoint, backend=backend, device=device)
+    click.echo(prompt, nl=False)
+    for piece in generate_text(model, run.tokenizer, prompt, max_new_tokens, params, seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    click.echo()
+
+
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@data_option
+@dataset_option
+@checkpoint_choice()
+@backend_option
+@device_option
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
+def eval_command(run_dir: Path, data: Path | None, dataset: str | None, checkpoint: str, backend: str | None,
+                 device: str | None, json_path: Path | None) -> None:
+    """Loss, perplexity and bits/char over the whole validation split."""
+    from minigpt_tui.corpus import corpus_for_run
+    from minigpt_tui.evaluation import evaluate_tokens
+    from minigpt_tui.runs import load_model, open_run
+    from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.trainer import tokenize_corpus
+
+    run = open_run(run_dir)
+    tokens = tokenize_corpus(run, corpus_for_run(run, data, dataset).text)
+    model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
+    score = evaluate_tokens(model, tokens.val, run.tokens_per_char)
+    step = ckpt.state.get("step", "?")
+    click.echo(f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
+               f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens")
+    if json_path:
+        atomic_write_text(json_path, json.dumps({"step": step, "checkpoint": checkpoint, "backend": model.name,
+                                                 "val_loss": score.loss, "val_perplexity": score.perplexity,
+                                                 "val_bpc": score.bits_per_char, "tokens": score.tokens}, indent=1))
+
+
+@main.command()
+@click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, help="Repeat to compare.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
+@click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
+@device_option
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+def bench(backends: tuple[str, ...], preset: str, iters: int, gen_tokens: int, device: str | None,
+          threads: int | None, json_path: Path | None) -> None:
+    """Training and generation tokens/s, FLOPs/token and MFU per backend."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from minigpt_tui.bench import bench_backend
+    from minigpt_tui.config import preset as load_preset
+    from minigpt_tui.storage import atomic_write_text
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    config: TrainConfig = load_preset(preset)
+    results = [bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device) for name in backends]
+    table = Table(title=f"minigpt bench: preset {preset}")
+    for column in ("backend", "device", "train tok/s", "ms/iter", "gen tok/s (KV cache)", "gen tok/s (no cache)", "FLOPs/token", "MFU"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(r.backend, r.device, f"{r.train_tokens_per_s:,.0f}", f"{r.train_ms_per_iter:.1f}",
+                      f"{r.generate_tokens_per_s:,.0f}", f"{r.generate_tokens_per_s_nocache:,.0f}",
+                      f"{r.flops_per_token / 1e6:.2f}M", f"{r.mfu:.1%}")
+    Console().print(table)
+    if json_path:
+        atomic_write_text(json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1))

@@ -1,0 +1,32 @@
+"""Choosing the text a command works on: --data, --dataset, the run's own source, or the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minigpt_tui.data import read_corpus
+from minigpt_tui.datasets import Corpus, default_corpus, load_dataset, python_docs_text
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.runs import Run
+
+
+def resolve_corpus(data: Path | None, dataset: str | None) -> tuple[Corpus, str | None]:
+    """The corpus, and a note for the user when the default was chosen for them."""
+    if data is not None and dataset is not None:
+        raise MiniGPTError("give --data or --dataset, not both")
+    if data is not None:
+        return read_corpus(data), None
+    if dataset is not None:
+        return load_dataset(dataset), None
+    return default_corpus()
+
+
+def corpus_for_run(run: Run, data: Path | None, dataset: str | None) -> Corpus:
+    """The text a run was trained on, unless --data/--dataset names another."""
+    if data is not None or dataset is not None:
+        return resolve_corpus(data, dataset)[0]
+    if run.data_source.startswith("python-docs"):
+        return Corpus(python_docs_text(), run.data_source)
+    if Path(run.data_source).exists():
+        return read_corpus(Path(run.data_source))
+    raise MiniGPTError(f"the run's corpus {run.data_source} is gone; pass --data PATH or --dataset NAME")

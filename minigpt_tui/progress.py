@@ -1,0 +1,65 @@
+"""Headless progress: a rich bar on a terminal, plain periodic lines otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from minigpt_tui.events import EvalEvent, Event, StepEvent
+
+
+def format_eval(event: EvalEvent) -> str:
+    best = " (best)" if event.is_best else ""
+    return (f"eval step {event.step}: train loss {event.train_loss:.4f}, val loss {event.val_loss:.4f}, "
+            f"val ppl {event.val_perplexity:.2f}, val bits/char {event.val_bits_per_char:.3f}{best}")
+
+
+@contextlib.contextmanager
+def attach_progress(trainer, is_terminal: bool):
+    if is_terminal:
+        with _rich_progress(trainer):
+            yield
+        return
+    log_interval = trainer.config.log_interval
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, StepEvent) and (event.step % log_interval == 0 or event.step == event.max_iters):
+            print(f"step {event.step}/{event.max_iters}: loss {event.loss:.4f}, lr {event.lr:.2e}, "
+                  f"{event.tokens_per_s:,.0f} tokens/s", flush=True)
+        elif isinstance(event, EvalEvent):
+            print(format_eval(event), flush=True)
+
+    trainer.callbacks.append(on_event)
+    try:
+        yield
+    finally:
+        trainer.callbacks.remove(on_event)
+
+
+@contextlib.contextmanager
+def _rich_progress(trainer):
+    progress = Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        transient=False,
+    )
+    task = progress.add_task("train", total=trainer.config.max_iters, completed=trainer.step,
+                             loss="-", val="-", tps="-")
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, StepEvent):
+            progress.update(task, completed=event.step, loss=f"{event.loss:.4f}", tps=f"{event.tokens_per_s:,.0f}")
+        elif isinstance(event, EvalEvent):
+            progress.update(task, val=f"{event.val_loss:.4f}")
+            progress.console.print(format_eval(event))
+
+    trainer.callbacks.append(on_event)
+    with progress:
+        try:
+            yield
+        finally:
+            trainer.callbacks.remove(on_event)
+            sys.stdout.flush()

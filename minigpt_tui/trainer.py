@@ -1,0 +1,208 @@
+"""The training loop, backend-agnostic: batches in, events out.
+
+``prepare_training`` turns a config and a corpus (or a run folder to resume) into a ``Trainer``;
+``Trainer.run`` trains until ``max_iters``, a stop request, or a non-finite loss, evaluating and
+checkpointing on the way. The CLI and the TUI both drive exactly this.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import Backend, init_weights
+from minigpt_tui.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from minigpt_tui.config import TrainConfig
+from minigpt_tui.data import BatchSampler, TokenData, split_text
+from minigpt_tui.datasets import Corpus
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.metrics import bits_per_char, perplexity
+from minigpt_tui.runs import MetricsWriter, Run, build_backend, create_run, open_run
+from minigpt_tui.schedule import learning_rate
+from minigpt_tui.tokenizer import build_tokenizer
+
+# fields that change the network's shape: a resumed run cannot change them
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "tie_weights", "tokenizer", "vocab_size")
+
+
+@dataclass
+class Samplers:
+    train: BatchSampler
+    eval_train: BatchSampler
+    eval_val: BatchSampler
+
+    def get_state(self) -> dict:
+        return {name: getattr(self, name).get_state() for name in ("train", "eval_train", "eval_val")}
+
+    def set_state(self, state: dict) -> None:
+        for name, value in state.items():
+            getattr(self, name).set_state(value)
+
+
+class Trainer:
+    def __init__(self, run: Run, backend: Backend, data: TokenData, *, start_step: int = 0,
+                 best_val_loss: float = math.inf, sampler_state: dict | None = None) -> None:
+        self.run_dir = run
+        self.config = run.config
+        self.backend = backend
+        self.data = data
+        self.step = start_step
+        self.best_val_loss = best_val_loss
+        self.callbacks: list[Callable[[Event], None]] = []
+        c = self.config
+        self.samplers = Samplers(
+            BatchSampler(data.train, c.batch_size, c.block_size, c.seed),
+            BatchSampler(data.train, c.batch_size, c.block_size, c.seed + 1),
+            BatchSampler(data.val, c.batch_size, c.block_size, c.seed + 2),
+        )
+        if sampler_state:
+            self.samplers.set_state(sampler_state)
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self.last_eval: EvalEvent | None = None
+
+    # control, safe to call from another thread or a signal handler
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def emit(self, event: Event) -> None:
+        for callback in self.callbacks:
+            callback(event)
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        return learning_rate(step, max_lr=c.learning_rate, min_lr=c.min_lr, warmup_iters=c.warmup_iters, decay_iters=c.decay_iters)
+
+    def estimate_loss(self) -> tuple[float, float]:
+        losses = []
+        for sampler in (self.samplers.eval_train, self.samplers.eval_val):
+            losses.append(float(np.mean([self.backend.eval_loss(*sampler.next()) for _ in range(self.config.eval_iters)])))
+        return losses[0], losses[1]
+
+    def evaluate(self, metrics: MetricsWriter) -> EvalEvent:
+        train_loss, val_loss = self.estimate_loss()
+        is_best = val_loss < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        tpc = self.run_dir.tokens_per_char
+        event = EvalEvent(self.step, train_loss, val_loss, perplexity(val_loss), bits_per_char(val_loss, tpc),
+                          bits_per_char(train_loss, tpc), self.best_val_loss, is_best)
+        metrics.write({"type": "eval", "step": self.step, "train_loss": train_loss, "val_loss": val_loss,
+                       "val_perplexity": event.val_perplexity, "val_bpc": event.val_bits_per_char,
+                       "train_bpc": event.train_bits_per_char, "time": time.time()})
+        self.last_eval = event
+        self.emit(event)
+        return event
+
+    def save(self, kind: str) -> None:
+        state = {"step": self.step, "best_val_loss": self.best_val_loss, "samplers": self.samplers.get_state(),
+                 "backend": self.backend.name}
+        optimizer = {**self.backend.get_optimizer_state(), **{f"rng.{k}": v for k, v in self.backend.get_rng_state().items()}}
+        folder = self.run_dir.checkpoint_dir(kind)
+        save_checkpoint(folder, Checkpoint(self.backend.get_weights(), optimizer, state))
+        self.emit(CheckpointEvent(self.step, str(folder), kind))
+
+    def checkpoint_after_eval(self, event: EvalEvent) -> None:
+        self.save("latest")
+        if event.is_best:
+            self.save("best")
+
+    def run(self) -> DoneEvent:
+        c = self.config
+        metrics = MetricsWriter(self.run_dir.metrics_path, truncate_after_step=self.step)
+        started = time.perf_counter()
+        interval_start, interval_steps = time.perf_counter(), 0
+        tokens_per_s = 0.0
+        try:
+            if self.step == 0:
+                self.checkpoint_after_eval(self.evaluate(metrics))
+            while self.step < c.max_iters:
+                self._running.wait()
+                if self._stop.is_set():
+                    self.save("latest")
+                    return self._done("stopped", f"stopped at step {self.step}; resume with: minigpt train --headless --resume {self.run_dir.path}")
+                lr = self.lr_at(self.step)
+                micro_batches = [self.samplers.train.next() for _ in range(c.grad_accum_steps)]
+                result = self.backend.train_step(micro_batches, lr)
+                if not math.isfinite(result.loss):
+                    return self._done("diverged", f"loss became {result.loss} at step {self.step + 1}; stopped, the last good checkpoint is kept (lower --learning-rate?)")
+                self.step += 1
+                interval_steps += 1
+                if self.step % c.log_interval == 0 or self.step == c.max_iters:
+                    now = time.perf_counter()
+                    tokens_per_s = interval_steps * c.tokens_per_step / max(now - interval_start, 1e-9)
+                    metrics.write({"type": "step", "step": self.step, "loss": result.loss, "lr": lr,
+                                   "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "time": time.time()})
+                self.emit(StepEvent(self.step, c.max_iters, result.loss, lr, result.grad_norm, tokens_per_s, time.perf_counter() - started))
+                if self.step % c.log_interval == 0:
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if self.step % c.eval_interval == 0 or self.step == c.max_iters:
+                    self.checkpoint_after_eval(self.evaluate(metrics))
+                    interval_start, interval_steps = time.perf_counter(), 0
+            return self._done("finished", f"finished {self.step} steps; best val loss {self.best_val_loss:.4f}")
+        finally:
+            metrics.close()
+
+    def _done(self, reason: str, message: str) -> DoneEvent:
+        event = DoneEvent(self.step, reason, message, self.best_val_loss)
+        self.emit(event)
+        return event
+
+
+def tokenize_corpus(run: Run, text: str) -> TokenData:
+    train_text, val_text = split_text(text)
+    return TokenData(run.tokenizer.encode_array(train_text), run.tokenizer.encode_array(val_text))
+
+
+def new_training(config: TrainConfig, corpus: Corpus, out: Path) -> Trainer:
+    """A fresh run in ``out``: tokenizer from the train split, initial weights from the seed."""
+    train_text, val_text = split_text(corpus.text)
+    tokenizer = build_tokenizer(config.tokenizer, train_text, config.vocab_size)
+    val_tokens = tokenizer.encode_array(val_text)
+    data = TokenData(tokenizer.encode_array(train_text), val_tokens)
+    data.check_fits(config.block_size)
+    model_config = config.model_config(tokenizer.vocab_size)
+    backend = build_backend(config, tokenizer.vocab_size, init_weights(model_config, config.seed))
+    run = create_run(out, config, tokenizer, corpus.source, len(val_tokens) / max(1, len(val_text)))
+    return Trainer(run, backend, data)
+
+
+def resume_training(run_dir: Path, corpus: Corpus, overrides: dict) -> Trainer:
+    """Continue a run from its latest checkpoint; ``overrides`` may extend max_iters, change backend..."""
+    run = open_run(run_dir)
+    changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != getattr(run.config, name)]
+    if changed:
+        raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
+    run.config = run.config.replace(**overrides)
+    run.write_config()
+    if not run.has_checkpoint("latest"):
+        raise MiniGPTError(f"run {run_dir} has no checkpoint to resume from")
+    checkpoint = load_checkpoint(run.checkpoint_dir("latest"))
+    data = tokenize_corpus(run, corpus.text)
+    data.check_fits(run.config.block_size)
+    backend = build_backend(run.config, run.tokenizer.vocab_size, checkpoint.weights)
+    optimizer = {k: v for k, v in checkpoint.optimizer.items() if not k.startswith("rng.")}
+    backend.set_optimizer_state(optimizer)
+    if checkpoint.state.get("backend") == backend.name:
+        backend.set_rng_state({k[4:]: v for k, v in checkpoint.optimizer.items() if k.startswith("rng.")})
+    state = checkpoint.state
+    return Trainer(run, backend, data, start_step=int(state["step"]), best_val_loss=float(state.get("best_val_loss", math.inf)),
+                   sampler_state=state.get("samplers"))
