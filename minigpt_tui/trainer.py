@@ -67,6 +67,8 @@ class Trainer:
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
+        # held around each optimizer step so another thread can copy consistent weights
+        self._weights_lock = threading.Lock()
         self.last_eval: EvalEvent | None = None
 
     # control, safe to call from another thread or a signal handler
@@ -83,6 +85,11 @@ class Trainer:
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    def snapshot_weights(self) -> dict[str, np.ndarray]:
+        """A private copy of the current weights (backends may hand out views of live parameters)."""
+        with self._weights_lock:
+            return {name: np.array(value, copy=True) for name, value in self.backend.get_weights().items()}
 
     def emit(self, event: Event) -> None:
         for callback in self.callbacks:
@@ -141,7 +148,8 @@ class Trainer:
                     return self._done("stopped", f"stopped at step {self.step}; resume with: minigpt train --headless --resume {self.run_dir.path}")
                 lr = self.lr_at(self.step)
                 micro_batches = [self.samplers.train.next() for _ in range(c.grad_accum_steps)]
-                result = self.backend.train_step(micro_batches, lr)
+                with self._weights_lock:
+                    result = self.backend.train_step(micro_batches, lr)
                 if not math.isfinite(result.loss):
                     return self._done("diverged", f"loss became {result.loss} at step {self.step + 1}; stopped, the last good checkpoint is kept (lower --learning-rate?)")
                 self.step += 1
