@@ -1,0 +1,127 @@
+"""Temperature ablation: how T trades coherence for diversity, measured on the model's own samples.
+
+Every temperature draws its samples with the same seeds (sample i uses ``seed + i``), so rows differ
+only in T. Each generated token is scored twice from the same logits: the distribution at T that
+it was drawn from (its entropy), and the model's own distribution at T=1 (its NLL, the coherence
+measure: how surprising the text is to the model that wrote it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from backends.base import Backend
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.sampling import SamplingParams, probabilities, sample_token
+from minigpt_tui.textmetrics import distinct_n, entropy, known_word_share, nll, repeated_ngram_rate, words
+from minigpt_tui.tokenizer import Tokenizer
+
+REPEAT_N = 3  # repeated word 3-grams within one sample: the signature of a loop
+
+
+@dataclass(frozen=True)
+class TemperatureRow:
+    temperature: float
+    samples: list[str]
+    mean_nll: float  # mean per-token NLL of the samples under the model at T=1, nats
+    distinct_1: float  # over words, pooled over the samples
+    distinct_2: float
+    distinct_3: float
+    repeated_ngram_rate: float  # word 3-grams repeated within a sample
+    known_word_share: float  # share of generated words found in the training text
+    mean_entropy: float  # mean entropy (nats) of the distribution each token was drawn from
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SampleTrace:
+    text: str
+    nlls: list[float]  # per generated token, under T=1
+    entropies: list[float]  # per generated token, of the sampling distribution
+
+
+def sample_with_scores(backend: Backend, tokenizer: Tokenizer, prompt_ids: list[int], length: int,
+                       params: SamplingParams, seed: int) -> SampleTrace:
+    """One sample of ``length`` tokens after the prompt, with the NLL and entropy of every token."""
+    rng = np.random.default_rng(seed)
+    unit = SamplingParams(temperature=1.0)
+    session = backend.generation_session()
+    logits = session.feed(prompt_ids[-backend.config.block_size :])
+    generated, nlls, entropies = [], [], []
+    for i in range(length):
+        token = sample_token(logits, params, rng)
+        entropies.append(entropy(probabilities(logits, params)))
+        nlls.append(nll(probabilities(logits, unit), token))
+        generated.append(token)
+        if i + 1 < length:
+            logits = session.feed([token])
+    return SampleTrace(tokenizer.decode(generated), nlls, entropies)
+
+
+def temperature_ablation(backend: Backend, tokenizer: Tokenizer, train_text: str, temperatures: list[float], *,
+                         samples: int, length: int, prompt: str = "\n", seed: int = 0,
+                         should_stop: Callable[[], bool] | None = None,
+                         on_progress: Callable[[int, int], None] | None = None) -> list[TemperatureRow]:
+    """One row per temperature, in the order given.
+
+    ``should_stop`` is polled before each sample; when it returns true, the rows finished so far are
+    returned (a cancelled ablation has fewer rows than temperatures). ``on_progress(done, total)``
+    is called after each sample.
+    """
+    if not temperatures:
+        raise MiniGPTError("give at least one temperature")
+    if samples < 1 or length < 1:
+        raise MiniGPTError(f"samples and length must be positive, got {samples} and {length}")
+    params = [SamplingParams(temperature=t) for t in temperatures]  # validates every T up front
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise MiniGPTError("the prompt is empty (give at least one character)")
+    vocabulary = set(words(train_text))
+    rows, total = [], len(temperatures) * samples
+    for t_index, p in enumerate(params):
+        traces = []
+        for i in range(samples):
+            if should_stop is not None and should_stop():
+                return rows
+            traces.append(sample_with_scores(backend, tokenizer, prompt_ids, length, p, seed + i))
+            if on_progress is not None:
+                on_progress(t_index * samples + i + 1, total)
+        rows.append(summarize(p.temperature, traces, vocabulary))
+    return rows
+
+
+def summarize(temperature: float, traces: list[SampleTrace], vocabulary: set[str]) -> TemperatureRow:
+    sample_words = [words(t.text) for t in traces]
+    all_words = [w for ws in sample_words for w in ws]
+    nlls = [x for t in traces for x in t.nlls]
+    entropies = [x for t in traces for x in t.entropies]
+    return TemperatureRow(
+        temperature=temperature,
+        samples=[t.text for t in traces],
+        mean_nll=float(np.mean(nlls)) if all(map(math.isfinite, nlls)) else math.inf,
+        distinct_1=distinct_n(sample_words, 1),
+        distinct_2=distinct_n(sample_words, 2),
+        distinct_3=distinct_n(sample_words, 3),
+        repeated_ngram_rate=repeated_ngram_rate(sample_words, REPEAT_N),
+        known_word_share=known_word_share(all_words, vocabulary),
+        mean_entropy=float(np.mean(entropies)),
+    )
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """``"0.5,1.0,1.5"`` -> [0.5, 1.0, 1.5]; MiniGPTError on anything else."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MiniGPTError(f"temperatures must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise MiniGPTError("give at least one temperature")
+    for value in values:
+        SamplingParams(temperature=value)
+    return values

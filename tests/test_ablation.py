@@ -1,0 +1,82 @@
+import math
+
+import pytest
+
+from minigpt_tui.ablation import SampleTrace, parse_temperatures, summarize, temperature_ablation
+from minigpt_tui.config import build_config
+from minigpt_tui.data import split_text
+from minigpt_tui.datasets import Corpus
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.runs import load_model, open_run
+from minigpt_tui.trainer import new_training
+
+TEXT = "to be or not to be, that is the question.\nwhether tis nobler in the mind to suffer.\n" * 40
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    config = build_config("tiny", overrides={"max_iters": 60, "eval_interval": 30, "eval_iters": 2, "device": "cpu"})
+    new_training(config, Corpus(TEXT, "test"), out).run()
+    run = open_run(out)
+    model, _ = load_model(run)
+    return run, model
+
+
+def test_temperature_ablation_rows_are_sane(tiny_run):
+    run, model = tiny_run
+    train_text, _ = split_text(TEXT)
+    rows = temperature_ablation(model, run.tokenizer, train_text, [0.5, 1.0, 1.5], samples=2, length=60, seed=3)
+    assert [r.temperature for r in rows] == [0.5, 1.0, 1.5]
+    for row in rows:
+        assert len(row.samples) == 2 and all(len(s) == 60 for s in row.samples)  # char tokenizer: 1 token = 1 char
+        assert 0 < row.mean_nll < math.log(run.tokenizer.vocab_size) + 5
+        assert 0 < row.mean_entropy <= math.log(run.tokenizer.vocab_size) + 1e-9
+        for value in (row.distinct_1, row.distinct_2, row.distinct_3, row.repeated_ngram_rate, row.known_word_share):
+            assert 0.0 <= value <= 1.0
+    # flattening the distribution raises its entropy; sampling from it makes the text less likely at T=1
+    assert rows[0].mean_entropy < rows[1].mean_entropy < rows[2].mean_entropy
+    assert rows[0].mean_nll < rows[2].mean_nll
+
+
+def test_same_seed_same_samples_and_greedy_has_zero_entropy(tiny_run):
+    run, model = tiny_run
+    a = temperature_ablation(model, run.tokenizer, TEXT, [0.8], samples=1, length=20, seed=5)
+    b = temperature_ablation(model, run.tokenizer, TEXT, [0.8], samples=1, length=20, seed=5)
+    assert a == b
+    greedy = temperature_ablation(model, run.tokenizer, TEXT, [0.0], samples=2, length=20, seed=5)[0]
+    assert greedy.mean_entropy == 0.0
+    assert greedy.samples[0] == greedy.samples[1]
+
+
+def test_should_stop_cancels_between_samples(tiny_run):
+    run, model = tiny_run
+    calls = []
+
+    def stop_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    rows = temperature_ablation(model, run.tokenizer, TEXT, [0.5, 1.0], samples=2, length=5, should_stop=stop_after_two)
+    assert [r.temperature for r in rows] == [0.5]
+
+
+def test_bad_input_is_a_minigpt_error(tiny_run):
+    run, model = tiny_run
+    with pytest.raises(MiniGPTError):
+        temperature_ablation(model, run.tokenizer, TEXT, [-1.0], samples=1, length=5)
+    with pytest.raises(MiniGPTError):
+        temperature_ablation(model, run.tokenizer, TEXT, [1.0], samples=1, length=5, prompt="Z")
+    with pytest.raises(MiniGPTError):
+        parse_temperatures("0.5,hot")
+    assert parse_temperatures("0.5, 1,1.5") == [0.5, 1.0, 1.5]
+
+
+def test_summarize_by_hand():
+    traces = [SampleTrace("the cat the cat the", [1.0, 2.0], [0.5, 0.5]), SampleTrace("dog zzq", [3.0], [2.0])]
+    row = summarize(0.7, traces, vocabulary={"the", "cat", "dog"})
+    assert row.mean_nll == 2.0
+    assert row.mean_entropy == 1.0
+    assert row.distinct_1 == pytest.approx(4 / 7)  # the, cat, dog, zzq of 7 words
+    assert row.repeated_ngram_rate == pytest.approx(1 / 3)  # "the cat the" x2 + "cat the cat": 1 repeat of 3
+    assert row.known_word_share == pytest.approx(6 / 7)
