@@ -34,7 +34,9 @@ def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
         probs = np.zeros_like(logits)
         probs[int(np.argmax(logits))] = 1.0
         return probs
-    scaled = logits / params.temperature
+    # subtract the max before dividing: a tiny temperature then sends the others to -inf, never inf - inf
+    with np.errstate(over="ignore"):
+        scaled = (logits - logits.max()) / params.temperature
     if params.top_k is not None and params.top_k < len(scaled):
         kth_largest = np.partition(scaled, -params.top_k)[-params.top_k]
         scaled = np.where(scaled < kth_largest, -np.inf, scaled)
