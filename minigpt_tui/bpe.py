@@ -1,0 +1,60 @@
+"""Byte-level BPE (GPT-2 style) trained locally on the train split with the ``tokenizers`` library.
+
+The 256 byte values are always in the vocabulary, so any text encodes (no unknown characters);
+``vocab_size - 256`` merges are learned on top. A token may end in the middle of a UTF-8 character;
+``sampling.stream_text`` decodes the running sequence for that reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.tokenizer import Tokenizer
+
+BYTE_ALPHABET = 256
+
+
+class BPETokenizer(Tokenizer):
+    kind = "bpe"
+
+    def __init__(self, hf: HFTokenizer) -> None:
+        self.hf = hf
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        if vocab_size < BYTE_ALPHABET:
+            raise MiniGPTError(f"a byte-level BPE vocabulary needs at least {BYTE_ALPHABET} tokens, got {vocab_size}")
+        if not text:
+            raise MiniGPTError("cannot train a BPE tokenizer on an empty text")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+        # line by line: the same pre-tokenization, and the library can count words in parallel
+        hf.train_from_iterator(text.splitlines(keepends=True), trainer)
+        return cls(hf)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BPETokenizer:
+        try:
+            return cls(HFTokenizer.from_str(json.dumps(data["tokenizer"])))
+        except Exception as exc:  # a missing key, or the bare Exception that tokenizers raises
+            raise MiniGPTError(f"tokenizer file holds an invalid BPE tokenizer: {exc}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        return json.dumps({"type": "bpe", "tokenizer": json.loads(self.hf.to_str())}, ensure_ascii=False)
