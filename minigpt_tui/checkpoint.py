@@ -35,13 +35,18 @@ class Checkpoint:
     state: dict = field(default_factory=dict)  # step, best_val_loss, sampler states, backend
 
 
+def _contiguous(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # np.asarray, not np.ascontiguousarray: the latter turns 0-d arrays (the AdamW step) into shape (1,)
+    return {k: np.asarray(v, order="C") for k, v in arrays.items()}
+
+
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        model_bytes = save_safetensors({k: np.ascontiguousarray(v) for k, v in checkpoint.weights.items()})
-        optim_bytes = save_safetensors({k: np.ascontiguousarray(v) for k, v in checkpoint.optimizer.items()})
+        model_bytes = save_safetensors(_contiguous(checkpoint.weights))
+        optim_bytes = save_safetensors(_contiguous(checkpoint.optimizer))
         atomic_write_bytes(tmp / MODEL_FILE, model_bytes)
         atomic_write_bytes(tmp / OPTIMIZER_FILE, optim_bytes)
         state = {**checkpoint.state, "sha256": {MODEL_FILE: sha256(model_bytes), OPTIMIZER_FILE: sha256(optim_bytes)}}
