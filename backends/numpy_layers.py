@@ -1,0 +1,312 @@
+"""The GPT's layers in NumPy: one forward/backward pair per layer, side by side (the llm.c way).
+
+Conventions, so that every function reads the same way:
+- Outputs come first, then what the forward saves for the backward, then inputs (as in llm.c).
+- Every array is written through ``out=`` into buffers the caller allocated once: on this machine a
+  fresh allocation per step costs more in page faults than the arithmetic it holds.
+- Shapes: B batch, T time, C channels, nh heads, hs = C // nh, V vocabulary. Row-wise layers take
+  any leading shape; linear layers flatten it to N = B * T rows so one BLAS call does the matmul.
+- Parameter gradients are written, not accumulated (the backend sums micro-batches); the exceptions
+  say so. Activation gradients that join the residual stream are accumulated (``+=``).
+- Scalars are Python floats: a NumPy float64 scalar would silently run a float32 op in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LN_EPS = 1e-5
+GELU_K = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
+
+
+def rows(x: np.ndarray) -> np.ndarray:
+    """(..., D) -> (N, D) view."""
+    return x.reshape(-1, x.shape[-1])
+
+
+# ---------------------------------------------------------------- embedding: token + position
+
+
+def embedding_forward(out: np.ndarray, idx: np.ndarray, wte: np.ndarray, positions: np.ndarray) -> None:
+    """idx (B, T) ids, wte (V, C), positions (T, C) -> out (B, T, C)."""
+    np.take(wte, idx, axis=0, out=out)
+    out += positions
+
+
+def embedding_backward(dwte: np.ndarray, dwpe: np.ndarray | None, dout: np.ndarray, idx: np.ndarray) -> None:
+    """dout (B, T, C) -> dwte (V, C) accumulated (a tied head wrote its part first); dwpe
+    (block_size, C) written, or None for fixed sinusoids.
+
+    A token seen k times gets the sum of its k rows. ``np.add.at`` does that scatter-add one row
+    at a time; sorting the ids and summing runs of equal ids with ``reduceat`` is vectorised.
+    """
+    flat = idx.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    ids = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+    dwte[ids[starts]] += np.add.reduceat(rows(dout)[order], starts, axis=0)
+    if dwpe is not None:
+        T = idx.shape[1]
+        dout.sum(axis=0, out=dwpe[:T])
+        dwpe[T:] = 0.0
+
+
+# ---------------------------------------------------------------- LayerNorm
+
+
+def layernorm_forward(out: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, x: np.ndarray,
+                      weight: np.ndarray, bias: np.ndarray | None) -> None:
+    """x (..., C) -> out (..., C); saves xhat = (x - mean) * rstd (..., C) and rstd (..., 1)."""
+    np.mean(x, axis=-1, keepdims=True, out=rstd)  # rstd holds the mean for a moment
+    np.subtract(x, rstd, out=xhat)
+    np.multiply(xhat, xhat, out=out)  # out is scratch until the last two lines
+    np.mean(out, axis=-1, keepdims=True, out=rstd)
+    rstd += LN_EPS
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    np.multiply(xhat, weight, out=out)
+    if bias is not None:
+        out += bias
+
+
+def layernorm_backward(dx: np.ndarray, dweight: np.ndarray, dbias: np.ndarray | None, dout: np.ndarray,
+                       xhat: np.ndarray, rstd: np.ndarray, weight: np.ndarray,
+                       scratch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """dout (..., C) -> dx (..., C) accumulated (LayerNorm inputs are residual streams); dweight,
+    dbias (C,) written. ``scratch`` is two arrays shaped like dout and two shaped like rstd.
+
+    With g = dout * weight, differentiating xhat = (x - mean(x)) / std(x) row by row gives
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)):
+    the two means are the paths through the row's mean and through its variance.
+    """
+    g, tmp, mean_g, mean_gx = scratch
+    np.multiply(dout, xhat, out=tmp)
+    rows(tmp).sum(axis=0, out=dweight)
+    if dbias is not None:
+        rows(dout).sum(axis=0, out=dbias)
+    np.multiply(dout, weight, out=g)
+    np.multiply(g, xhat, out=tmp)
+    np.mean(tmp, axis=-1, keepdims=True, out=mean_gx)
+    np.mean(g, axis=-1, keepdims=True, out=mean_g)
+    g -= mean_g
+    np.multiply(xhat, mean_gx, out=tmp)
+    g -= tmp
+    g *= rstd
+    dx += g
+
+
+# ---------------------------------------------------------------- linear layer (and the output head)
+
+
+def linear_forward(out: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    """x (..., in) @ weight (out, in).T + bias (out,) -> out (..., out).
+
+    The output head is this layer without a bias: its weight is wte (tied) or lm_head (untied).
+    """
+    np.matmul(rows(x), weight.T, out=rows(out))
+    if bias is not None:
+        out += bias
+
+
+def linear_backward(dx: np.ndarray | None, dweight: np.ndarray, dbias: np.ndarray | None, dout: np.ndarray,
+                    x: np.ndarray, weight: np.ndarray) -> None:
+    """dout (..., out) -> dx (..., in), dweight (out, in), dbias (out,), all written."""
+    dout2 = rows(dout)
+    if dx is not None:
+        np.matmul(dout2, weight, out=rows(dx))
+    np.matmul(dout2.T, rows(x), out=dweight)
+    if dbias is not None:
+        dout2.sum(axis=0, out=dbias)
+
+
+# ---------------------------------------------------------------- causal multi-head attention
+
+
+def split_heads(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, T, 3C) -> q, k, v as (B, nh, T, hs) views: every (T, hs) slice keeps unit stride along
+    hs, so matmul hands it to BLAS as it is, without a copy."""
+    B, T, C3 = qkv.shape
+    return tuple(qkv.reshape(B, T, 3, n_head, C3 // 3 // n_head).transpose(2, 0, 3, 1, 4))
+
+
+def merge_heads(y: np.ndarray, n_head: int) -> np.ndarray:
+    """A (B, T, C) buffer seen as (B, nh, T, hs): writing heads into it merges them for free."""
+    B, T, C = y.shape
+    return y.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def causal_bias(n: int, dtype: np.dtype) -> np.ndarray:
+    """(n, n) additive mask: 0 where query i may see key j (j <= i), -inf above the diagonal.
+    Rows start:start+T and columns :start+T mask T new queries against a cache of start keys."""
+    return np.triu(np.full((n, n), -np.inf, dtype), k=1)
+
+
+def softmax_rows(x: np.ndarray, row: np.ndarray) -> None:
+    """In-place softmax over the last axis; ``row`` is scratch of shape x.shape[:-1] + (1,)."""
+    np.max(x, axis=-1, keepdims=True, out=row)
+    x -= row
+    np.exp(x, out=x)
+    np.sum(x, axis=-1, keepdims=True, out=row)
+    x /= row
+
+
+def attention_forward(out: np.ndarray, att: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                      bias: np.ndarray, row: np.ndarray, keep: np.ndarray | None = None,
+                      att_kept: np.ndarray | None = None) -> None:
+    """q (B, nh, Tq, hs), k and v (B, nh, Tk, hs), bias (Tq, Tk) -> out (B, nh, Tq, hs); saves
+    att = softmax(q k^T / sqrt(hs) + bias) (B, nh, Tq, Tk).
+
+    With attention dropout, ``keep`` holds the drawn mask (0 or 1/(1-p)) and ``att_kept`` receives
+    att * keep, the weights actually applied to v.
+    """
+    np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
+    att *= 1.0 / math.sqrt(q.shape[-1])
+    att += bias
+    softmax_rows(att, row)
+    if keep is not None:
+        np.multiply(att, keep, out=att_kept)
+    np.matmul(att if keep is None else att_kept, v, out=out)
+
+
+def attention_backward(dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, datt: np.ndarray, dout: np.ndarray,
+                       att: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, row: np.ndarray,
+                       scratch: np.ndarray, keep: np.ndarray | None = None,
+                       att_kept: np.ndarray | None = None) -> None:
+    """dout (B, nh, T, hs) -> dq, dk, dv (B, nh, T, hs) written; datt and scratch are (B, nh, T, T).
+
+    Softmax backward: for p = softmax(s) row by row, ds = p * (dp - sum(dp * p)); masked entries
+    have p = 0 exactly, so their gradient is 0 and the mask needs no backward of its own.
+    """
+    np.matmul((att if keep is None else att_kept).transpose(0, 1, 3, 2), dout, out=dv)
+    np.matmul(dout, v.transpose(0, 1, 3, 2), out=datt)
+    if keep is not None:
+        datt *= keep
+    np.multiply(datt, att, out=scratch)
+    np.sum(scratch, axis=-1, keepdims=True, out=row)
+    datt -= row
+    datt *= att
+    datt *= 1.0 / math.sqrt(q.shape[-1])
+    np.matmul(datt, k, out=dq)
+    np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)
+
+
+# ---------------------------------------------------------------- GELU (tanh approximation, as GPT-2)
+
+
+def gelu_forward(out: np.ndarray, t: np.ndarray, x: np.ndarray) -> None:
+    """x (...) -> out = 0.5 x (1 + tanh(k (x + a x^3))); saves the tanh t (...) for the backward.
+    x^3 is written as x * (1 + a x^2) products: ``x**3`` goes through the slow generic pow."""
+    np.multiply(x, x, out=t)
+    t *= GELU_A
+    t += 1.0
+    t *= x
+    t *= GELU_K
+    np.tanh(t, out=t)
+    np.add(t, 1.0, out=out)
+    out *= x
+    out *= 0.5
+
+
+def gelu_backward(dx: np.ndarray, dout: np.ndarray, x: np.ndarray, t: np.ndarray, scratch: np.ndarray) -> None:
+    """dout (...) -> dx (...) written, using
+        d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2)."""
+    np.multiply(x, x, out=dx)
+    dx *= 3.0 * GELU_A
+    dx += 1.0
+    dx *= 0.5 * GELU_K
+    dx *= x
+    np.multiply(t, t, out=scratch)
+    np.subtract(1.0, scratch, out=scratch)
+    dx *= scratch
+    np.add(t, 1.0, out=scratch)
+    scratch *= 0.5
+    dx += scratch
+    dx *= dout
+
+
+# ---------------------------------------------------------------- MLP: linear, GELU, linear
+
+
+def mlp_forward(out: np.ndarray, h: np.ndarray, t: np.ndarray, g: np.ndarray, x: np.ndarray,
+                fc_w: np.ndarray, fc_b: np.ndarray | None, proj_w: np.ndarray, proj_b: np.ndarray | None) -> None:
+    """x (B, T, C) -> out (B, T, C); saves h = x W_fc^T (B, T, 4C), its tanh t and g = gelu(h)."""
+    linear_forward(h, x, fc_w, fc_b)
+    gelu_forward(g, t, h)
+    linear_forward(out, g, proj_w, proj_b)
+
+
+def mlp_backward(dx: np.ndarray, dfc_w: np.ndarray, dfc_b: np.ndarray | None, dproj_w: np.ndarray,
+                 dproj_b: np.ndarray | None, dout: np.ndarray, x: np.ndarray, h: np.ndarray, t: np.ndarray,
+                 g: np.ndarray, fc_w: np.ndarray, proj_w: np.ndarray,
+                 scratch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """dout (B, T, C) -> dx (B, T, C) and the four parameter gradients, written; ``scratch`` is
+    three (B, T, 4C) arrays: dg, dh and GELU's own."""
+    dg, dh, gelu_scratch = scratch
+    linear_backward(dg, dproj_w, dproj_b, dout, g, proj_w)
+    gelu_backward(dh, dg, h, t, gelu_scratch)
+    linear_backward(dx, dfc_w, dfc_b, dh, x, fc_w)
+
+
+# ---------------------------------------------------------------- residual connection
+
+
+def residual_forward(out: np.ndarray, x: np.ndarray, branch: np.ndarray) -> None:
+    """x (B, T, C) + branch (B, T, C) -> out: a sub-layer adds its branch to the stream."""
+    np.add(x, branch, out=out)
+
+
+def residual_backward(dx: np.ndarray, dout: np.ndarray) -> None:
+    """A sum passes its gradient to both inputs unchanged. The branch reads ``dout`` as it is; the
+    stream's gradient dx starts as a copy, to which the branch's LayerNorm adds its own part."""
+    np.copyto(dx, dout)
+
+
+# ---------------------------------------------------------------- dropout
+
+
+def dropout_mask(keep: np.ndarray, p: float, rng: np.random.Generator) -> None:
+    """keep (...) = 1/(1-p) with probability 1-p, else 0: the expected activation is unchanged."""
+    rng.random(out=keep, dtype=keep.dtype)
+    np.greater_equal(keep, p, out=keep)
+    keep *= 1.0 / (1.0 - p)
+
+
+def dropout_forward(out: np.ndarray, keep: np.ndarray, x: np.ndarray, p: float, rng: np.random.Generator) -> None:
+    """x (...) -> out = x * keep (out may be x), with a fresh keep-mask (...) from ``dropout_mask``."""
+    dropout_mask(keep, p, rng)
+    np.multiply(x, keep, out=out)
+
+
+def dropout_backward(dx: np.ndarray, dout: np.ndarray, keep: np.ndarray) -> None:
+    """dout (...) -> dx = dout * keep (dx may be dout)."""
+    np.multiply(dout, keep, out=dx)
+
+
+# ---------------------------------------------------------------- fused softmax + cross-entropy
+
+
+def crossentropy_forward(probs: np.ndarray, logits: np.ndarray, targets: np.ndarray, row: np.ndarray) -> float:
+    """logits (N, V), targets (N,) -> mean loss in nats; probs (N, V) receives the softmax (it may
+    be logits itself). ``row`` is (N, 1) scratch.
+
+    loss_i = log(sum_j exp(l_ij - m_i)) - (l_i,target - m_i), with m_i the row max for stability.
+    """
+    np.max(logits, axis=-1, keepdims=True, out=row)
+    np.subtract(logits, row, out=probs)
+    target_logits = probs[np.arange(len(targets)), targets]
+    np.exp(probs, out=probs)
+    np.sum(probs, axis=-1, keepdims=True, out=row)
+    probs /= row
+    np.log(row, out=row)
+    return float(np.mean(row[:, 0] - target_logits))
+
+
+def crossentropy_backward(dlogits: np.ndarray, probs: np.ndarray, targets: np.ndarray, scale: float) -> None:
+    """-> dlogits (N, V) written (it may be probs): the gradient of scale * sum_i loss_i is
+    scale * (softmax - onehot(target)), fused so that no (N, V) one-hot exists."""
+    np.multiply(probs, scale, out=dlogits)
+    dlogits[np.arange(len(targets)), targets] -= scale

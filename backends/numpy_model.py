@@ -1,0 +1,228 @@
+"""The GPT in NumPy: the layers of ``numpy_layers`` wired into a forward pass, its backward, and
+KV-cached decoding. Same network as ``torch_model.GPT`` (nanoGPT layout, pre-LN blocks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends.base import ModelConfig, sinusoidal_positions
+from backends.numpy_layers import (
+    attention_backward,
+    attention_forward,
+    causal_bias,
+    crossentropy_backward,
+    crossentropy_forward,
+    dropout_backward,
+    dropout_forward,
+    dropout_mask,
+    embedding_backward,
+    embedding_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+    linear_forward,
+    merge_heads,
+    mlp_backward,
+    mlp_forward,
+    residual_backward,
+    residual_forward,
+    split_heads,
+)
+
+# a block's parameters, by their names inside the block; the bias entries exist only with bias=True
+BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+
+class Workspace:
+    """Every activation and activation gradient for one (B, T) batch shape, allocated once.
+
+    Per-layer activations the backward needs carry a leading n_layer axis; scratch that one layer
+    uses and the next overwrites is shared. Keep-masks exist only when dropout is on.
+    """
+
+    def __init__(self, config: ModelConfig, B: int, T: int, dtype: np.dtype) -> None:
+        L, C, nh, V = config.n_layer, config.n_embd, config.n_head, config.vocab_size
+
+        def buf(*shape: int) -> np.ndarray:
+            return np.zeros(shape, dtype)
+
+        self.shape = (B, T)
+        self.dropout = False  # whether the last forward drew dropout masks
+        # forward activations
+        self.residual = buf(2 * L + 1, B, T, C)  # the stream before, between and after the sub-layers
+        self.ln1, self.ln1_xhat, self.ln1_rstd = buf(L, B, T, C), buf(L, B, T, C), buf(L, B, T, 1)
+        self.qkv = buf(L, B, T, 3 * C)
+        self.att = buf(L, B, nh, T, T)
+        self.y = buf(L, B, T, C)  # attention output, heads merged
+        self.ln2, self.ln2_xhat, self.ln2_rstd = buf(L, B, T, C), buf(L, B, T, C), buf(L, B, T, 1)
+        self.h, self.t, self.g = buf(L, B, T, 4 * C), buf(L, B, T, 4 * C), buf(L, B, T, 4 * C)
+        self.lnf, self.lnf_xhat, self.lnf_rstd = buf(B, T, C), buf(B, T, C), buf(B, T, 1)
+        self.logits = buf(B, T, V)  # then the softmax, then its gradient, in place
+        self.branch = buf(B, T, C)
+        self.att_row, self.row = buf(B, nh, T, 1), buf(B * T, 1)
+        if config.dropout > 0:
+            self.keep_emb = buf(B, T, C)
+            self.keep_att, self.att_kept = buf(L, B, nh, T, T), buf(L, B, nh, T, T)
+            self.keep_attn_proj, self.keep_mlp = buf(L, B, T, C), buf(L, B, T, C)
+        # backward
+        self.dres = buf(2, B, T, C)  # the stream's gradient, ping-ponged across each residual
+        self.dbranch, self.dln, self.dy = buf(B, T, C), buf(B, T, C), buf(B, T, C)
+        self.dqkv = buf(B, T, 3 * C)
+        self.datt, self.att_scratch = buf(B, nh, T, T), buf(B, nh, T, T)
+        self.mlp_scratch = (buf(B, T, 4 * C), buf(B, T, 4 * C), buf(B, T, 4 * C))
+        self.ln_scratch = (buf(B, T, C), buf(B, T, C), buf(B, T, 1), buf(B, T, 1))
+
+
+class NumpyGPT:
+    """Forward and backward over parameter arrays it does not own (``params``: canonical name ->
+    array, views into the backend's flat buffer), so an optimizer step is seen without copies."""
+
+    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], dtype: np.dtype) -> None:
+        self.config = config
+        self.params = params
+        self.dtype = np.dtype(dtype)
+        self.sinusoids = (
+            sinusoidal_positions(config.block_size, config.n_embd).astype(self.dtype)
+            if config.pos_encoding == "sinusoidal" else None
+        )
+        self.bias = causal_bias(config.block_size, self.dtype)
+        self.head_name = "wte.weight" if config.tie_weights else "lm_head.weight"
+
+    def block(self, source: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray | None]:
+        """Layer ``layer``'s entries of ``source`` (parameters or gradients) under block-local names."""
+        return {name: source.get(f"h.{layer}.{name}") for name in BLOCK_PARAMS}
+
+    def positions(self, start: int, length: int) -> np.ndarray:
+        table = self.params["wpe.weight"] if self.sinusoids is None else self.sinusoids
+        return table[start : start + length]
+
+    def check_inputs(self, idx: np.ndarray) -> None:
+        if idx.ndim != 2 or not 1 <= idx.shape[1] <= self.config.block_size:
+            raise ValueError(f"inputs must be (B, T) with 1 <= T <= {self.config.block_size}, got {idx.shape}")
+
+    def forward(self, ws: Workspace, idx: np.ndarray, rng: np.random.Generator | None = None) -> None:
+        """(B, T) ids -> ws.logits (B, T, V), saving what the backward needs. Dropout is drawn from
+        ``rng`` when one is given (training) and the config has any."""
+        c, p = self.config, self.params
+        drop = rng is not None and c.dropout > 0
+        ws.dropout = drop
+        T, nh = idx.shape[1], c.n_head
+        x = ws.residual[0]
+        embedding_forward(x, idx, p["wte.weight"], self.positions(0, T))
+        if drop:
+            dropout_forward(x, ws.keep_emb, x, c.dropout, rng)
+        bias = self.bias[:T, :T]
+        for l in range(c.n_layer):
+            w = self.block(p, l)
+            x, mid, out = ws.residual[2 * l], ws.residual[2 * l + 1], ws.residual[2 * l + 2]
+            # mid = x + attn(ln_1(x))
+            layernorm_forward(ws.ln1[l], ws.ln1_xhat[l], ws.ln1_rstd[l], x, w["ln_1.weight"], w["ln_1.bias"])
+            linear_forward(ws.qkv[l], ws.ln1[l], w["attn.c_attn.weight"], w["attn.c_attn.bias"])
+            dropped = (ws.keep_att[l], ws.att_kept[l]) if drop else (None, None)
+            if drop:
+                dropout_mask(ws.keep_att[l], c.dropout, rng)
+            attention_forward(merge_heads(ws.y[l], nh), ws.att[l], *split_heads(ws.qkv[l], nh), bias,
+                              ws.att_row, *dropped)
+            linear_forward(ws.branch, ws.y[l], w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+            if drop:
+                dropout_forward(ws.branch, ws.keep_attn_proj[l], ws.branch, c.dropout, rng)
+            residual_forward(mid, x, ws.branch)
+            # out = mid + mlp(ln_2(mid))
+            layernorm_forward(ws.ln2[l], ws.ln2_xhat[l], ws.ln2_rstd[l], mid, w["ln_2.weight"], w["ln_2.bias"])
+            mlp_forward(ws.branch, ws.h[l], ws.t[l], ws.g[l], ws.ln2[l], w["mlp.c_fc.weight"], w["mlp.c_fc.bias"],
+                        w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+            if drop:
+                dropout_forward(ws.branch, ws.keep_mlp[l], ws.branch, c.dropout, rng)
+            residual_forward(out, mid, ws.branch)
+        layernorm_forward(ws.lnf, ws.lnf_xhat, ws.lnf_rstd, ws.residual[-1], p["ln_f.weight"], p.get("ln_f.bias"))
+        linear_forward(ws.logits, ws.lnf, p[self.head_name], None)
+
+    def loss(self, ws: Workspace, targets: np.ndarray) -> float:
+        """Mean cross-entropy of the last forward; turns ws.logits into the softmax for ``backward``."""
+        logits = ws.logits.reshape(-1, self.config.vocab_size)
+        return crossentropy_forward(logits, logits, targets.reshape(-1), ws.row)
+
+    def backward(self, ws: Workspace, idx: np.ndarray, targets: np.ndarray, grads: dict[str, np.ndarray],
+                 scale: float) -> None:
+        """Write the gradient of ``scale * sum of per-token losses`` into ``grads`` (name -> array),
+        after ``forward`` and ``loss`` on the same workspace."""
+        c, p = self.config, self.params
+        nh = c.n_head
+        dlogits = ws.logits.reshape(-1, c.vocab_size)
+        crossentropy_backward(dlogits, dlogits, targets.reshape(-1), scale)
+        linear_backward(ws.dln, grads[self.head_name], None, ws.logits, ws.lnf, p[self.head_name])
+        dres, dmid = ws.dres
+        dres.fill(0.0)
+        layernorm_backward(dres, grads["ln_f.weight"], grads.get("ln_f.bias"), ws.dln, ws.lnf_xhat, ws.lnf_rstd,
+                           p["ln_f.weight"], ws.ln_scratch)
+        for l in reversed(range(c.n_layer)):
+            w, g = self.block(p, l), self.block(grads, l)
+            # out = mid + mlp(ln_2(mid)): dres holds d(out) and becomes d(mid) in dmid
+            residual_backward(dmid, dres)
+            dbranch = dres
+            if ws.dropout:
+                dbranch = ws.dbranch
+                dropout_backward(dbranch, dres, ws.keep_mlp[l])
+            mlp_backward(ws.dln, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], g["mlp.c_proj.weight"], g["mlp.c_proj.bias"],
+                         dbranch, ws.ln2[l], ws.h[l], ws.t[l], ws.g[l], w["mlp.c_fc.weight"], w["mlp.c_proj.weight"],
+                         ws.mlp_scratch)
+            layernorm_backward(dmid, g["ln_2.weight"], g["ln_2.bias"], ws.dln, ws.ln2_xhat[l], ws.ln2_rstd[l],
+                               w["ln_2.weight"], ws.ln_scratch)
+            # mid = x + attn(ln_1(x)): d(x) goes back into dres
+            residual_backward(dres, dmid)
+            dbranch = dmid
+            if ws.dropout:
+                dbranch = ws.dbranch
+                dropout_backward(dbranch, dmid, ws.keep_attn_proj[l])
+            linear_backward(ws.dy, g["attn.c_proj.weight"], g["attn.c_proj.bias"], dbranch, ws.y[l],
+                            w["attn.c_proj.weight"])
+            dropped = (ws.keep_att[l], ws.att_kept[l]) if ws.dropout else (None, None)
+            attention_backward(*split_heads(ws.dqkv, nh), ws.datt, merge_heads(ws.dy, nh), ws.att[l],
+                               *split_heads(ws.qkv[l], nh), ws.att_row, ws.att_scratch, *dropped)
+            linear_backward(ws.dln, g["attn.c_attn.weight"], g["attn.c_attn.bias"], ws.dqkv, ws.ln1[l],
+                            w["attn.c_attn.weight"])
+            layernorm_backward(dres, g["ln_1.weight"], g["ln_1.bias"], ws.dln, ws.ln1_xhat[l], ws.ln1_rstd[l],
+                               w["ln_1.weight"], ws.ln_scratch)
+        if ws.dropout:
+            dropout_backward(dres, dres, ws.keep_emb)
+        if not c.tie_weights:
+            grads["wte.weight"].fill(0.0)  # the embedding's backward adds; a tied head wrote its part
+        embedding_backward(grads["wte.weight"], grads.get("wpe.weight"), dres, idx)
+
+    def decode(self, keys: np.ndarray, values: np.ndarray, tokens: list[int], start: int) -> np.ndarray:
+        """Logits (V,) after ``tokens`` at positions start.. given a cache holding ``start`` positions;
+        keys and values (n_layer, 1, nh, block_size, hs) receive the new ones. No workspace: T is
+        small and varies, and a decoding step's cost is per-call overhead, not allocation."""
+        c, p, dt = self.config, self.params, self.dtype
+        T, C, nh = len(tokens), c.n_embd, c.n_head
+        end = start + T
+        x = np.empty((1, T, C), dt)
+        embedding_forward(x, np.asarray([tokens]), p["wte.weight"], self.positions(start, T))
+        ln, xhat, y, branch = (np.empty((1, T, C), dt) for _ in range(4))
+        rstd = np.empty((1, T, 1), dt)
+        qkv = np.empty((1, T, 3 * C), dt)
+        att, row = np.empty((1, nh, T, end), dt), np.empty((1, nh, T, 1), dt)
+        h, t, g = (np.empty((1, T, 4 * C), dt) for _ in range(3))
+        bias = self.bias[start:end, :end]
+        for l in range(c.n_layer):
+            w = self.block(p, l)
+            layernorm_forward(ln, xhat, rstd, x, w["ln_1.weight"], w["ln_1.bias"])
+            linear_forward(qkv, ln, w["attn.c_attn.weight"], w["attn.c_attn.bias"])
+            q, k, v = split_heads(qkv, nh)
+            keys[l, :, :, start:end] = k
+            values[l, :, :, start:end] = v
+            attention_forward(merge_heads(y, nh), att, q, keys[l, :, :, :end], values[l, :, :, :end], bias, row)
+            linear_forward(branch, y, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+            residual_forward(x, x, branch)
+            layernorm_forward(ln, xhat, rstd, x, w["ln_2.weight"], w["ln_2.bias"])
+            mlp_forward(branch, h, t, g, ln, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"], w["mlp.c_proj.weight"],
+                        w["mlp.c_proj.bias"])
+            residual_forward(x, x, branch)
+        last = x[:, -1:]
+        layernorm_forward(ln[:, -1:], xhat[:, -1:], rstd[:, -1:], last, p["ln_f.weight"], p.get("ln_f.bias"))
+        logits = np.empty((1, 1, c.vocab_size), dt)
+        linear_forward(logits, ln[:, -1:], p[self.head_name], None)
+        return logits[0, 0]
