@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from backends import torch_distributed
 from backends.base import (
     Backend,
     GenerationSession,
@@ -58,31 +60,37 @@ class TorchBackend(Backend):
         check_weights(config, weights)
         self.config = config
         self.optim_config = optim
-        self._device = resolve_device(device)
+        distributed = torch_distributed.is_active()
+        # under torchrun the process group fixed the device: cuda:LOCAL_RANK or the CPU
+        self._device = torch_distributed.rank_device() if distributed else resolve_device(device)
         self._dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        self._rank = torch_distributed.rank()
         is_cuda = self._device.type == "cuda"
         if is_cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        # bf16 autocast on CUDA only; the parameters and AdamW moments stay in full precision
-        self._autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if is_cuda else contextlib.nullcontext()
-        )
+        # bf16 autocast for float32 models on GPUs that have bf16 (Ampere on); the parameters and AdamW
+        # moments stay in full precision. float64 exists for exact cross-checks, so it is never autocast.
+        use_bf16 = is_cuda and self._dtype == torch.float32 and torch.cuda.is_bf16_supported(False)
+        self._autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         self.generator = torch.Generator(device=self._device)
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(seed + self._rank)  # each rank its own dropout masks
         self.model = GPT(config).to(self._device, self._dtype)
         self.set_weights(weights)
         self.params = dict(self.model.named_parameters())
         shapes = canonical_shapes(config)
-        groups = [
-            {"params": [p for n, p in self.params.items() if is_decayed(n, shapes[n])], "weight_decay": optim.weight_decay},
-            {"params": [p for n, p in self.params.items() if not is_decayed(n, shapes[n])], "weight_decay": 0.0},
-        ]
+        decayed = [p for n, p in self.params.items() if is_decayed(n, shapes[n])]
+        not_decayed = [p for n, p in self.params.items() if not is_decayed(n, shapes[n])]
+        groups = [{"params": decayed, "weight_decay": optim.weight_decay}, {"params": not_decayed, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(
             groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None
         )
-        # the compiled wrapper is used for training only; weights are read from the plain module
+        # the compiled and DDP wrappers are used for training only; weights are read from the plain
+        # module, so checkpoints hold canonical names (no ``_orig_mod.`` / ``module.`` prefixes)
         self._train_forward = torch.compile(self.model) if compile else self.model
+        self._ddp = torch_distributed.wrap(self._train_forward, self._device) if distributed else None
+        if self._ddp is not None:
+            self._train_forward = self._ddp
 
     @property
     def device(self) -> str:
@@ -97,12 +105,16 @@ class TorchBackend(Backend):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), self._tensor(targets).view(-1))
 
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
-        self.model.train()
+        self._train_forward.train()
+        last = len(micro_batches) - 1
         with _dropout_rng(self.generator, self._device):
             total = 0.0
-            for inputs, targets in micro_batches:
-                loss = self._loss(self._train_forward, inputs, targets) / len(micro_batches)
-                loss.backward()
+            for i, (inputs, targets) in enumerate(micro_batches):
+                # under DDP gradients accumulate locally and are averaged across ranks once, during
+                # the backward of the last micro-batch
+                with self._ddp.no_sync() if self._ddp is not None and i < last else contextlib.nullcontext():
+                    loss = self._loss(self._train_forward, inputs, targets) / len(micro_batches)
+                    loss.backward()
                 total += loss.item()
         clip = self.optim_config.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
@@ -151,10 +163,12 @@ class TorchBackend(Backend):
         step = float(state["step"])
         if step == 0:
             return
+        # fused AdamW (our CUDA optimizer) keeps a float32 step on the parameter's device; the default
+        # implementation keeps it on the CPU
+        step_device = self._device if self.optimizer.defaults.get("fused") else torch.device("cpu")
         for name, param in self.params.items():
             self.optimizer.state[param] = {
-                # fused/capturable AdamW keeps step on the device; the default keeps it on the CPU
-                "step": torch.tensor(step, dtype=torch.float32, device=self._device if self._device.type == "cuda" else "cpu"),
+                "step": torch.tensor(step, dtype=torch.float32, device=step_device),
                 "exp_avg": torch.from_numpy(np.asarray(state[f"exp_avg.{name}"])).to(self._device, self._dtype),
                 "exp_avg_sq": torch.from_numpy(np.asarray(state[f"exp_avg_sq.{name}"])).to(self._device, self._dtype),
             }
@@ -164,7 +178,13 @@ class TorchBackend(Backend):
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
         if "torch_generator" in state:
-            self.generator.set_state(torch.from_numpy(np.asarray(state["torch_generator"], np.uint8)))
+            saved = np.asarray(state["torch_generator"], np.uint8)
+            self.generator.set_state(torch.from_numpy(saved))
+            if self._rank:
+                # a checkpoint holds rank 0's stream; the other ranks branch off it deterministically
+                # so that their dropout masks stay different from rank 0's
+                digest = hashlib.sha256(saved.tobytes() + self._rank.to_bytes(4, "little")).digest()
+                self.generator.manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 @contextlib.contextmanager

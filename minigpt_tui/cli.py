@@ -5,6 +5,7 @@ Heavy modules (torch, the trainer) are imported inside commands so that ``--help
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -68,6 +69,7 @@ def train(headless: bool, data: Path | None, dataset: str | None, preset: str | 
     """Train a model (headless), or resume one with --resume RUN_DIR."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.corpus import corpus_for_run, resolve_corpus
+    from minigpt_tui.distributed import start_world, stop_world
     from minigpt_tui.runs import default_run_dir, open_run
     from minigpt_tui.trainer import new_training, resume_training
 
@@ -77,16 +79,23 @@ def train(headless: bool, data: Path | None, dataset: str | None, preset: str | 
     if resume is not None:
         if preset or config_file or out:
             raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out")
-        corpus = corpus_for_run(open_run(resume), data, dataset)
-        trainer = resume_training(resume, corpus, overrides)
+        run = open_run(resume)
+        config = run.config.replace(**overrides)
     else:
-        file_values = load_toml(config_file) if config_file else None
-        config = build_config(preset or "baby", file_values, overrides)
-        corpus, note = resolve_corpus(data, dataset)
-        if note:
-            click.echo(note, err=True)
-        trainer = new_training(config, corpus, out or default_run_dir())
-    run_headless(trainer)
+        config = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
+    # under torchrun: join the process group before any backend is built (each process is one rank)
+    world = start_world(config.backend, config.device)
+    try:
+        if resume is not None:
+            trainer = resume_training(resume, corpus_for_run(run, data, dataset), overrides, world)
+        else:
+            corpus, note = resolve_corpus(data, dataset)
+            if note and world.is_writer:
+                click.echo(note, err=True)
+            trainer = new_training(config, corpus, out or default_run_dir(), world)
+        run_headless(trainer)
+    finally:
+        stop_world(world)
 
 
 def run_headless(trainer) -> None:
@@ -96,20 +105,26 @@ def run_headless(trainer) -> None:
         trainer.request_stop()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    c = trainer.config
-    click.echo(
-        f"run {trainer.run_dir.path}: {trainer.backend.name} on {trainer.backend.device}, "
-        f"{trainer.backend.num_parameters() / 1e6:.2f}M parameters, "
-        f"{c.tokens_per_step} tokens/step, steps {trainer.step} -> {c.max_iters}",
-        err=True,
-    )
+    c, world = trainer.config, trainer.world
+    # under torchrun only rank 0 talks; the others train silently
+    speaks = world.is_writer
+    if speaks:
+        ranks = f" x {world.size} ranks" if world.is_distributed else ""
+        click.echo(
+            f"run {trainer.run_dir.path}: {trainer.backend.name} on {trainer.backend.device}{ranks}, "
+            f"{trainer.backend.num_parameters() / 1e6:.2f}M parameters, {trainer.tokens_per_step} tokens/step "
+            f"(batch {c.batch_size} x accum {c.grad_accum_steps}{ranks} x block {c.block_size}), "
+            f"steps {trainer.step} -> {c.max_iters}",
+            err=True,
+        )
     try:
-        with attach_progress(trainer, sys.stdout.isatty()):
+        with attach_progress(trainer, sys.stdout.isatty()) if speaks else contextlib.nullcontext():
             done = trainer.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    click.echo(done.message, err=done.reason != "finished")
+    if speaks:
+        click.echo(done.message, err=done.reason != "finished")
     if done.reason == "stopped":
         sys.exit(EXIT_INTERRUPTED)
     if done.reason == "diverged":

@@ -32,6 +32,7 @@ class Run:
     tokenizer: Tokenizer
     data_source: str
     tokens_per_char: float  # of the val split: converts per-token loss to bits per character
+    world_size: int = 1  # training processes (torchrun); each step sees world_size x the config's batch
 
     @property
     def metrics_path(self) -> Path:
@@ -50,16 +51,19 @@ class Run:
             "model": self.config.model_config(self.tokenizer.vocab_size).to_dict(),
             "data_source": self.data_source,
             "tokens_per_char": self.tokens_per_char,
+            "world_size": self.world_size,
+            "global_tokens_per_step": self.config.tokens_per_step * self.world_size,
         }
         atomic_write_text(self.path / CONFIG_FILE, json.dumps(document, indent=1))
 
 
-def create_run(path: Path, config: TrainConfig, tokenizer: Tokenizer, data_source: str, tokens_per_char: float) -> Run:
+def create_run(path: Path, config: TrainConfig, tokenizer: Tokenizer, data_source: str, tokens_per_char: float,
+               world_size: int = 1) -> Run:
     path = Path(path)
     if (path / CONFIG_FILE).exists():
         raise MiniGPTError(f"{path} already holds a run; use --resume {path} or another --out")
     path.mkdir(parents=True, exist_ok=True)
-    run = Run(path, config, tokenizer, data_source, tokens_per_char)
+    run = Run(path, config, tokenizer, data_source, tokens_per_char, world_size)
     tokenizer.save(path / TOKENIZER_FILE)
     run.write_config()
     return run

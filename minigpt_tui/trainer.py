@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import Backend, init_weights
+from backends.base import Backend, StepResult, init_weights
 from minigpt_tui.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from minigpt_tui.config import TrainConfig
 from minigpt_tui.data import BatchSampler, TokenData, split_text
 from minigpt_tui.datasets import Corpus
+from minigpt_tui.distributed import SINGLE_PROCESS, World
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
 from minigpt_tui.metrics import bits_per_char, perplexity
@@ -46,10 +47,22 @@ class Samplers:
             getattr(self, name).set_state(value)
 
 
+class NoMetrics:
+    """What ranks other than 0 write to: nothing (one metrics file per run)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     def __init__(self, run: Run, backend: Backend, data: TokenData, *, start_step: int = 0,
-                 best_val_loss: float = math.inf, sampler_state: dict | None = None) -> None:
+                 best_val_loss: float = math.inf, sampler_state: dict | None = None,
+                 world: World = SINGLE_PROCESS) -> None:
         self.run_dir = run
+        self.world = world
         self.config = run.config
         self.backend = backend
         self.data = data
@@ -57,10 +70,13 @@ class Trainer:
         self.best_val_loss = best_val_loss
         self.callbacks: list[Callable[[Event], None]] = []
         c = self.config
+        # every rank draws the same global batch and trains on its slice (see minigpt_tui.distributed)
+        global_batch = c.batch_size * world.size
+        self.tokens_per_step = c.tokens_per_step * world.size
         self.samplers = Samplers(
-            BatchSampler(data.train, c.batch_size, c.block_size, c.seed),
-            BatchSampler(data.train, c.batch_size, c.block_size, c.seed + 1),
-            BatchSampler(data.val, c.batch_size, c.block_size, c.seed + 2),
+            BatchSampler(data.train, global_batch, c.block_size, c.seed),
+            BatchSampler(data.train, global_batch, c.block_size, c.seed + 1),
+            BatchSampler(data.val, global_batch, c.block_size, c.seed + 2),
         )
         if sampler_state:
             self.samplers.set_state(sampler_state)
@@ -102,8 +118,10 @@ class Trainer:
     def estimate_loss(self) -> tuple[float, float]:
         losses = []
         for sampler in (self.samplers.eval_train, self.samplers.eval_val):
-            losses.append(float(np.mean([self.backend.eval_loss(*sampler.next()) for _ in range(self.config.eval_iters)])))
-        return losses[0], losses[1]
+            batches = [self.world.shard(sampler.next()) for _ in range(self.config.eval_iters)]
+            losses.append(float(np.mean([self.backend.eval_loss(*batch) for batch in batches])))
+        train_loss, val_loss = self.world.mean(losses)
+        return train_loss, val_loss
 
     def evaluate(self, metrics: MetricsWriter) -> EvalEvent:
         train_loss, val_loss = self.estimate_loss()
@@ -120,6 +138,8 @@ class Trainer:
         return event
 
     def save(self, kind: str) -> None:
+        if not self.world.is_writer:
+            return
         state = {"step": self.step, "best_val_loss": self.best_val_loss, "samplers": self.samplers.get_state(),
                  "backend": self.backend.name}
         optimizer = {**self.backend.get_optimizer_state(), **{f"rng.{k}": v for k, v in self.backend.get_rng_state().items()}}
@@ -134,7 +154,10 @@ class Trainer:
 
     def run(self) -> DoneEvent:
         c = self.config
-        metrics = MetricsWriter(self.run_dir.metrics_path, truncate_after_step=self.step)
+        if self.world.is_writer:
+            metrics = MetricsWriter(self.run_dir.metrics_path, truncate_after_step=self.step)
+        else:
+            metrics = NoMetrics()
         started = time.perf_counter()
         interval_start, interval_steps = time.perf_counter(), 0
         tokens_per_s = 0.0
@@ -143,20 +166,22 @@ class Trainer:
                 self.checkpoint_after_eval(self.evaluate(metrics))
             while self.step < c.max_iters:
                 self._running.wait()
-                if self._stop.is_set():
+                if self.world.any(self._stop.is_set()):
                     self.save("latest")
                     return self._done("stopped", f"stopped at step {self.step}; resume with: minigpt train --headless --resume {self.run_dir.path}")
                 lr = self.lr_at(self.step)
-                micro_batches = [self.samplers.train.next() for _ in range(c.grad_accum_steps)]
+                micro_batches = [self.world.shard(self.samplers.train.next()) for _ in range(c.grad_accum_steps)]
                 with self._weights_lock:
                     result = self.backend.train_step(micro_batches, lr)
+                # every rank logs, and judges divergence by, the loss averaged over all ranks
+                result = StepResult(self.world.mean([result.loss])[0], result.grad_norm)
                 if not math.isfinite(result.loss):
                     return self._done("diverged", f"loss became {result.loss} at step {self.step + 1}; stopped, the last good checkpoint is kept (lower --learning-rate?)")
                 self.step += 1
                 interval_steps += 1
                 if self.step % c.log_interval == 0 or self.step == c.max_iters:
                     now = time.perf_counter()
-                    tokens_per_s = interval_steps * c.tokens_per_step / max(now - interval_start, 1e-9)
+                    tokens_per_s = interval_steps * self.tokens_per_step / max(now - interval_start, 1e-9)
                     metrics.write({"type": "step", "step": self.step, "loss": result.loss, "lr": lr,
                                    "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "time": time.time()})
                 self.emit(StepEvent(self.step, c.max_iters, result.loss, lr, result.grad_norm, tokens_per_s, time.perf_counter() - started))
@@ -180,8 +205,12 @@ def tokenize_corpus(run: Run, text: str) -> TokenData:
     return TokenData(run.tokenizer.encode_array(train_text), run.tokenizer.encode_array(val_text))
 
 
-def new_training(config: TrainConfig, corpus: Corpus, out: Path) -> Trainer:
-    """A fresh run in ``out``: tokenizer from the train split, initial weights from the seed."""
+def new_training(config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS) -> Trainer:
+    """A fresh run in ``out``: tokenizer from the train split, initial weights from the seed.
+
+    Every rank builds the same tokenizer and weights from the same text and seed; only rank 0 writes
+    the run folder, the others hold the same ``Run`` in memory.
+    """
     train_text, val_text = split_text(corpus.text)
     tokenizer = build_tokenizer(config.tokenizer, train_text, config.vocab_size)
     val_tokens = tokenizer.encode_array(val_text)
@@ -189,18 +218,27 @@ def new_training(config: TrainConfig, corpus: Corpus, out: Path) -> Trainer:
     data.check_fits(config.block_size)
     model_config = config.model_config(tokenizer.vocab_size)
     backend = build_backend(config, tokenizer.vocab_size, init_weights(model_config, config.seed))
-    run = create_run(out, config, tokenizer, corpus.source, len(val_tokens) / max(1, len(val_text)))
-    return Trainer(run, backend, data)
+    tokens_per_char = len(val_tokens) / max(1, len(val_text))
+    if world.is_writer:
+        run = create_run(out, config, tokenizer, corpus.source, tokens_per_char, world.size)
+    else:
+        run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size)
+    return Trainer(run, backend, data, world=world)
 
 
-def resume_training(run_dir: Path, corpus: Corpus, overrides: dict) -> Trainer:
-    """Continue a run from its latest checkpoint; ``overrides`` may extend max_iters, change backend..."""
+def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World = SINGLE_PROCESS) -> Trainer:
+    """Continue a run from its latest checkpoint; ``overrides`` may extend max_iters, change backend...
+
+    Any world size can resume any checkpoint: all ranks read it, rank 0 alone rewrites the config.
+    """
     run = open_run(run_dir)
+    run.world_size = world.size
     changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != getattr(run.config, name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
     run.config = run.config.replace(**overrides)
-    run.write_config()
+    if world.is_writer:
+        run.write_config()
     if not run.has_checkpoint("latest"):
         raise MiniGPTError(f"run {run_dir} has no checkpoint to resume from")
     checkpoint = load_checkpoint(run.checkpoint_dir("latest"))
@@ -213,4 +251,4 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict) -> Trainer:
         backend.set_rng_state({k[4:]: v for k, v in checkpoint.optimizer.items() if k.startswith("rng.")})
     state = checkpoint.state
     return Trainer(run, backend, data, start_step=int(state["step"]), best_val_loss=float(state.get("best_val_loss", math.inf)),
-                   sampler_state=state.get("samplers"))
+                   sampler_state=state.get("samplers"), world=world)
