@@ -8,19 +8,22 @@ measure: how surprising the text is to the model that wrote it).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.sampling import SamplingParams, probabilities, sample_token
+from minigpt_tui.storage import atomic_write_text
 from minigpt_tui.textmetrics import distinct_n, entropy, known_word_share, nll, repeated_ngram_rate, words
 from minigpt_tui.tokenizer import Tokenizer
 
-REPEAT_N = 3  # repeated word 3-grams within one sample: the signature of a loop
+REPEAT_N = 2  # repeated word bigrams within one sample: loops and stock phrases
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class TemperatureRow:
     distinct_1: float  # over words, pooled over the samples
     distinct_2: float
     distinct_3: float
-    repeated_ngram_rate: float  # word 3-grams repeated within a sample
+    repeated_ngram_rate: float  # word bigrams repeated within a sample
     known_word_share: float  # share of generated words found in the training text
     mean_entropy: float  # mean entropy (nats) of the distribution each token was drawn from
 
@@ -125,3 +128,58 @@ def parse_temperatures(text: str) -> list[float]:
     for value in values:
         SamplingParams(temperature=value)
     return values
+
+
+def temperature_table_markdown(rows: list[TemperatureRow]) -> str:
+    header = ("| T | NLL at T=1 (nats/token) | entropy sampled (nats) | distinct-1 | distinct-2 | distinct-3 "
+              "| repeated bigrams | known words |\n|---|---|---|---|---|---|---|---|\n")
+    return header + "".join(
+        f"| {r.temperature:g} | {r.mean_nll:.3f} | {r.mean_entropy:.3f} | {r.distinct_1:.3f} | {r.distinct_2:.3f} "
+        f"| {r.distinct_3:.3f} | {r.repeated_ngram_rate:.3f} | {r.known_word_share:.1%} |\n"
+        for r in rows
+    )
+
+
+def sample_table_markdown(rows: list[TemperatureRow], max_chars: int = 400) -> str:
+    """The first sample of each temperature side by side; line breaks become <br>."""
+    def cell(text: str) -> str:
+        text = text.strip("\n")[:max_chars]
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    header = "| " + " | ".join(f"T = {r.temperature:g}" for r in rows) + " |\n"
+    return header + "|" + "---|" * len(rows) + "\n| " + " | ".join(cell(r.samples[0]) for r in rows) + " |\n"
+
+
+def temperature_charts(rows: list[TemperatureRow]):
+    from minigpt_tui.plots import Chart, Series
+
+    ts = [r.temperature for r in rows]
+    nats = Chart("Coherence vs temperature", "temperature T", "nats per token", [
+        Series("entropy of the sampling distribution", ts, [r.mean_entropy for r in rows]),
+        Series("NLL of the samples under the model at T=1", ts, [r.mean_nll for r in rows]),
+    ])
+    ratios = Chart("Diversity vs temperature", "temperature T", "ratio", [
+        Series("distinct-1 (words)", ts, [r.distinct_1 for r in rows]),
+        Series("distinct-2", ts, [r.distinct_2 for r in rows]),
+        Series("repeated word bigrams", ts, [r.repeated_ngram_rate for r in rows]),
+        Series("known-word share", ts, [r.known_word_share for r in rows]),
+    ])
+    return {"nats": nats, "diversity": ratios}
+
+
+def write_temperature_report(rows: list[TemperatureRow], out: Path, meta: dict) -> list[Path]:
+    """``temperature.json``, ``temperature.md`` (table + samples), sample and metric charts in ``out``."""
+    from minigpt_tui.plots import save_chart, save_sample_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "temperature.json", out / "temperature.md"
+    atomic_write_text(json_path, json.dumps({**meta, "rows": [r.to_dict() for r in rows]}, indent=1))
+    atomic_write_text(md_path, "## Temperature ablation\n\n" + temperature_table_markdown(rows)
+                      + "\n## Samples (first of each temperature)\n\n" + sample_table_markdown(rows))
+    samples_png = save_sample_table([(f"T = {r.temperature:g}", r.samples[0]) for r in rows],
+                                    out / "temperature-samples.png")
+    paths = [json_path, md_path, samples_png]
+    for suffix, chart in temperature_charts(rows).items():
+        paths += save_chart(chart, out, f"temperature-{suffix}")
+    return paths

@@ -232,3 +232,60 @@ def bench(backends: tuple[str, ...], preset: str, iters: int, gen_tokens: int, d
     Console().print(table)
     if json_path:
         atomic_write_text(json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1))
+
+
+@main.command(name="export-plots")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("visualizations"), show_default=True)
+@click.option("--name", default=None, help="File-name stem (default: the run folder names joined by '+').")
+def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None) -> None:
+    """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
+    from minigpt_tui.plots import export_plots
+
+    for path in export_plots(list(run_dirs), out, name):
+        click.echo(path)
+
+
+@main.group()
+def ablate() -> None:
+    """Experiments: temperature, tokenizer, context length, positional encoding."""
+
+
+@ablate.command(name="temperature")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--temperatures", default="0.5,1.0,1.5", show_default=True, help="Comma-separated.")
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True, help="Samples per temperature.")
+@click.option("--length", type=click.IntRange(min=1), default=300, show_default=True, help="Tokens per sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
+@click.option("--prompt", default="\n", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder (default RUN_DIR/ablate-temperature).")
+@data_option
+@dataset_option
+@checkpoint_choice()
+@device_option
+def ablate_temperature(run_dir: Path, temperatures: str, samples: int, length: int, seed: int, prompt: str,
+                       out: Path | None, data: Path | None, dataset: str | None, checkpoint: str,
+                       device: str | None) -> None:
+    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
+    from minigpt_tui.ablation import (
+        parse_temperatures,
+        temperature_ablation,
+        temperature_table_markdown,
+        write_temperature_report,
+    )
+    from minigpt_tui.corpus import corpus_for_run
+    from minigpt_tui.data import split_text
+    from minigpt_tui.runs import load_model, open_run
+
+    values = parse_temperatures(temperatures)
+    run = open_run(run_dir)
+    train_text, _ = split_text(corpus_for_run(run, data, dataset).text)
+    model, ckpt = load_model(run, which=checkpoint, device=device)
+    rows = temperature_ablation(model, run.tokenizer, train_text, values, samples=samples, length=length,
+                                prompt=prompt, seed=seed)
+    meta = {"run": str(run.path), "checkpoint": checkpoint, "step": ckpt.state.get("step"), "samples": samples,
+            "length": length, "seed": seed, "prompt": prompt}
+    for path in write_temperature_report(rows, out or run.path / "ablate-temperature", meta):
+        click.echo(path, err=True)
+    click.echo(temperature_table_markdown(rows))

@@ -78,5 +78,5 @@ def test_summarize_by_hand():
     assert row.mean_nll == 2.0
     assert row.mean_entropy == 1.0
     assert row.distinct_1 == pytest.approx(4 / 7)  # the, cat, dog, zzq of 7 words
-    assert row.repeated_ngram_rate == pytest.approx(1 / 3)  # "the cat the" x2 + "cat the cat": 1 repeat of 3
+    assert row.repeated_ngram_rate == pytest.approx(2 / 5)  # (the, cat) and (cat, the) repeat once each; 5 bigrams
     assert row.known_word_share == pytest.approx(6 / 7)

@@ -1,0 +1,188 @@
+"""Charts of runs and experiments: PNG through matplotlib, text through plotext, same data for both.
+
+Figures are built with ``matplotlib.figure.Figure`` (rendered by Agg on save) and plotext figure
+instances, never the pyplot / plotext global state, so exporting from a TUI worker thread is safe.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotext
+from matplotlib.figure import Figure
+from plotext._figure import _figure_class as TextFigure
+
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.runs import METRICS_FILE, read_metrics
+from minigpt_tui.storage import atomic_write_text
+
+PNG_DPI = 100
+PNG_METADATA = {"Software": None}  # no version stamp: re-exporting the same data gives the same bytes
+TEXT_SIZE = (78, 20)
+TEXT_MARKERS = ("dot", "x", "+", "o", "*", "#", "@", "%")
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+    faint: bool = False  # context, like the per-step batch loss: drawn thin and transparent
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+    logy: bool = False
+    logx: bool = False
+    vline: float | None = None  # a marked x position, e.g. the trained context length
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    label: str
+    evals: list[dict]  # records of type "eval", in step order
+    steps: list[dict]  # records of type "step"
+
+
+def load_curves(run_dir: Path, label: str | None = None) -> RunCurves:
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS_FILE).is_file():
+        raise MiniGPTError(f"{run_dir} is not a run folder (no {METRICS_FILE})")
+    records = read_metrics(run_dir / METRICS_FILE)
+    evals = sorted((r for r in records if r.get("type") == "eval"), key=lambda r: r["step"])
+    if not evals:
+        raise MiniGPTError(f"run {run_dir} has no evaluations yet: nothing to plot (train past the first eval)")
+    steps = sorted((r for r in records if r.get("type") == "step"), key=lambda r: r["step"])
+    return RunCurves(label or run_dir.name, evals, steps)
+
+
+def _column(records: list[dict], key: str) -> tuple[list[float], list[float]]:
+    kept = [r for r in records if r.get(key) is not None]
+    return [r["step"] for r in kept], [float(r[key]) for r in kept]
+
+
+def run_charts(runs: list[RunCurves]) -> dict[str, Chart]:
+    """The three standard charts of one or several runs, keyed by file-name suffix."""
+    single = len(runs) == 1
+    loss, ppl, bpc = [], [], []
+    for run in runs:
+        prefix = "" if single else f"{run.label} "
+        if single and run.steps:
+            loss.append(Series("train (batch)", *_column(run.steps, "loss"), faint=True))
+        loss.append(Series(f"{prefix}train", *_column(run.evals, "train_loss")))
+        loss.append(Series(f"{prefix}val", *_column(run.evals, "val_loss")))
+        ppl.append(Series(f"{prefix}val", *_column(run.evals, "val_perplexity")))
+        bpc.append(Series(f"{prefix}val", *_column(run.evals, "val_bpc")))
+        if single:
+            bpc.append(Series("train", *_column(run.evals, "train_bpc")))
+    return {
+        "loss": Chart("Cross-entropy loss", "step", "loss (nats/token)", loss),
+        "perplexity": Chart("Validation perplexity", "step", "perplexity (per token, log scale)", ppl, logy=True),
+        "bpc": Chart("Bits per character", "step", "bits/char", bpc),
+    }
+
+
+def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -> Path:
+    fig = Figure(figsize=size, dpi=PNG_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for s in chart.series:
+        if s.faint:
+            style = dict(linewidth=0.8, alpha=0.35)
+        else:
+            style = dict(linewidth=1.8, marker="o" if len(s.x) <= 12 else None, markersize=4)
+        ax.plot(s.x, s.y, label=s.label, **style)
+    if chart.vline is not None:
+        ax.axvline(chart.vline, color="grey", linestyle="--", linewidth=1)
+    ax.set(title=chart.title, xlabel=chart.xlabel, ylabel=chart.ylabel)
+    if chart.logy:
+        ax.set_yscale("log")
+    if chart.logx:
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", metadata=PNG_METADATA)
+    tmp.replace(path)
+    return path
+
+
+def render_text(chart: Chart, size: tuple[int, int] = TEXT_SIZE, color: bool = False) -> str:
+    """The chart as terminal text (plotext); without ``color`` one marker per series tells them apart."""
+    fig = TextFigure()
+    fig.plotsize(*size)
+    fig.theme("clear")
+    for i, s in enumerate(chart.series):
+        if s.faint:
+            continue
+        fig.plot(s.x, s.y, label=s.label, marker="braille" if color else TEXT_MARKERS[i % len(TEXT_MARKERS)])
+    if chart.vline is not None:
+        fig.vertical_line(chart.vline)
+    if chart.logy:
+        fig.yscale("log")
+    fig.title(chart.title)
+    fig.xlabel(chart.xlabel)
+    fig.ylabel(chart.ylabel)
+    text = fig.build()
+    return text if color else plotext.uncolorize(text)
+
+
+def save_chart(chart: Chart, out: Path, stem: str) -> list[Path]:
+    """``<stem>.png`` and ``<stem>.txt`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text_path = out / f"{stem}.txt"
+    atomic_write_text(text_path, render_text(chart) + "\n")
+    return [save_png(chart, out / f"{stem}.png"), text_path]
+
+
+def file_stem(labels: list[str]) -> str:
+    """A deterministic, file-system-safe name for a set of runs, e.g. ``baseline`` or ``ctx16+ctx64``."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(labels))
+
+
+def export_plots(run_dirs: list[Path], out: Path, name: str | None = None) -> list[Path]:
+    """Loss, perplexity and bits/char of the runs (overlaid) as PNG and text; the paths written."""
+    if not run_dirs:
+        raise MiniGPTError("give at least one run folder")
+    runs = [load_curves(Path(d)) for d in run_dirs]
+    labels = [r.label for r in runs]
+    if len(set(labels)) < len(labels):  # two runs/<x>/baseline folders: tell them apart by their parent
+        runs = [load_curves(Path(d), f"{Path(d).parent.name}/{Path(d).name}") for d in run_dirs]
+        labels = [r.label for r in runs]
+    stem = name or file_stem(labels)
+    paths = []
+    for suffix, chart in run_charts(runs).items():
+        paths += save_chart(chart, out, f"{stem}-{suffix}")
+    return paths
+
+
+def save_sample_table(columns: list[tuple[str, str]], path: Path, width: int = 34, max_lines: int = 16) -> Path:
+    """Side-by-side text samples as a PNG: one column per (heading, text), wrapped and cropped."""
+    height = 0.155 * max_lines + 0.6  # inches: 8-point monospace lines, plus the headings
+    fig = Figure(figsize=(max(4.0, 3.3 * len(columns)), height), dpi=PNG_DPI)
+    for i, (heading, text) in enumerate(columns):
+        x = (i + 0.04) / len(columns)
+        fig.text(x, 1 - 0.1 / height, heading, fontsize=11, fontweight="bold", va="top")
+        fig.text(x, 1 - 0.45 / height, wrap_sample(text, width, max_lines), fontsize=8, family="monospace", va="top")
+    return _save(fig, path)
+
+
+def wrap_sample(text: str, width: int, max_lines: int) -> str:
+    """Keep the sample's own line breaks, wrap long lines, crop to ``max_lines``."""
+    lines = []
+    for line in text.strip("\n").split("\n"):
+        lines += textwrap.wrap(line, width) or [""]
+    return "\n".join(lines[:max_lines])
