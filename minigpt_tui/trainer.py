@@ -188,7 +188,13 @@ class Trainer:
                 if self.step % c.log_interval == 0:
                     interval_start, interval_steps = time.perf_counter(), 0
                 if self.step % c.eval_interval == 0 or self.step == c.max_iters:
-                    self.checkpoint_after_eval(self.evaluate(metrics))
+                    event = self.evaluate(metrics)
+                    # a finite step loss can still leave broken weights: never save those over the last good ones
+                    bad = next((x for x in (event.val_loss, event.train_loss) if not math.isfinite(x)), None)
+                    if bad is not None:
+                        return self._done("diverged", f"eval loss became {bad} at step {self.step}; stopped, the last "
+                                                      "good checkpoint is kept (lower --learning-rate?)")
+                    self.checkpoint_after_eval(event)
                     interval_start, interval_steps = time.perf_counter(), 0
             return self._done("finished", f"finished {self.step} steps; best val loss {self.best_val_loss:.4f}")
         finally:
