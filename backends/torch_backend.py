@@ -102,7 +102,9 @@ class TorchBackend(Backend):
     def _loss(self, model, inputs: np.ndarray, targets: np.ndarray) -> torch.Tensor:
         with self._autocast:
             logits = model(self._tensor(inputs))
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), self._tensor(targets).view(-1))
+        # bf16 autocast logits are upcast for the loss; float64 ones (parity tests) stay float64
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), self._tensor(targets).view(-1))
 
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
         self._train_forward.train()
