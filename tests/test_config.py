@@ -1,0 +1,107 @@
+"""Configuration: presets, TOML files, flag overrides and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_names, load_toml, preset
+from minigpt_tui.errors import MiniGPTError
+
+
+def test_presets_exist_with_the_documented_values():
+    assert {"tiny", "baby", "shakespeare"} <= set(PRESETS)
+    baby = preset("baby")
+    assert (baby.n_layer, baby.n_head, baby.n_embd, baby.block_size, baby.batch_size) == (4, 4, 128, 64, 12)
+    assert (baby.learning_rate, baby.max_iters, baby.warmup_iters, baby.min_lr) == (1e-3, 2000, 100, 1e-4)
+    assert (baby.beta2, baby.dropout) == (0.99, 0.0)
+    big = preset("shakespeare")
+    assert (big.n_layer, big.n_head, big.n_embd, big.block_size, big.batch_size) == (6, 6, 384, 256, 64)
+    assert (big.dropout, big.max_iters) == (0.2, 5000)
+    tiny = preset("tiny")
+    assert tiny.n_layer * tiny.n_embd < baby.n_layer * baby.n_embd  # smaller than the CPU config
+
+
+def test_unknown_preset():
+    with pytest.raises(MiniGPTError, match="unknown preset 'huge'.*tiny"):
+        preset("huge")
+
+
+def test_defaults_are_the_baby_preset():
+    assert build_config() == preset("baby")
+
+
+def test_toml_values_then_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "tiny"\nn_layer = 3\nlearning_rate = 1\ndropout = 0.1\n')
+    config = build_config("baby", load_toml(path), {"n_layer": 5, "max_iters": None})
+    assert config.n_layer == 5  # the flag beats the file
+    assert config.dropout == 0.1  # the file beats the preset
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)  # TOML int for a float field
+    assert config.max_iters == preset("tiny").max_iters  # a flag left unset changes nothing; the file's preset is used
+
+
+def test_toml_train_table(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[train]\nbatch_size = 7\n")
+    assert build_config("tiny", load_toml(path)).batch_size == 7
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("n_layers = 3\n", "unknown field.*n_layers"),
+    ("n_layer = 'four'\n", "n_layer must be a int"),
+    ("n_layer = true\n", "n_layer must be a int"),
+    ("n_layer = = 3\n", "not valid TOML"),
+    ("n_embd = 30\nn_head = 4\n", "divisible"),
+])
+def test_bad_toml_files(tmp_path, content, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(MiniGPTError, match=fragment):
+        build_config("tiny", load_toml(path))
+
+
+def test_toml_that_is_not_utf8_or_missing(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"# caf\xe9\nn_layer = 2\n")
+    with pytest.raises(MiniGPTError, match="not valid TOML"):
+        load_toml(path)
+    with pytest.raises(MiniGPTError, match="not found"):
+        load_toml(tmp_path / "absent.toml")
+
+
+def test_unknown_override_field():
+    with pytest.raises(MiniGPTError, match="unknown config field 'depth'"):
+        build_config("tiny", None, {"depth": 3})
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(n_embd=30, n_head=4), r"n_embd \(30\) must be divisible by n_head \(4\)"),
+    (dict(n_layer=0), "n_layer must be positive"),
+    (dict(n_head=-1), "n_head must be positive"),
+    (dict(block_size=0), "block_size must be positive"),
+    (dict(batch_size=0), "batch_size must be positive"),
+    (dict(max_iters=-5), "max_iters must be positive"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(learning_rate=-1e-3), "learning_rate"),
+    (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(learning_rate=1e-4, min_lr=1e-3), "min_lr"),
+    (dict(beta2=1.0), "beta2"),
+    (dict(pos_encoding="rotary"), "pos_encoding"),
+    (dict(tokenizer="word"), "tokenizer"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(pos_encoding="sinusoidal", n_embd=33, n_head=3), "even"),
+])
+def test_impossible_configs_are_rejected(changes, fragment):
+    with pytest.raises(MiniGPTError, match=fragment):
+        build_config("tiny", None, changes)
+
+
+def test_every_field_round_trips_through_a_dict():
+    config = preset("shakespeare")
+    assert TrainConfig(**config.to_dict()) == config
+    assert set(config.to_dict()) == set(field_names())
+
+
+def test_model_config_carries_the_shape():
+    model = preset("tiny").replace(dropout=0.1, bias=True).model_config(vocab_size=65)
+    assert (model.vocab_size, model.n_layer, model.dropout, model.bias) == (65, 2, 0.1, True)
