@@ -168,11 +168,12 @@ class TorchBackend(Backend):
         # fused AdamW (our CUDA optimizer) keeps a float32 step on the parameter's device; the default
         # implementation keeps it on the CPU
         step_device = self._device if self.optimizer.defaults.get("fused") else torch.device("cpu")
+        # torch.tensor copies: the moments are updated in place and must not alias the caller's arrays
         for name, param in self.params.items():
             self.optimizer.state[param] = {
                 "step": torch.tensor(step, dtype=torch.float32, device=step_device),
-                "exp_avg": torch.from_numpy(np.asarray(state[f"exp_avg.{name}"])).to(self._device, self._dtype),
-                "exp_avg_sq": torch.from_numpy(np.asarray(state[f"exp_avg_sq.{name}"])).to(self._device, self._dtype),
+                "exp_avg": torch.tensor(state[f"exp_avg.{name}"], dtype=self._dtype, device=self._device),
+                "exp_avg_sq": torch.tensor(state[f"exp_avg_sq.{name}"], dtype=self._dtype, device=self._device),
             }
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
