@@ -22,13 +22,17 @@ EXIT_INTERRUPTED = 130
 
 
 class FriendlyGroup(click.Group):
-    """Turns a MiniGPTError anywhere below into ``error: <message>`` and exit code 2."""
+    """Turns a MiniGPTError or a bad option anywhere below into ``error: <message>`` and exit code 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MiniGPTError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
 
