@@ -293,3 +293,118 @@ def ablate_temperature(run_dir: Path, temperatures: str, samples: int, length: i
     for path in write_temperature_report(rows, out or run.path / "ablate-temperature", meta):
         click.echo(path, err=True)
     click.echo(temperature_table_markdown(rows))
+
+
+def ablation_options(command):
+    command = config_options(command)
+    for option in reversed([
+        data_option,
+        dataset_option,
+        click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Base config (default: baby)."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path), help="A TOML file of config fields."),
+        click.option("--out", type=click.Path(path_type=Path), required=True,
+                     help="Folder for the variant runs and the report; finished variants are reused."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per variant."),
+        click.option("--isolate/--in-process", default=True, show_default=True,
+                     help="Train each variant in a fresh process (own peak-RSS measurement)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def run_ablation(kind: str, make_variants, data, dataset, preset, config_file, out, threads, isolate, kwargs,
+                 extra_scores=None) -> None:
+    """The shared shell of the training ablations: base config, variants, progress lines, report."""
+    from minigpt_tui.config import build_config, load_toml
+    from minigpt_tui.corpus import resolve_corpus
+    from minigpt_tui.experiments import results_markdown, run_variants, write_ablation_report
+
+    overrides = {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
+    base = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
+    variants = make_variants(base)
+    corpus, note = resolve_corpus(data, dataset)
+    if note:
+        click.echo(note, err=True)
+
+    def report(r) -> None:
+        click.echo(f"{r.name}: val bits/char {r.val_bpc:.4f}, {r.train_tokens_per_s:,.0f} tokens/s, "
+                   f"{r.wall_s:.0f} s, peak RSS {r.peak_rss_mb:.0f} MB", err=True)
+
+    results = run_variants(variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores,
+                           on_result=report)
+    meta = {"ablation": kind, "base_config": base.to_dict(), "data_source": corpus.source,
+            "variants": [name for name, _ in variants]}
+    for path in write_ablation_report(kind, results, out, meta):
+        click.echo(path, err=True)
+    click.echo(results_markdown(kind, results))
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MiniGPTError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@ablate.command(name="tokenizer")
+@click.option("--vocab-sizes", default="256,512,1024", show_default=True, help="BPE vocabularies to compare with char.")
+@ablation_options
+def ablate_tokenizer(vocab_sizes: str, data, dataset, preset, config_file, out, threads, isolate, **kwargs) -> None:
+    """Character level vs byte-level BPE in val bits/char, at the same tokens seen (steps x tokens/step)."""
+    from minigpt_tui.experiments import tokenizer_variants
+
+    sizes = int_list(vocab_sizes)
+    run_ablation("tokenizer", lambda base: tokenizer_variants(base, sizes), data, dataset, preset, config_file, out,
+                 threads, isolate, kwargs)
+
+
+@ablate.command(name="context")
+@click.option("--block-sizes", default="16,32,64,128,256", show_default=True, help="Context lengths to compare.")
+@click.option("--tokens-per-step", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="batch_size = this / context: every variant sees the same tokens.")
+@ablation_options
+def ablate_context(block_sizes: str, tokens_per_step: int, data, dataset, preset, config_file, out, threads, isolate,
+                   **kwargs) -> None:
+    """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
+    from minigpt_tui.experiments import context_variants
+
+    blocks = int_list(block_sizes)
+    run_ablation("context", lambda base: context_variants(base, blocks, tokens_per_step), data, dataset, preset,
+                 config_file, out, threads, isolate, kwargs)
+
+
+@ablate.command(name="posenc")
+@ablation_options
+def ablate_posenc(data, dataset, preset, config_file, out, threads, isolate, **kwargs) -> None:
+    """Learned vs sinusoidal positions at the same budget; sinusoidal also on windows up to 4x the context."""
+    from minigpt_tui.experiments import length_generalisation, posenc_variants
+
+    run_ablation("posenc", posenc_variants, data, dataset, preset, config_file, out, threads, isolate, kwargs,
+                 extra_scores=length_generalisation)
+
+
+@ablate.command(name="exposure")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--samples", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--length", type=click.IntRange(min=1), default=256, show_default=True, help="Tokens per free run.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder (default RUN_DIR/ablate-exposure).")
+@data_option
+@dataset_option
+def ablate_exposure(run_dir: Path, samples: int, length: int, seed: int, out: Path | None, data, dataset) -> None:
+    """Teacher forcing vs free running: NLL per position on true prefixes vs the model's own samples."""
+    from minigpt_tui.corpus import corpus_for_run
+    from minigpt_tui.experiments import exposure_bias, write_exposure_report
+    from minigpt_tui.runs import load_model, open_run
+    from minigpt_tui.trainer import tokenize_corpus
+
+    run = open_run(run_dir)
+    val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
+    model, _ = load_model(run)
+    scores = exposure_bias(model, run.tokenizer, val, samples=samples, length=length, seed=seed)
+    for path in write_exposure_report(scores, out or run.path / "ablate-exposure", {"run": str(run.path)}):
+        click.echo(path, err=True)
+    click.echo(f"teacher-forced val NLL {scores['teacher_forced_mean']:.4f} nats/token; free-running NLL by position:")
+    for span, value in scores["free_running_by_bucket"].items():
+        click.echo(f"  {span}: {value:.4f}")

@@ -1,0 +1,313 @@
+"""Training ablations: several variants of one base config, trained and scored the same way.
+
+Each variant is a normal run folder under ``out/<name>/`` made by ``trainer.new_training``, scored on
+the whole validation split (bits per character, comparable across tokenizers) and timed. With
+``isolate`` each variant trains in a fresh process, so its peak RSS (``resource.getrusage``, the
+resident memory high-water mark of that process, interpreter and torch included) is its own.
+A variant whose ``result.json`` exists is not trained again: an interrupted ablation resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import Backend
+from minigpt_tui.config import TrainConfig, build_config
+from minigpt_tui.datasets import Corpus
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.evaluation import evaluate_tokens
+from minigpt_tui.runs import load_model, open_run, read_metrics
+from minigpt_tui.sampling import SamplingParams, generate_text
+from minigpt_tui.storage import atomic_write_text
+
+RESULT_FILE = "result.json"
+SAMPLE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    name: str
+    run_dir: str
+    tokenizer: str
+    vocab_size: int
+    block_size: int
+    batch_size: int
+    pos_encoding: str
+    max_iters: int
+    tokens_seen: int  # training tokens: max_iters * batch_size * block_size * grad_accum_steps
+    chars_seen: float  # the same budget in characters of text (tokens_seen / tokens_per_char)
+    tokens_per_char: float
+    val_loss: float  # nats per token over the whole val split, best checkpoint
+    val_bpc: float
+    train_tokens_per_s: float  # median of the logged throughput, first interval (warm-up) dropped
+    wall_s: float  # training wall time, evaluations and checkpoints included
+    peak_rss_mb: float
+    rss_before_training_mb: float
+    sample: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is kilobytes on Linux, bytes on macOS
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def median_throughput(run_dir: Path) -> float:
+    speeds = [r["tokens_per_s"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("type") == "step"]
+    return float(np.median(speeds[1:] if len(speeds) > 1 else speeds)) if speeds else math.nan
+
+
+def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
+                  extra_scores: Callable[[Backend, object, np.ndarray], dict] | None = None) -> VariantResult:
+    """Train one variant in this process and score it; ``extra_scores(model, run, val_tokens)`` adds fields."""
+    from minigpt_tui.trainer import new_training, tokenize_corpus
+
+    run_dir = Path(out) / name
+    trainer = new_training(config, corpus, run_dir)
+    rss_before = peak_rss_mb()
+    started = time.perf_counter()
+    done = trainer.run()
+    wall = time.perf_counter() - started
+    if done.reason != "finished":
+        raise MiniGPTError(f"variant {name} did not finish: {done.message}")
+    run = open_run(run_dir)
+    model, _ = load_model(run)
+    val = tokenize_corpus(run, corpus.text).val
+    score = evaluate_tokens(model, val, run.tokens_per_char)
+    sample = "".join(generate_text(model, run.tokenizer, "\n", SAMPLE_CHARS, SamplingParams(0.8), seed=0))
+    c = config
+    tokens_seen = c.max_iters * c.tokens_per_step
+    result = VariantResult(
+        name=name, run_dir=str(run_dir), tokenizer=c.tokenizer, vocab_size=run.tokenizer.vocab_size,
+        block_size=c.block_size, batch_size=c.batch_size, pos_encoding=c.pos_encoding, max_iters=c.max_iters,
+        tokens_seen=tokens_seen, chars_seen=tokens_seen / run.tokens_per_char, tokens_per_char=run.tokens_per_char,
+        val_loss=score.loss, val_bpc=score.bits_per_char, train_tokens_per_s=median_throughput(run_dir),
+        wall_s=wall, peak_rss_mb=peak_rss_mb(), rss_before_training_mb=rss_before, sample=sample[:SAMPLE_CHARS],
+        extra=extra_scores(model, run, val) if extra_scores else {},
+    )
+    atomic_write_text(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores, threads: int | None):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return train_variant(name, build_config("baby", config), Corpus(text, source), Path(out), extra_scores).to_dict()
+
+
+def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: Path, *, isolate: bool = True,
+                 threads: int | None = None, extra_scores=None,
+                 on_result: Callable[[VariantResult], None] | None = None) -> list[VariantResult]:
+    """Train every (name, config) not already done under ``out``; results in the order given.
+
+    ``extra_scores`` must be a module-level function when ``isolate`` (it crosses a process boundary).
+    """
+    out = Path(out)
+    results = []
+    for name, config in variants:
+        done_file = out / name / RESULT_FILE
+        if done_file.is_file():
+            result = VariantResult(**json.loads(done_file.read_text(encoding="utf-8")))
+        elif isolate:
+            # spawn, not fork: a clean interpreter per variant keeps peak RSS and torch threads per variant
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                data = pool.apply(_train_in_child, (name, config.to_dict(), corpus.text, corpus.source, str(out),
+                                                    extra_scores, threads))
+            result = VariantResult(**data)
+        else:
+            result = train_variant(name, config, corpus, out, extra_scores)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+# the variants of each ablation
+
+
+def tokenizer_variants(base: TrainConfig, vocab_sizes: list[int]) -> list[tuple[str, TrainConfig]]:
+    """Character level, then byte-level BPE per vocabulary size; the same model, steps and tokens/step."""
+    return [("char", base.replace(tokenizer="char"))] + [
+        (f"bpe{v}", base.replace(tokenizer="bpe", vocab_size=v)) for v in vocab_sizes
+    ]
+
+
+def context_variants(base: TrainConfig, block_sizes: list[int], tokens_per_step: int) -> list[tuple[str, TrainConfig]]:
+    """One variant per context length with batch_size * block_size = ``tokens_per_step``: the same
+    training tokens and optimizer steps for every context, so only the window differs."""
+    variants = []
+    for block in block_sizes:
+        if tokens_per_step % block:
+            raise MiniGPTError(f"tokens per step ({tokens_per_step}) must be a multiple of the context {block}")
+        variants.append((f"ctx{block}", base.replace(block_size=block, batch_size=tokens_per_step // block)))
+    return variants
+
+
+def posenc_variants(base: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    return [(p, base.replace(pos_encoding=p)) for p in ("learned", "sinusoidal")]
+
+
+# scores beyond the val loss
+
+
+def position_losses(backend: Backend, tokens: np.ndarray, window: int, max_windows: int = 64,
+                    batch_size: int = 8) -> np.ndarray:
+    """Mean next-token NLL (nats) at each position 0..window-1, over non-overlapping val windows.
+
+    Position i predicts token i+1 from i+1 tokens of context, so the curve shows what more context
+    buys, and (beyond the trained block size) how a model copes with positions it never saw.
+    """
+    starts = np.arange(0, len(tokens) - window - 1, window)[:max_windows]
+    if len(starts) == 0:
+        raise MiniGPTError(f"the val split is too short for windows of {window} tokens")
+    totals = np.zeros(window)
+    for i in range(0, len(starts), batch_size):
+        idx = starts[i : i + batch_size, None] + np.arange(window + 1)
+        windows = tokens[idx]
+        logits = backend.logits(windows[:, :-1]).astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        totals += -np.take_along_axis(log_probs, windows[:, 1:, None], axis=-1)[..., 0].sum(axis=0)
+    return totals / len(starts)
+
+
+def length_generalisation(model: Backend, run, val: np.ndarray) -> dict:
+    """Loss by position on windows up to 4x the trained context (sinusoidal), or the context (learned)."""
+    block = model.config.block_size
+    window = 4 * block if model.config.pos_encoding == "sinusoidal" else block
+    losses = position_losses(model, val, window)
+    spans = {f"{lo}-{hi}": float(losses[lo:hi].mean()) for lo, hi in ((0, block), (block, 2 * block),
+                                                                        (2 * block, 4 * block)) if hi <= window}
+    return {"loss_by_position": losses.round(4).tolist(), "mean_loss_by_span": spans,
+            "bpc_by_span": {k: v * run.tokens_per_char / math.log(2) for k, v in spans.items()}}
+
+
+def exposure_bias(backend: Backend, tokenizer, val_tokens: np.ndarray, *, samples: int, length: int,
+                  seed: int = 0) -> dict:
+    """Teacher forcing vs free running, position by position.
+
+    Teacher-forced: the NLL of the true next token given the true prefix (what training optimises).
+    Free-running: the NLL, at T=1, of the token the model itself sampled given its own earlier samples
+    (what generation conditions on). If errors compounded, the second would climb along the sample.
+    """
+    from minigpt_tui.ablation import sample_with_scores
+
+    block = backend.config.block_size
+    teacher = position_losses(backend, val_tokens, block)
+    rng = np.random.default_rng(seed)
+    free = []
+    for i in range(samples):
+        start = int(rng.integers(0, len(val_tokens) - 1))
+        trace = sample_with_scores(backend, tokenizer, [int(val_tokens[start])], length, SamplingParams(1.0), seed + i)
+        free.append(trace.nlls)
+    free_mean = np.mean(np.asarray(free), axis=0)
+    buckets = [(lo, min(lo + block, length)) for lo in range(0, length, block)]
+    return {
+        "teacher_forced_mean": float(teacher.mean()),
+        "teacher_forced_by_position": teacher.round(4).tolist(),
+        "free_running_by_position": free_mean.round(4).tolist(),
+        "free_running_by_bucket": {f"{lo}-{hi}": float(free_mean[lo:hi].mean()) for lo, hi in buckets},
+    }
+
+
+# reports
+
+COLUMNS = {
+    "tokenizer": ("variant", "vocab", "tokens/char", "chars seen", "val loss/token", "val bits/char", "train tok/s",
+                  "wall s"),
+    "context": ("variant", "context", "batch", "val bits/char", "train tok/s", "wall s", "peak RSS MB",
+                "RSS growth MB"),
+    "posenc": ("variant", "pos. encoding", "val bits/char", "bits/char by position span (trained context T)"),
+}
+
+
+def _cells(kind: str, r: VariantResult) -> list[str]:
+    if kind == "tokenizer":
+        return [r.name, str(r.vocab_size), f"{r.tokens_per_char:.3f}", f"{r.chars_seen / 1e6:.2f}M",
+                f"{r.val_loss:.4f}", f"{r.val_bpc:.4f}", f"{r.train_tokens_per_s:,.0f}", f"{r.wall_s:.0f}"]
+    if kind == "context":
+        return [r.name, str(r.block_size), str(r.batch_size), f"{r.val_bpc:.4f}", f"{r.train_tokens_per_s:,.0f}",
+                f"{r.wall_s:.0f}", f"{r.peak_rss_mb:.0f}", f"{r.peak_rss_mb - r.rss_before_training_mb:.0f}"]
+    spans = r.extra.get("bpc_by_span", {})
+    return [r.name, r.pos_encoding, f"{r.val_bpc:.4f}", ", ".join(f"{k}: {v:.3f}" for k, v in spans.items())]
+
+
+def results_markdown(kind: str, results: list[VariantResult]) -> str:
+    columns = COLUMNS[kind]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(kind, r)) + " |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def samples_markdown(results: list[VariantResult]) -> str:
+    return "".join(f"### {r.name}\n\n```text\n{r.sample.strip()}\n```\n\n" for r in results)
+
+
+def ablation_charts(kind: str, results: list[VariantResult]) -> dict:
+    from minigpt_tui.plots import Chart, Series
+
+    if kind == "tokenizer":
+        return {"bpc": Chart("Val bits/char by vocabulary (same tokens seen)", "vocabulary size", "bits/char",
+                             [Series("val bits/char", [r.vocab_size for r in results], [r.val_bpc for r in results])],
+                             logx=True)}
+    if kind == "context":
+        blocks = [r.block_size for r in results]
+        return {
+            "bpc": Chart("Val bits/char vs context length", "context (tokens)", "bits/char",
+                         [Series("val bits/char", blocks, [r.val_bpc for r in results])], logx=True),
+            "speed": Chart("Training throughput vs context length", "context (tokens)", "tokens/s",
+                           [Series("train tokens/s", blocks, [r.train_tokens_per_s for r in results])], logx=True),
+            "memory": Chart("Memory vs context length", "context (tokens)", "MB",
+                            [Series("peak RSS", blocks, [r.peak_rss_mb for r in results]),
+                             Series("RSS growth during training", blocks,
+                                    [r.peak_rss_mb - r.rss_before_training_mb for r in results])], logx=True),
+        }
+    curves = [Series(r.name, list(range(len(r.extra["loss_by_position"]))), r.extra["loss_by_position"])
+              for r in results]
+    return {"position": Chart("Val loss by position in the window", "position", "loss (nats/token)", curves,
+                              vline=results[0].block_size)}
+
+
+def write_ablation_report(kind: str, results: list[VariantResult], out: Path, meta: dict) -> list[Path]:
+    """``results.json``, ``results.md``, the ablation's charts and the variants' training curves in ``out``."""
+    from minigpt_tui.plots import export_plots, save_chart
+
+    out = Path(out)
+    json_path, md_path = out / "results.json", out / "results.md"
+    atomic_write_text(json_path, json.dumps({**meta, "results": [r.to_dict() for r in results]}, indent=1))
+    atomic_write_text(md_path, f"## {kind} ablation\n\n{results_markdown(kind, results)}\n## Samples (T = 0.8)\n\n"
+                      + samples_markdown(results))
+    paths = [json_path, md_path]
+    for suffix, chart in ablation_charts(kind, results).items():
+        paths += save_chart(chart, out, f"{kind}-{suffix}")
+    return paths + export_plots([Path(r.run_dir) for r in results], out, name=kind)
+
+
+def write_exposure_report(scores: dict, out: Path, meta: dict) -> list[Path]:
+    from minigpt_tui.plots import Chart, Series, save_chart
+
+    out = Path(out)
+    json_path = out / "exposure.json"
+    atomic_write_text(json_path, json.dumps({**meta, **scores}, indent=1))
+    teacher, free = scores["teacher_forced_by_position"], scores["free_running_by_position"]
+    chart = Chart("Teacher forcing vs free running", "position", "NLL (nats/token)", [
+        Series("true prefix (teacher forcing)", list(range(len(teacher))), teacher),
+        Series("own samples at T=1 (free running)", list(range(len(free))), free),
+    ], vline=len(teacher))
+    return [json_path, *save_chart(chart, out, "exposure")]
