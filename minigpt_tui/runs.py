@@ -57,11 +57,16 @@ class Run:
         atomic_write_text(self.path / CONFIG_FILE, json.dumps(document, indent=1))
 
 
+def check_free(path: Path) -> None:
+    """MiniGPTError when ``path`` already holds a run (a new run never overwrites one)."""
+    if (Path(path) / CONFIG_FILE).exists():
+        raise MiniGPTError(f"{path} already holds a run; use --resume {path} or another --out")
+
+
 def create_run(path: Path, config: TrainConfig, tokenizer: Tokenizer, data_source: str, tokens_per_char: float,
                world_size: int = 1) -> Run:
     path = Path(path)
-    if (path / CONFIG_FILE).exists():
-        raise MiniGPTError(f"{path} already holds a run; use --resume {path} or another --out")
+    check_free(path)
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path, config, tokenizer, data_source, tokens_per_char, world_size)
     tokenizer.save(path / TOKENIZER_FILE)

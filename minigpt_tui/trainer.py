@@ -25,7 +25,7 @@ from minigpt_tui.distributed import SINGLE_PROCESS, World
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
 from minigpt_tui.metrics import bits_per_char, perplexity
-from minigpt_tui.runs import MetricsWriter, Run, build_backend, create_run, open_run
+from minigpt_tui.runs import MetricsWriter, Run, build_backend, check_free, create_run, open_run
 from minigpt_tui.schedule import learning_rate
 from minigpt_tui.tokenizer import build_tokenizer
 
@@ -217,6 +217,9 @@ def new_training(config: TrainConfig, corpus: Corpus, out: Path, world: World = 
     Every rank builds the same tokenizer and weights from the same text and seed; only rank 0 writes
     the run folder, the others hold the same ``Run`` in memory.
     """
+    # every rank checks, so that all fail together; none can have written yet, since rank 0 writes
+    # only after the backend is built and DDP's construction waits for all ranks
+    check_free(out)
     train_text, val_text = split_text(corpus.text)
     tokenizer = build_tokenizer(config.tokenizer, train_text, config.vocab_size)
     val_tokens = tokenizer.encode_array(val_text)
