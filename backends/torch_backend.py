@@ -40,7 +40,10 @@ def resolve_device(requested: str | None) -> torch.device:
         raise ValueError("device 'cuda' asked for, but CUDA is not available here")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' asked for, but MPS is not available here")
-    return torch.device(requested)
+    try:
+        return torch.device(requested)
+    except RuntimeError:  # e.g. "cpu:x"
+        raise ValueError(f"invalid device {requested!r} (use auto, cpu, cuda, cuda:N or mps)") from None
 
 
 class TorchBackend(Backend):

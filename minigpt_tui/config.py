@@ -122,6 +122,8 @@ def load_toml(path: Path) -> dict:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MiniGPTError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise MiniGPTError(f"cannot read config file {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MiniGPTError(f"config file {path} is not valid TOML: {exc}") from None
     data = data.get("train", data)

@@ -17,7 +17,7 @@ def read_corpus(path: Path) -> Corpus:
     """A UTF-8 text file, or every ``.txt`` file of a folder (sorted, joined by blank lines)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
+        files = sorted(f for f in path.rglob("*.txt") if f.is_file())
         if not files:
             raise MiniGPTError(f"folder {path} holds no .txt files")
     elif path.is_file():
@@ -32,7 +32,10 @@ def read_corpus(path: Path) -> Corpus:
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MiniGPTError(f"cannot read corpus {path}: {exc.strerror}") from None
     if b"\x00" in data:
         raise MiniGPTError(f"{path} looks binary (it contains NUL bytes), not a text corpus")
     try:

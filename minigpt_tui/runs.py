@@ -67,7 +67,10 @@ def create_run(path: Path, config: TrainConfig, tokenizer: Tokenizer, data_sourc
                world_size: int = 1) -> Run:
     path = Path(path)
     check_free(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission...
+        raise MiniGPTError(f"cannot create the run folder {path}: {exc.strerror}") from None
     run = Run(path, config, tokenizer, data_source, tokens_per_char, world_size)
     tokenizer.save(path / TOKENIZER_FILE)
     run.write_config()

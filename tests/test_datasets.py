@@ -169,7 +169,9 @@ def test_folder_of_text_files(tmp_path):
     (tmp_path / "b.txt").write_text("second")
     (tmp_path / "a.txt").write_text("first")
     (tmp_path / "skip.md").write_text("not text")
-    assert read_corpus(tmp_path).text == "first\n\nsecond"
+    (tmp_path / "folder.txt").mkdir()  # a folder named like a text file is not read as one
+    (tmp_path / "folder.txt" / "c.txt").write_text("nested")
+    assert read_corpus(tmp_path).text == "first\n\nsecond\n\nnested"
 
 
 @pytest.mark.parametrize("content, fragment", [
