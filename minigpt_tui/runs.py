@@ -86,7 +86,7 @@ def open_run(path: Path) -> Run:
         config = build_config("baby", document["train"])
     except FileNotFoundError:
         raise MiniGPTError(f"{path} is not a minigpt run folder (no {CONFIG_FILE})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # bad JSON (a ValueError) or a document of the wrong shape
         raise MiniGPTError(f"{path}/{CONFIG_FILE} is corrupt") from None
     tokenizer = load_tokenizer(path / TOKENIZER_FILE)
     return Run(path, config, tokenizer, document.get("data_source", "?"), float(document.get("tokens_per_char", 1.0)))

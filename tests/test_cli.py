@@ -174,6 +174,22 @@ def test_a_folder_that_is_not_a_run(paths, command):
     assert_one_line_error(invoke(command, paths.corpus), "run folder not found")
 
 
+@pytest.mark.parametrize("file, content, fragment", [
+    ("config.json", "{not json", "config.json is corrupt"),
+    ("config.json", "{}", "config.json is corrupt"),
+    ("config.json", '{"train": "tiny"}', "config.json is corrupt"),
+    ("tokenizer.json", None, "cannot read tokenizer"),
+    ("tokenizer.json", '{"type": "words"}', "not a minigpt tokenizer"),
+])
+def test_a_damaged_run_folder(paths, file, content, fragment):
+    if content is None:
+        (paths.run / file).unlink()
+    else:
+        (paths.run / file).write_text(content)
+    for command in ("sample", "eval"):
+        assert_one_line_error(invoke(command, paths.run), fragment)
+
+
 @pytest.mark.parametrize("damage", [truncate_best, tamper_best])
 def test_eval_refuses_a_damaged_checkpoint(paths, damage):
     damage(paths.run)
