@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from minigpt_tui.errors import MiniGPTError
@@ -32,7 +32,6 @@ def assert_distribution(probs: np.ndarray, size: int) -> None:
     assert math.isclose(probs.sum(), 1.0, rel_tol=0, abs_tol=1e-9)
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     logits=st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=50),
     temperature=st.one_of(st.just(0.0), st.just(5e-324), st.floats(0.0, 100.0)),
@@ -46,7 +45,6 @@ def test_every_output_is_a_probability_distribution(logits, temperature, top_k, 
     assert probs[int(np.argmax(logits))] > 0  # the most likely token always survives the filters
 
 
-@settings(max_examples=200, deadline=None)
 @given(logits=distinct_logit_lists, temperature=temperatures, data=st.data())
 def test_top_k_keeps_exactly_the_k_most_likely(logits, temperature, data):
     k = data.draw(st.integers(1, len(logits)))
@@ -68,7 +66,6 @@ def brute_force_top_p(logits: np.ndarray, temperature: float, p: float) -> tuple
     return set(order[: m + 1]), prefix_sums
 
 
-@settings(max_examples=200, deadline=None)
 @given(logits=distinct_logit_lists, temperature=temperatures, p=st.floats(0.01, 1.0))
 def test_top_p_keeps_the_smallest_set_reaching_p(logits, temperature, p):
     logits = np.asarray(logits)
@@ -91,7 +88,6 @@ def test_top_p_example_by_hand():
     np.testing.assert_allclose(probabilities(logits, SamplingParams(1.0, top_p=0.6))[[1, 2]], [0.625, 0.375])
 
 
-@settings(max_examples=100, deadline=None)
 @given(logits=distinct_logit_lists, seed=st.integers(0, 2**32 - 1))
 def test_temperature_zero_is_argmax(logits, seed):
     logits = np.asarray(logits)
@@ -101,7 +97,6 @@ def test_temperature_zero_is_argmax(logits, seed):
     assert sample_token(logits, SamplingParams(0.0), np.random.default_rng(seed)) == best
 
 
-@settings(max_examples=100, deadline=None)
 @given(logits=distinct_logit_lists, seed=st.integers(0, 2**32 - 1))
 def test_temperature_towards_zero_approaches_argmax(logits, seed):
     logits = np.asarray(logits, np.float64)
@@ -127,7 +122,6 @@ def test_lower_temperature_sharpens():
     assert peaks == sorted(peaks) and peaks[-1] > 0.99
 
 
-@settings(max_examples=100, deadline=None)
 @given(logits=logit_lists, temperature=temperatures, top_k=st.integers(1, 5), top_p=st.floats(0.05, 1.0),
        seed=st.integers(0, 2**32 - 1))
 def test_sample_token_only_draws_kept_tokens(logits, temperature, top_k, top_p, seed):
