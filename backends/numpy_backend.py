@@ -101,6 +101,7 @@ class NumpyBackend(Backend):
         self.exp_avg, self.exp_avg_sq = np.zeros(offset, self.dtype), np.zeros(offset, self.dtype)
         self._scratch = np.zeros(offset, self.dtype)
         self._micro_grads: np.ndarray | None = None  # a second gradient buffer, for micro-batches 2..n
+        self._micro_grad_views: dict[str, np.ndarray] = {}
         self.params = self.views(self.flat_params)
         self.grads = self.views(self.flat_grads)
         self.step = 0
@@ -151,11 +152,11 @@ class NumpyBackend(Backend):
             # the first micro-batch writes the gradient buffer, later ones write a second buffer that is added
             if i == 1 and self._micro_grads is None:
                 self._micro_grads = np.zeros_like(self.flat_grads)
-            target = self.flat_grads if i == 0 else self._micro_grads
-            grads = self.grads if i == 0 else self.views(target)
+                self._micro_grad_views = self.views(self._micro_grads)
+            grads = self.grads if i == 0 else self._micro_grad_views
             total += self.loss_and_grads(inputs, targets, grads, 1.0 / (np.size(targets) * n), self.rng) / n
             if i > 0:
-                self.flat_grads += target
+                self.flat_grads += self._micro_grads
         norm = clip_grad_norm(self.flat_grads, self.optim_config.grad_clip)
         self.step += 1
         adamw_update(self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq, self._scratch,

@@ -49,7 +49,6 @@ class Workspace:
         def buf(*shape: int) -> np.ndarray:
             return np.zeros(shape, dtype)
 
-        self.shape = (B, T)
         self.dropout = False  # whether the last forward drew dropout masks
         # forward activations
         self.residual = buf(2 * L + 1, B, T, C)  # the stream before, between and after the sub-layers
