@@ -1,0 +1,1 @@
+"""``minigpt-tui``: the Textual shell over the core (new run, live curves, sampling, temperature ablation)."""

@@ -1,0 +1,513 @@
+"""The Textual app: routes messages between the panes and the workers that drive the core.
+
+Training, sampling and the ablation run in thread workers. The trainer's callback batches step
+events into a few messages per second, and the plots redraw at most ``redraw_interval`` apart, so
+the UI costs the training loop almost nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.css.query import NoMatches
+from textual.widgets import ContentSwitcher, Footer, Header, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from minigpt_tui.ablation import temperature_ablation
+from minigpt_tui.config import TrainConfig
+from minigpt_tui.corpus import corpus_for_run
+from minigpt_tui.data import split_text
+from minigpt_tui.datasets import DATASETS
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.runs import Run, build_backend, default_run_dir, load_model, open_run, read_metrics
+from minigpt_tui.sampling import generate_text
+from minigpt_tui.trainer import new_training, resume_training
+from minigpt_tui.tui.ablation_pane import AblationPane
+from minigpt_tui.tui.generation_pane import GenerationPane
+from minigpt_tui.tui.help_screen import HelpScreen
+from minigpt_tui.tui.messages import (
+    AblationFinished,
+    AblationRequest,
+    AblationRowReady,
+    CheckpointSaved,
+    GenerateRequest,
+    GenerationFinished,
+    GenerationStarted,
+    GenerationText,
+    StartRun,
+    TrainingEvaluated,
+    TrainingFinished,
+    TrainingProgress,
+    TrainingStarted,
+)
+from minigpt_tui.tui.run_form import RunForm
+from minigpt_tui.tui.training_pane import Curves, TrainingPane, parameter_count, status_from_records
+
+STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
+
+
+class EventRelay:
+    """Trainer callback (runs on the training thread): forwards events as app messages.
+
+    Step events are batched and posted at most every ``interval`` seconds; a pause flushes them so
+    the paused screen is up to date.
+    """
+
+    def __init__(self, app: App, trainer, interval: float) -> None:
+        self.app, self.trainer, self.interval = app, trainer, interval
+        self.pending: list[StepEvent] = []
+        self.last_post = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StepEvent):
+            self.pending.append(event)
+            if time.monotonic() - self.last_post >= self.interval or self.trainer.paused:
+                self.flush()
+            return
+        self.flush()
+        if isinstance(event, EvalEvent):
+            self.app.post_message(TrainingEvaluated(event))
+        elif isinstance(event, CheckpointEvent):
+            self.app.post_message(CheckpointSaved(event))
+        elif isinstance(event, DoneEvent):
+            self.app.post_message(TrainingFinished(event))
+
+    def flush(self) -> None:
+        if self.pending:
+            self.app.post_message(TrainingProgress(self.pending))
+            self.pending = []
+        self.last_post = time.monotonic()
+
+
+class MiniGPTApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "minigpt"
+    ENABLE_COMMAND_PALETTE = False  # its footer entry would push the real keys off an 80-column screen
+    BINDINGS = [
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("n", "new_run", "New run"),
+        Binding("p", "toggle_pause", "Pause"),
+        Binding("s", "stop_training", "Stop"),
+        Binding("c", "continue_training", "Continue"),
+        Binding("l", "toggle_log", "Log y"),
+        Binding("b", "toggle_quality", "bpc/ppl"),
+        Binding("t", "show_tab('train-tab')", "Training", show=False),
+        Binding("g", "show_tab('generate-tab')", "Generate", show=False),
+        Binding("a", "show_tab('ablation-tab')", "Ablation", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, *, run_dir: Path | None = None, config: TrainConfig | None = None, data: Path | None = None,
+                 dataset: str | None = None, out: Path | None = None, redraw_interval: float = 0.25,
+                 poll_interval: float = 1.0) -> None:
+        super().__init__()
+        self.run_dir, self.config, self.data, self.dataset, self.out = run_dir, config, data, dataset, out
+        self.redraw_interval, self.poll_interval = redraw_interval, poll_interval
+        self.run_info: Run | None = None  # the run on screen, opened or being trained
+        self.trainer = None  # set while this app trains
+        self.training = False  # a training worker is preparing or running
+        self.quitting = False
+        self.following = False  # another process is appending to the opened run's metrics
+        self.train_text: str | None = None
+        self.metrics_stamp: tuple[int, float] | None = None
+        self.dirty = False
+        self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
+        self.generation_stop = threading.Event()
+        self.stream_interval = STREAM_INTERVAL
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="tabs"):
+            with TabPane("Training", id="train-tab"):
+                with ContentSwitcher(initial="form", id="train-switcher"):
+                    yield RunForm(config=self.config, data=self.data, dataset=self.dataset, out=self.out, id="form")
+                    yield TrainingPane(id="training")
+            with TabPane("Generate", id="generate-tab"):
+                yield GenerationPane(id="generation")
+            with TabPane("Ablation", id="ablation-tab"):
+                yield AblationPane(id="ablation")
+        yield Footer()
+
+    @property
+    def pane(self) -> TrainingPane:
+        return self.query_one(TrainingPane)
+
+    def on_mount(self) -> None:
+        self.set_interval(self.redraw_interval, self.redraw_if_dirty)
+        self.set_interval(self.poll_interval, self.poll_metrics)
+        if self.run_dir is not None:
+            try:
+                self.open_existing(self.run_dir)
+            except MiniGPTError as exc:
+                self.notify(str(exc), title="cannot open the run", severity="error")
+
+    # ---- errors: every worker failure lands here, as a notification, never a crash
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        message = str(error) if isinstance(error, MiniGPTError) else f"{type(error).__name__}: {error}"
+        self.notify(message, title=f"{event.worker.group} failed", severity="error", timeout=10)
+        if event.worker.group == "training":
+            self.training, self.trainer = False, None
+            self.pane.status.state = "error"
+            self.pane.show_status()
+            if self.quitting:
+                self.exit()
+            elif self.run_info is None:
+                self.query_one("#train-switcher", ContentSwitcher).current = "form"
+        elif event.worker.group == "generation":
+            self.query_one(GenerationPane).set_running(False)
+        elif event.worker.group == "ablation":
+            self.query_one(AblationPane).finished("")
+        self.refresh_bindings()
+
+    # ---- opening and following a run on disk
+
+    def open_existing(self, path: Path) -> None:
+        run = open_run(path)
+        self.run_info, self.train_text, self.following = run, None, False
+        self.sub_title = run.path.name
+        self.reload_metrics()
+        self.query_one("#train-switcher", ContentSwitcher).current = "training"
+        self.refresh_bindings()
+
+    def reload_metrics(self) -> None:
+        run = self.run_info
+        records = read_metrics(run.metrics_path)
+        self.pane.curves = Curves.from_records(records)
+        note = self.pane.status.note if self.following else ""
+        self.pane.status = status_from_records(run, records)
+        if self.following:
+            self.pane.status.state = f"following: another process trains it (step {self.pane.status.step})"
+        self.pane.status.note = note
+        self.metrics_stamp = self.stamp(run.metrics_path)
+        self.dirty = True
+
+    @staticmethod
+    def stamp(path: Path) -> tuple[int, float] | None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_size, stat.st_mtime
+
+    def poll_metrics(self) -> None:
+        """Cheap follow of a run trained elsewhere: one stat() per tick, a re-read only when it grew."""
+        if self.training or self.run_info is None:
+            return
+        stamp = self.stamp(self.run_info.metrics_path)
+        if stamp != self.metrics_stamp:
+            self.following = True
+            self.reload_metrics()
+            self.refresh_bindings()
+
+    def redraw_if_dirty(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            try:
+                self.pane.redraw()
+            except NoMatches:  # the app is shutting down and the plots are gone
+                pass
+
+    # ---- training
+
+    @on(StartRun)
+    def start_run(self, message: StartRun) -> None:
+        if self.training:
+            self.notify("a run is training: stop it (s) before starting another", severity="warning")
+            return
+        out = message.out or default_run_dir()
+
+        def prepare():
+            corpus = message.load_corpus()
+            return new_training(message.config, corpus, out), split_text(corpus.text)[0]
+
+        self.pane.curves = Curves()
+        self.begin_training(prepare, f"preparing {out.name}…")
+
+    def begin_training(self, prepare: Callable, state: str) -> None:
+        self.training, self.following = True, False
+        self.pane.status.state = state
+        self.pane.status.note = ""
+        self.dirty = True
+        self.query_one("#train-switcher", ContentSwitcher).current = "training"
+        self.query_one(TabbedContent).active = "train-tab"
+        self.refresh_bindings()
+        self.train_worker(prepare)
+
+    @work(thread=True, exclusive=True, group="training", exit_on_error=False)
+    def train_worker(self, prepare: Callable) -> None:
+        trainer, train_text = prepare()
+        trainer.callbacks.append(EventRelay(self, trainer, self.redraw_interval))
+        self.post_message(TrainingStarted(trainer, train_text))
+        trainer.run()
+
+    @on(TrainingStarted)
+    def training_started(self, message: TrainingStarted) -> None:
+        trainer = message.trainer
+        self.trainer, self.train_text, self.run_info = trainer, message.train_text, trainer.run_dir
+        if self.quitting:
+            trainer.request_stop()
+        self.sub_title = trainer.run_dir.path.name
+        if trainer.step > 0:
+            kept = [r for r in read_metrics(trainer.run_dir.metrics_path) if r.get("step", 0) <= trainer.step]
+            self.pane.curves = Curves.from_records(kept)
+        s = self.pane.status
+        c = trainer.config
+        s.run, s.state = trainer.run_dir.path.name, "training"
+        s.backend, s.device = trainer.backend.name, trainer.backend.device
+        s.parameters = parameter_count(c, trainer.run_dir.tokenizer.vocab_size)
+        s.corpus = Path(trainer.run_dir.data_source).name
+        s.step, s.max_iters = trainer.step, c.max_iters
+        s.best_val_loss = trainer.best_val_loss
+        self.session_start_step = trainer.step
+        self.dirty = True
+        self.refresh_bindings()
+
+    @on(TrainingProgress)
+    def training_progress(self, message: TrainingProgress) -> None:
+        last = message.steps[-1]
+        self.pane.curves.add_steps(message.steps)
+        s = self.pane.status
+        s.step, s.max_iters, s.lr, s.elapsed_s = last.step, last.max_iters, last.lr, last.elapsed_s
+        if last.tokens_per_s > 0:
+            s.tokens_per_s = last.tokens_per_s
+        done = last.step - self.session_start_step
+        s.eta_s = last.elapsed_s / done * (last.max_iters - last.step) if done > 0 else None
+        self.dirty = True
+
+    @on(TrainingEvaluated)
+    def training_evaluated(self, message: TrainingEvaluated) -> None:
+        self.pane.curves.add_eval(message.event)
+        self.pane.status.best_val_loss = message.event.best_val_loss
+        self.dirty = True
+
+    @on(CheckpointSaved)
+    def checkpoint_saved(self, message: CheckpointSaved) -> None:
+        self.pane.status.note = f"{message.event.kind} checkpoint saved at step {message.event.step}"
+        self.dirty = True
+
+    @on(TrainingFinished)
+    def training_finished(self, message: TrainingFinished) -> None:
+        event = message.event
+        self.training, self.trainer = False, None
+        self.pane.status.state = f"{event.reason} at step {event.step}"
+        self.pane.status.eta_s = None
+        self.pane.status.note = event.message
+        self.metrics_stamp = self.stamp(self.run_info.metrics_path)
+        self.dirty = True
+        self.refresh_bindings()
+        if self.quitting:
+            self.exit()
+            return
+        self.notify(event.message, title=f"training {event.reason}",
+                    severity="information" if event.reason == "finished" else "warning")
+
+    def action_toggle_pause(self) -> None:
+        if self.trainer is None:
+            return
+        if self.trainer.paused:
+            self.trainer.resume()
+            self.pane.status.state = "training"
+        else:
+            self.trainer.pause()
+            self.pane.status.state = "paused (p resumes)"
+        self.pane.show_status()
+
+    def action_stop_training(self) -> None:
+        if self.trainer is not None:
+            self.trainer.request_stop()
+            self.pane.status.state = "stopping: saving a checkpoint…"
+            self.pane.show_status()
+
+    def action_continue_training(self) -> None:
+        if self.training or self.run_info is None:
+            return
+        if self.following:
+            self.notify("another process is training this run; continue it when that one stops", severity="warning")
+            return
+        run = self.run_info
+        done = self.pane.status.step
+        # a finished run continues for as many steps again
+        target = run.config.max_iters if done < run.config.max_iters else done + run.config.max_iters
+
+        def prepare():
+            corpus = corpus_for_run(run, None, None)
+            return resume_training(run.path, corpus, {"max_iters": target}), split_text(corpus.text)[0]
+
+        self.begin_training(prepare, f"resuming from step {done} towards {target}…")
+
+    def action_new_run(self) -> None:
+        if self.training:
+            self.notify("a run is training: stop it (s) before starting another", severity="warning")
+            return
+        self.query_one(TabbedContent).active = "train-tab"
+        self.query_one("#train-switcher", ContentSwitcher).current = "form"
+        self.refresh_bindings()
+
+    def action_toggle_log(self) -> None:
+        self.pane.log_y = not self.pane.log_y
+        self.pane.redraw()
+
+    def action_toggle_quality(self) -> None:
+        self.pane.show_perplexity = not self.pane.show_perplexity
+        self.pane.redraw()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide keys that do nothing right now, so the footer stays short at 80 columns."""
+        if action in ("toggle_pause", "stop_training"):
+            return self.trainer is not None
+        if action == "continue_training":
+            return not self.training and self.run_info is not None
+        if action in ("toggle_log", "toggle_quality"):
+            return self.query_one("#train-switcher", ContentSwitcher).current == "training"
+        return True
+
+    async def action_quit(self) -> None:
+        if self.training:
+            self.quitting = True
+            if self.trainer is not None:
+                self.trainer.request_stop()
+            self.notify("saving a checkpoint before quitting…")
+            return
+        self.exit()
+
+    def on_unmount(self) -> None:
+        if self.trainer is not None:
+            self.trainer.request_stop()
+        self.generation_stop.set()
+
+    # ---- the weights sampling uses
+
+    def current_model(self):
+        """(backend, tokenizer, description): a private copy of the training weights, else the latest checkpoint.
+
+        Called on worker threads: the training model itself is never touched from here.
+        """
+        trainer = self.trainer
+        if trainer is not None:
+            step = trainer.step
+            backend = build_backend(trainer.config, trainer.run_dir.tokenizer.vocab_size, trainer.snapshot_weights())
+            return backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})"
+        if self.run_info is None:
+            raise MiniGPTError("no model yet: start a run (n) or open one with `minigpt-tui RUN_DIR`")
+        backend, checkpoint = load_model(self.run_info, which="latest")
+        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.get('step', '?')})"
+
+    def training_text(self) -> str:
+        if self.train_text is None:
+            self.train_text = split_text(corpus_for_run(self.run_info, None, None).text)[0]
+        return self.train_text
+
+    # ---- generation
+
+    @on(GenerateRequest)
+    def generate_requested(self, message: GenerateRequest) -> None:
+        self.generation_stop.clear()
+        self.query_one(GenerationPane).set_running(True)
+        self.generate_worker(message)
+
+    @work(thread=True, exclusive=True, group="generation", exit_on_error=False)
+    def generate_worker(self, request: GenerateRequest) -> None:
+        worker = get_current_worker()
+        backend, tokenizer, source = self.current_model()
+        pieces = generate_text(backend, tokenizer, request.prompt, request.length, request.params, request.seed)
+        self.post_message(GenerationStarted(request.prompt, source))
+        started = last_post = time.perf_counter()
+        pending: list[str] = []
+        characters, stopped = 0, False
+        for piece in pieces:
+            if worker.is_cancelled or self.generation_stop.is_set():
+                stopped = True
+                break
+            pending.append(piece)
+            characters += len(piece)
+            if time.perf_counter() - last_post >= self.stream_interval:
+                self.post_message(GenerationText("".join(pending)))
+                pending, last_post = [], time.perf_counter()
+        if pending:
+            self.post_message(GenerationText("".join(pending)))
+        self.post_message(GenerationFinished(characters, time.perf_counter() - started, stopped))
+
+    @on(GenerationStarted)
+    def generation_started(self, message: GenerationStarted) -> None:
+        self.query_one(GenerationPane).started(message.prompt, message.source)
+
+    @on(GenerationText)
+    def generation_text(self, message: GenerationText) -> None:
+        self.query_one(GenerationPane).append(message.text)
+
+    @on(GenerationFinished)
+    def generation_finished(self, message: GenerationFinished) -> None:
+        verb = "stopped after" if message.stopped else "done:"
+        self.query_one(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
+
+    def action_stop_generation(self) -> None:
+        self.generation_stop.set()
+        for worker in self.workers:
+            if worker.group == "ablation":
+                worker.cancel()
+
+    # ---- temperature ablation
+
+    @on(AblationRequest)
+    def ablation_requested(self, message: AblationRequest) -> None:
+        self.query_one(AblationPane).started("the latest weights")
+        self.ablation_worker(message)
+
+    @work(thread=True, exclusive=True, group="ablation", exit_on_error=False)
+    def ablation_worker(self, request: AblationRequest) -> None:
+        worker = get_current_worker()
+        backend, tokenizer, source = self.current_model()
+        train_text = self.training_text()
+        # one call per temperature so rows appear as they finish; seeds do not depend on the position
+        for temperature in request.temperatures:
+            rows = temperature_ablation(backend, tokenizer, train_text, [temperature], samples=request.samples,
+                                        length=request.length, should_stop=lambda: worker.is_cancelled)
+            if not rows:
+                self.post_message(AblationFinished(source, stopped=True))
+                return
+            self.post_message(AblationRowReady(rows[0]))
+        self.post_message(AblationFinished(source, stopped=False))
+
+    @on(AblationRowReady)
+    def ablation_row(self, message: AblationRowReady) -> None:
+        self.query_one(AblationPane).add_row(message.row)
+
+    @on(AblationFinished)
+    def ablation_finished(self, message: AblationFinished) -> None:
+        verb = "stopped" if message.stopped else "done"
+        self.query_one(AblationPane).finished(f"{verb}: samples from the {message.source}; "
+                                              "highlight a row to read its first sample")
+
+
+def create_app(run_dir: Path | None = None, *, config: TrainConfig | None = None, data: Path | None = None,
+               dataset: str | None = None, out: Path | None = None, **timing) -> MiniGPTApp:
+    """The app as the entry point and the tests build it; ``config`` prefills the new-run form."""
+    return MiniGPTApp(run_dir=run_dir, config=config, data=data, dataset=dataset, out=out, **timing)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Prefill the form with this text file or folder.")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Prefill the form with a named corpus.")
+@click.option("--out", type=click.Path(path_type=Path), help="Prefill the run folder.")
+def main(run_dir: Path | None, data: Path | None, dataset: str | None, out: Path | None) -> None:
+    """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run."""
+    create_app(run_dir, data=data, dataset=dataset, out=out).run()

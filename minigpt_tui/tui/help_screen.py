@@ -1,0 +1,51 @@
+"""The help screen: what each view shows and every key."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# minigpt-tui
+
+Train a small GPT and watch it learn. Every view is also reachable with the mouse.
+
+| key | does |
+|-----|------|
+| `t` `g` `a` | show the **T**raining, **G**enerate, **A**blation view |
+| `n` | new run: the form (Enter starts training) |
+| `p` | pause / resume training |
+| `s` | stop training (the latest checkpoint is saved) |
+| `c` | continue training an opened or stopped run |
+| `l` | log / linear y axis |
+| `b` | bits per character / perplexity in the lower plot |
+| `Enter` | in the Generate view: sample; in the Ablation view: run it |
+| `Escape` | stop sampling |
+| `?` / `F1` | this help |
+| `q` / `Ctrl+Q` | quit (a running training saves a checkpoint first) |
+
+**Training** plots the per-step training loss and the evaluated train/val losses, and below them
+bits per character (loss in bits, per character, comparable across tokenizers) or perplexity.
+The status panel shows throughput, learning rate, elapsed time, ETA and the best validation loss.
+
+**Generate** samples from the latest weights: a live copy while training, else the run's
+latest checkpoint. A `\\n` in the prompt is a newline. Empty top-k/top-p/seed mean off / random.
+
+**Ablation** samples at each temperature with the same seeds and reports coherence (mean NLL
+per token under the model) next to diversity (distinct-n, repeated 3-grams) and the share of
+words that occur in the training text.
+
+`minigpt-tui RUN_DIR` opens a run; while `minigpt train --headless` trains it in another
+terminal, the curves follow its `metrics.jsonl`.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            yield Markdown(HELP)

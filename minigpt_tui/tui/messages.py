@@ -1,0 +1,94 @@
+"""Every app-wide message. Workers post them from their threads; the app routes them to the panes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.message import Message
+
+from minigpt_tui.ablation import TemperatureRow
+from minigpt_tui.config import TrainConfig
+from minigpt_tui.datasets import Corpus
+from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
+from minigpt_tui.sampling import SamplingParams
+
+
+@dataclass
+class StartRun(Message):
+    """The new-run form passed validation."""
+
+    config: TrainConfig
+    load_corpus: Callable[[], Corpus]  # a named dataset may need a download: called in the worker
+    out: Path | None
+
+
+@dataclass
+class TrainingStarted(Message):
+    trainer: object  # minigpt_tui.trainer.Trainer, kept untyped so this module stays light
+    train_text: str  # the training split, for the ablation's known-word share
+
+
+@dataclass
+class TrainingProgress(Message):
+    steps: list[StepEvent]  # batched: a few messages per second, never one per step
+
+
+@dataclass
+class TrainingEvaluated(Message):
+    event: EvalEvent
+
+
+@dataclass
+class CheckpointSaved(Message):
+    event: CheckpointEvent
+
+
+@dataclass
+class TrainingFinished(Message):
+    event: DoneEvent
+
+
+@dataclass
+class GenerateRequest(Message):
+    prompt: str
+    params: SamplingParams
+    length: int
+    seed: int | None
+
+
+@dataclass
+class GenerationStarted(Message):
+    prompt: str
+    source: str  # which weights: a live copy or a checkpoint
+
+
+@dataclass
+class GenerationText(Message):
+    text: str  # one or more freshly sampled pieces
+
+
+@dataclass
+class GenerationFinished(Message):
+    characters: int
+    seconds: float
+    stopped: bool
+
+
+@dataclass
+class AblationRequest(Message):
+    temperatures: list[float]
+    samples: int
+    length: int
+
+
+@dataclass
+class AblationRowReady(Message):
+    row: TemperatureRow
+
+
+@dataclass
+class AblationFinished(Message):
+    source: str
+    stopped: bool

@@ -1,0 +1,145 @@
+"""The new-run form: corpus, preset, backend, device and the key hyper-parameters, validated as you type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.widgets import Button, Input, Label, Select, Static
+
+from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_type
+from minigpt_tui.data import read_corpus
+from minigpt_tui.datasets import load_dataset
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.tui.messages import StartRun
+
+CUSTOM = "custom"  # the preset shown when the app was handed a ready config
+FROM_PATH = "path"
+CORPORA = [("tiny Shakespeare", "shakespeare"), ("Python docs", "python-docs"), ("a file or folder", FROM_PATH)]
+BACKENDS = [("PyTorch", "torch"), ("NumPy", "numpy")]
+DEVICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("mps", "mps")]
+# the hyper-parameters the form exposes; everything else comes from the preset
+FIELDS = ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "learning_rate", "dropout",
+          "eval_interval", "seed")
+
+
+class RunForm(VerticalScroll):
+    """Posts ``StartRun`` on Enter (or the Start button) once everything validates."""
+
+    def __init__(self, *, config: TrainConfig | None = None, data: Path | None = None, dataset: str | None = None,
+                 out: Path | None = None, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.presets = {name: dict(values) for name, values in PRESETS.items()}
+        if config is not None:
+            self.presets[CUSTOM] = config.to_dict()
+        self.initial_preset = CUSTOM if config is not None else "baby"
+        self.initial_corpus = FROM_PATH if data is not None else (dataset or "shakespeare")
+        self.initial_path = str(data) if data is not None else ""
+        self.initial_out = str(out) if out is not None else ""
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]New training run[/b]  Enter starts it; every field is checked as you type.", classes="title")
+        with Grid(id="form-grid"):
+            yield Label("corpus")
+            yield Select(CORPORA, value=self.initial_corpus, allow_blank=False, compact=True, id="corpus")
+            yield Label("path")
+            yield Input(self.initial_path, placeholder="file or folder of .txt", compact=True, id="path")
+            yield Label("preset")
+            yield Select([(name, name) for name in self.presets], value=self.initial_preset, allow_blank=False,
+                         compact=True, id="preset")
+            yield Label("backend")
+            yield Select(BACKENDS, value=self.presets[self.initial_preset].get("backend", "torch"),
+                         allow_blank=False, compact=True, id="backend")
+            yield Label("device")
+            yield Select(DEVICES, value=self.presets[self.initial_preset].get("device", "auto"),
+                         allow_blank=False, compact=True, id="device")
+            yield Label("run folder")
+            yield Input(self.initial_out, placeholder="runs/<timestamp>", compact=True, id="out")
+            for name in FIELDS:
+                yield Label(name)
+                yield Input(self.preset_value(self.initial_preset, name), compact=True, id=name,
+                            type="integer" if field_type(name) is int else "number")
+        yield Static("", id="form-error")
+        with Horizontal(id="form-buttons"):
+            yield Button("Start training", variant="primary", id="start")
+
+    def preset_value(self, preset: str, name: str) -> str:
+        value = self.presets[preset].get(name, getattr(TrainConfig(), name))
+        return repr(value) if isinstance(value, float) else str(value)
+
+    def on_mount(self) -> None:
+        self.query_one("#path", Input).disabled = self.initial_corpus != FROM_PATH
+        self.validate()
+        self.query_one("#start", Button).focus()  # Enter starts a run straight away
+
+    @on(Select.Changed, "#preset")
+    def preset_changed(self, event: Select.Changed) -> None:
+        for name in FIELDS:
+            self.query_one(f"#{name}", Input).value = self.preset_value(str(event.value), name)
+
+    @on(Select.Changed, "#corpus")
+    def corpus_changed(self, event: Select.Changed) -> None:
+        self.query_one("#path", Input).disabled = event.value != FROM_PATH
+        self.validate()
+
+    @on(Input.Changed)
+    @on(Select.Changed, "#backend, #device")
+    def fields_changed(self) -> None:
+        self.validate()
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#start")
+    def submit(self) -> None:
+        config = self.validate()
+        if config is None:
+            return
+        corpus_choice = self.query_one("#corpus", Select).value
+        if corpus_choice == FROM_PATH:
+            try:
+                corpus = read_corpus(Path(self.query_one("#path", Input).value.strip()))
+            except MiniGPTError as exc:
+                self.show_error(str(exc))
+                return
+
+            def load_corpus():
+                return corpus
+        else:
+            def load_corpus():
+                return load_dataset(str(corpus_choice))
+        out = self.query_one("#out", Input).value.strip()
+        self.post_message(StartRun(config, load_corpus, Path(out) if out else None))
+
+    def validate(self) -> TrainConfig | None:
+        """The config the form describes, or None with the problem shown under the fields."""
+        overrides = {"backend": self.query_one("#backend", Select).value,
+                     "device": self.query_one("#device", Select).value}
+        problems = []
+        for name in FIELDS:
+            field = self.query_one(f"#{name}", Input)
+            try:
+                overrides[name] = field_type(name)(field.value.strip())
+                field.remove_class("-invalid")
+            except ValueError:
+                field.add_class("-invalid")
+                problems.append(f"{name} must be a{'n integer' if field_type(name) is int else ' number'}")
+        if self.query_one("#corpus", Select).value == FROM_PATH and not self.query_one("#path", Input).value.strip():
+            problems.append("give the path of a text file or folder")
+        if problems:
+            self.show_error("; ".join(problems))
+            return None
+        preset = str(self.query_one("#preset", Select).value)
+        try:
+            config = build_config("baby", {**self.presets[preset], **overrides})
+        except MiniGPTError as exc:
+            self.show_error(str(exc))
+            return None
+        self.show_error("")
+        return config
+
+    def show_error(self, message: str) -> None:
+        error = self.query_one("#form-error", Static)
+        error.update(f"✗ {message}" if message else "")
+        error.set_class(bool(message), "-shown")
+        self.query_one("#start", Button).disabled = bool(message)
