@@ -79,7 +79,8 @@ def train(headless: bool, data: Path | None, dataset: str | None, preset: str | 
 
     overrides = {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
     if not headless:
-        raise MiniGPTError("the interactive trainer is `minigpt-tui`; add --headless to train here")
+        open_tui(data, dataset, preset, config_file, out, resume, overrides)
+        return
     if resume is not None:
         if preset or config_file or out:
             raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out")
@@ -100,6 +101,21 @@ def train(headless: bool, data: Path | None, dataset: str | None, preset: str | 
         run_headless(trainer)
     finally:
         stop_world(world)
+
+
+def open_tui(data: Path | None, dataset: str | None, preset: str | None, config_file: Path | None,
+             out: Path | None, resume: Path | None, overrides: dict) -> None:
+    """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
+    from minigpt_tui.config import build_config, load_toml
+    from minigpt_tui.tui.app import create_app
+
+    if resume is not None:
+        if overrides or preset or config_file or out or data or dataset:
+            raise MiniGPTError("the TUI resumes a run as it is (press c); add --headless to resume with options")
+        create_app(resume).run()
+        return
+    config = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
+    create_app(config=config, data=data, dataset=dataset, out=out).run()
 
 
 def run_headless(trainer) -> None:

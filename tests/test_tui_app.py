@@ -206,3 +206,13 @@ async def test_a_bad_run_folder_is_a_notification_not_a_crash(tmp_path: Path, ru
         await pilot.pause()
         assert any("run folder not found" in m or "not a minigpt run folder" in m for m in notifications(app))
         assert app.query_one("#train-switcher").current == "form"
+
+
+def test_train_without_headless_refuses_resume_options_for_the_tui(trained_run: Path):
+    from click.testing import CliRunner
+
+    from minigpt_tui.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--resume", str(trained_run), "--max-iters", "20"])
+    assert result.exit_code == 2
+    assert "add --headless to resume with options" in result.output

@@ -49,7 +49,7 @@ from minigpt_tui.tui.messages import (
     TrainingStarted,
 )
 from minigpt_tui.tui.run_form import RunForm
-from minigpt_tui.tui.training_pane import Curves, TrainingPane, parameter_count, status_from_records
+from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_records
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
 
@@ -266,9 +266,9 @@ class MiniGPTApp(App):
         c = trainer.config
         s.run, s.state = trainer.run_dir.path.name, "training"
         s.backend, s.device = trainer.backend.name, trainer.backend.device
-        s.parameters = parameter_count(c, trainer.run_dir.tokenizer.vocab_size)
+        describe(s, c, trainer.run_dir.tokenizer.vocab_size)
         s.corpus = Path(trainer.run_dir.data_source).name
-        s.step, s.max_iters = trainer.step, c.max_iters
+        s.step = trainer.step
         s.best_val_loss = trainer.best_val_loss
         self.session_start_step = trainer.step
         self.dirty = True

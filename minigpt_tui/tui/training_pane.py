@@ -117,6 +117,8 @@ class Status:
     device: str = "-"
     parameters: int | None = None
     corpus: str = "-"
+    model: str = "-"
+    batch: str = "-"
     step: int = 0
     max_iters: int = 0
     tokens_per_s: float | None = None
@@ -142,7 +144,8 @@ class StatusPanel(Static):
         best = "-" if s.best_val_loss is None or not math.isfinite(s.best_val_loss) else f"{s.best_val_loss:.4f}"
         rows = [
             ("run", s.run), ("state", s.state), ("backend", f"{s.backend} on {s.device}"),
-            ("params", "-" if s.parameters is None else f"{s.parameters / 1e6:.3f}M"), ("corpus", s.corpus),
+            ("params", "-" if s.parameters is None else f"{s.parameters / 1e6:.3f}M"), ("model", s.model),
+            ("batch", s.batch), ("corpus", s.corpus),
             ("step", f"{s.step} / {s.max_iters}"),
             ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"),
             ("lr", "-" if s.lr is None else f"{s.lr:.2e}"),
@@ -191,6 +194,15 @@ class TrainingPane(Horizontal):
         self.query_one(StatusPanel).show(self.status)
 
 
+def describe(status: Status, config: TrainConfig, vocab_size: int) -> None:
+    """Fill the run's fixed facts: shape, batch and parameter count."""
+    c = config
+    status.model = f"{c.n_layer}L {c.n_head}H {c.n_embd}d ctx {c.block_size}"
+    status.batch = f"{c.batch_size}×{c.grad_accum_steps}, lr {c.learning_rate:g}"
+    status.parameters = parameter_count(c, vocab_size)
+    status.max_iters = c.max_iters
+
+
 def parameter_count(config: TrainConfig, vocab_size: int) -> int:
     return sum(math.prod(shape) for shape in canonical_shapes(config.model_config(vocab_size)).values())
 
@@ -202,9 +214,9 @@ def status_from_records(run: Run, records: list[dict]) -> Status:
     evals = [r for r in records if r.get("type") == "eval"]
     step = max((r["step"] for r in steps + evals), default=0)
     times = [r["time"] for r in records if "time" in r]
-    status = Status(run=run.path.name, backend=c.backend, device=c.device,
-                    parameters=parameter_count(c, run.tokenizer.vocab_size), corpus=Path(run.data_source).name,
-                    step=step, max_iters=c.max_iters)
+    status = Status(run=run.path.name, backend=c.backend, device=c.device, corpus=Path(run.data_source).name,
+                    step=step)
+    describe(status, c, run.tokenizer.vocab_size)
     status.state = "finished" if step >= c.max_iters else ("not started" if not records else f"stopped at {step}")
     if steps:
         status.tokens_per_s = steps[-1]["tokens_per_s"]

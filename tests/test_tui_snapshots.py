@@ -1,0 +1,76 @@
+"""Snapshots of minigpt-tui's main screens at 80x24 and 160x48 (update with ``pytest --snapshot-update``).
+
+Everything on screen is fixed: the form is prefilled with relative paths, and the opened run is
+synthetic (config, tokenizer and a metrics.jsonl written here, with fixed numbers and times).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import make_corpus_text, tiny_config
+
+from minigpt_tui.ablation import TemperatureRow
+from minigpt_tui.runs import create_run
+from minigpt_tui.tokenizer import build_tokenizer
+from minigpt_tui.tui.ablation_pane import AblationPane
+from minigpt_tui.tui.app import create_app
+
+SIZES = [(80, 24), (160, 48)]
+
+
+def synthetic_run(root: Path) -> Path:
+    """A finished 200-step run whose losses follow a smooth decay (no training: the numbers are fixed)."""
+    path = root / "demo-run"
+    config = tiny_config(max_iters=200, eval_interval=50)
+    tokenizer = build_tokenizer("char", make_corpus_text(), config.vocab_size)
+    create_run(path, config, tokenizer, "corpus.txt", 1.0)
+    records = []
+    for step in range(10, 201, 10):
+        records.append({"type": "step", "step": step, "loss": 1.4 + 2.8 * math.exp(-step / 60),
+                        "lr": 3e-3 * (1 - step / 400), "grad_norm": 1.0, "tokens_per_s": 25_000.0,
+                        "time": 1000.0 + step * 0.05})
+    for step in range(0, 201, 50):
+        val = 1.5 + 2.7 * math.exp(-step / 60)
+        records.append({"type": "eval", "step": step, "train_loss": val - 0.05, "val_loss": val,
+                        "val_perplexity": math.exp(val), "val_bpc": val / math.log(2),
+                        "train_bpc": (val - 0.05) / math.log(2), "time": 1000.0 + step * 0.05})
+    records.sort(key=lambda r: (r["step"], r["type"] == "step"))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def form_app():
+    return create_app(config=tiny_config(), data=Path("corpus.txt"), out=Path("runs/demo"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_new_run_form(snap_compare, size):
+    assert snap_compare(form_app(), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_opened_run(snap_compare, tmp_path: Path, size):
+    assert snap_compare(create_app(synthetic_run(tmp_path)), terminal_size=size)
+
+
+def test_help_screen(snap_compare):
+    assert snap_compare(form_app(), press=["question_mark"], terminal_size=(80, 24))
+
+
+def test_ablation_table(snap_compare, tmp_path: Path):
+    rows = [TemperatureRow(t, [f"Good night sweet prince {i}\nthe king laughed"], 1.2 + t, 0.4 + t / 4, 0.6 + t / 5,
+                           0.7 + t / 6, 0.2 / t, 0.9 - t / 4, 0.5 + t) for i, t in enumerate((0.5, 1.0, 1.5))]
+
+    async def fill(pilot):
+        await pilot.press("a")
+        pane = pilot.app.query_one(AblationPane)
+        for row in rows:
+            pane.add_row(row)
+        pane.finished("done: samples from the latest checkpoint (step 200)")
+        await pilot.pause()
+
+    assert snap_compare(create_app(synthetic_run(tmp_path)), run_before=fill, terminal_size=(160, 48))
