@@ -2,8 +2,9 @@
 
 Conventions, so that every function reads the same way:
 - Outputs come first, then what the forward saves for the backward, then inputs (as in llm.c).
-- Every array is written through ``out=`` into buffers the caller allocated once: on this machine a
-  fresh allocation per step costs more in page faults than the arithmetic it holds.
+- Activations are written through ``out=`` into buffers the caller allocated once: on this machine
+  a fresh allocation per step costs more in page faults than the arithmetic it holds. Only the
+  embedding's scatter-add and the loss's target gather make small temporaries.
 - Shapes: B batch, T time, C channels, nh heads, hs = C // nh, V vocabulary. Row-wise layers take
   any leading shape; linear layers flatten it to N = B * T rows so one BLAS call does the matmul.
 - Parameter gradients are written, not accumulated (the backend sums micro-batches); the exceptions
@@ -217,7 +218,8 @@ def attention_backward(dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, datt: np.
 
 def gelu_forward(out: np.ndarray, t: np.ndarray, x: np.ndarray) -> None:
     """x (...) -> out = 0.5 x (1 + tanh(k (x + a x^3))); saves the tanh t (...) for the backward.
-    x^3 is written as x * (1 + a x^2) products: ``x**3`` goes through the slow generic pow."""
+    The argument is computed as k x (1 + a x^2): plain products, where ``x**3`` would go through
+    NumPy's slow generic power."""
     np.multiply(x, x, out=t)
     t *= GELU_A
     t += 1.0
