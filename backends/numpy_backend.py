@@ -160,7 +160,7 @@ class NumpyBackend(Backend):
         norm = clip_grad_norm(self.flat_grads, self.optim_config.grad_clip)
         self.step += 1
         adamw_update(self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq, self._scratch,
-                     self.n_decayed, self.step, lr, self.optim_config)
+                     self.n_decayed, self.step, float(lr), self.optim_config)  # a NumPy scalar lr would upcast
         return StepResult(loss=total, grad_norm=norm)
 
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:
