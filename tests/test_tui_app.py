@@ -130,14 +130,13 @@ async def test_generation_streams_tokens_from_an_opened_run(trained_run: Path):
             original(text)
 
         pane.append = spy
-        await pilot.press("g")
-        await set_input(pilot, "#prompt", "The king")
         await set_input(pilot, "#length", "40")
         await set_input(pilot, "#seed", "3")
-        app.query_one("#prompt", Input).focus()
-        await pilot.press("enter")
+        await pilot.press("g", *"The king", "enter")  # g puts the cursor in the prompt
         await wait_until(pilot, lambda: "done:" in text_of(app.query_one("#generation-source", Static)))
         text = app.query_one("#generation-output", TextArea).text
+        await pilot.press("escape", "t")  # escape hands the keys back from the text fields
+        assert app.query_one("#tabs").active == "train-tab"
     assert len(received) == 40  # character tokenizer: one piece per token
     assert text == "The king" + "".join(received)
     assert "latest checkpoint (step 8)" in pane.source

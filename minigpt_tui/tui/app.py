@@ -17,7 +17,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
-from textual.widgets import ContentSwitcher, Footer, Header, TabbedContent, TabPane
+from textual.widgets import ContentSwitcher, Footer, Header, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from minigpt_tui.ablation import temperature_ablation
@@ -159,12 +159,13 @@ class MiniGPTApp(App):
         self.notify(message, title=f"{event.worker.group} failed", severity="error", timeout=10)
         if event.worker.group == "training":
             self.training, self.trainer = False, None
-            self.pane.status.state = "error"
-            self.pane.show_status()
             if self.quitting:
                 self.exit()
             elif self.run_info is None:
                 self.query_one("#train-switcher", ContentSwitcher).current = "form"
+            else:  # back to the run that was on screen before
+                self.reload_metrics()
+                self.pane.status.state = "training failed"
         elif event.worker.group == "generation":
             self.query_one(GenerationPane).set_running(False)
         elif event.worker.group == "ablation":
@@ -365,6 +366,12 @@ class MiniGPTApp(App):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        # typing goes where the user is looking: the prompt, the temperature list, or back to the keys
+        first_field = {"generate-tab": "#prompt", "ablation-tab": "#temperatures"}.get(tab)
+        if first_field:
+            self.query_one(first_field).focus()
+        else:
+            self.query_one(TabbedContent).query_one(Tabs).focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -459,10 +466,12 @@ class MiniGPTApp(App):
         self.query_one(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
 
     def action_stop_generation(self) -> None:
+        """Escape: stop sampling (and the ablation), and hand the keys back from the text fields."""
         self.generation_stop.set()
         for worker in self.workers:
             if worker.group == "ablation":
                 worker.cancel()
+        self.query_one(TabbedContent).query_one(Tabs).focus()
 
     # ---- temperature ablation
 

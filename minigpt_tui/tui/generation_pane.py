@@ -24,7 +24,7 @@ class GenerationPane(Vertical):
             yield Button("Generate", variant="primary", compact=True, id="generate")
             yield Button("Stop", compact=True, id="stop-generation", disabled=True)
         with Horizontal(classes="row"):
-            yield Label("temperature")
+            yield Label("temp")
             yield Input("0.8", type="number", compact=True, id="temperature")
             yield Label("top-k")
             yield Input("", type="integer", placeholder="all", compact=True, id="top-k")

@@ -23,7 +23,7 @@ Train a small GPT and watch it learn. Every view is also reachable with the mous
 | `l` | log / linear y axis |
 | `b` | bits per character / perplexity in the lower plot |
 | `Enter` | in the Generate view: sample; in the Ablation view: run it |
-| `Escape` | stop sampling |
+| `Escape` | stop sampling or the ablation; leave the text fields so the keys above work again |
 | `?` / `F1` | this help |
 | `q` / `Ctrl+Q` | quit (a running training saves a checkpoint first) |
 
