@@ -296,7 +296,7 @@ def write_ablation_report(kind: str, results: list[VariantResult], out: Path, me
     paths = [json_path, md_path]
     for suffix, chart in ablation_charts(kind, results).items():
         paths += save_chart(chart, out, f"{kind}-{suffix}")
-    return paths + export_plots([Path(r.run_dir) for r in results], out, name=kind)
+    return paths + export_plots([Path(r.run_dir) for r in results], out, name=f"{kind}-runs")
 
 
 def write_exposure_report(scores: dict, out: Path, meta: dict) -> list[Path]:

@@ -105,6 +105,10 @@ def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -
         ax.set_yscale("log")
     if chart.logx:
         ax.set_xscale("log", base=2)
+        xs = sorted({x for s in chart.series for x in s.x})
+        if len(xs) <= 12:  # label the measured points (16, 32, ...) rather than powers of two
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)

@@ -71,5 +71,5 @@ def test_posenc_ablation_in_process_and_resumed(tmp_path):
     again = run_variants(posenc_variants(base), corpus, tmp_path, isolate=False, extra_scores=length_generalisation)
     assert again == results  # read back, not retrained
     paths = write_ablation_report("posenc", results, tmp_path / "report", {})
-    assert {p.name for p in paths} >= {"results.json", "results.md", "posenc-position.png", "posenc-loss.png"}
+    assert {p.name for p in paths} >= {"results.json", "results.md", "posenc-position.png", "posenc-runs-loss.png"}
     assert "| sinusoidal | sinusoidal |" in results_markdown("posenc", results)
