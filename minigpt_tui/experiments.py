@@ -51,8 +51,8 @@ class VariantResult:
     val_bpc: float
     train_tokens_per_s: float  # median of the logged throughput, first interval (warm-up) dropped
     wall_s: float  # training wall time, evaluations and checkpoints included
-    peak_rss_mb: float
-    rss_before_training_mb: float
+    peak_rss_mb: float  # high-water mark of the process at the end of training
+    rss_before_training_mb: float  # the same just before the first step: data, model, optimizer built
     sample: str
     extra: dict = field(default_factory=dict)
 
@@ -82,6 +82,7 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
     started = time.perf_counter()
     done = trainer.run()
     wall = time.perf_counter() - started
+    rss_peak = peak_rss_mb()  # before the whole-split evaluation below, whose batches are larger
     if done.reason != "finished":
         raise MiniGPTError(f"variant {name} did not finish: {done.message}")
     run = open_run(run_dir)
@@ -96,7 +97,7 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
         block_size=c.block_size, batch_size=c.batch_size, pos_encoding=c.pos_encoding, max_iters=c.max_iters,
         tokens_seen=tokens_seen, chars_seen=tokens_seen / run.tokens_per_char, tokens_per_char=run.tokens_per_char,
         val_loss=score.loss, val_bpc=score.bits_per_char, train_tokens_per_s=median_throughput(run_dir),
-        wall_s=wall, peak_rss_mb=peak_rss_mb(), rss_before_training_mb=rss_before, sample=sample[:SAMPLE_CHARS],
+        wall_s=wall, peak_rss_mb=rss_peak, rss_before_training_mb=rss_before, sample=sample[:SAMPLE_CHARS],
         extra=extra_scores(model, run, val) if extra_scores else {},
     )
     atomic_write_text(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=1))
