@@ -80,3 +80,23 @@ def test_summarize_by_hand():
     assert row.distinct_1 == pytest.approx(4 / 7)  # the, cat, dog, zzq of 7 words
     assert row.repeated_ngram_rate == pytest.approx(2 / 5)  # (the, cat) and (cat, the) repeat once each; 5 bigrams
     assert row.known_word_share == pytest.approx(6 / 7)
+
+
+def test_cli_ablate_temperature_writes_the_report(tiny_run, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from minigpt_tui.cli import main
+
+    run, _ = tiny_run
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["ablate", "temperature", str(run.path), "--temperatures", "0.5,1.0,1.5",
+                                       "--samples", "1", "--length", "30", "--data", str(corpus), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "temperature.json").read_text(encoding="utf-8"))
+    assert [row["temperature"] for row in report["rows"]] == [0.5, 1.0, 1.5]
+    assert "| 1.5 |" in (out / "temperature.md").read_text(encoding="utf-8")
+    assert (out / "temperature-samples.png").read_bytes()[:4] == b"\x89PNG"

@@ -69,3 +69,18 @@ def test_text_rendering_shows_title_and_labels():
 def test_sample_table_png(tmp_path):
     path = save_sample_table([("T = 0.5", "To be\nor not"), ("T = 1.5", "x" * 300)], tmp_path / "s.png")
     assert_png(path)
+
+
+def test_cli_export_plots_and_its_error(tmp_path):
+    from click.testing import CliRunner
+
+    from minigpt_tui.cli import main
+
+    run = write_run(tmp_path / "base")
+    result = CliRunner().invoke(main, ["export-plots", str(run), "--out", str(tmp_path / "viz")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "viz" / "base-loss.png").is_file()
+    fresh = write_run(tmp_path / "fresh", evals=False)
+    result = CliRunner().invoke(main, ["export-plots", str(fresh)])
+    assert result.exit_code == 2
+    assert "error: run" in result.output and "no evaluations yet" in result.output
