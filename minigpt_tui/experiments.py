@@ -4,7 +4,8 @@ Each variant is a normal run folder under ``out/<name>/`` made by ``trainer.new_
 the whole validation split (bits per character, comparable across tokenizers) and timed. With
 ``isolate`` each variant trains in a fresh process, so its peak RSS (``resource.getrusage``, the
 resident memory high-water mark of that process, interpreter and torch included) is its own.
-A variant whose ``result.json`` exists is not trained again: an interrupted ablation resumes.
+A variant whose ``result.json`` exists is not trained again, so rerunning an interrupted ablation
+continues with the next variant (delete the folder of a variant that was cut short).
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
                                                     extra_scores, threads))
             result = VariantResult(**data)
         else:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             result = train_variant(name, config, corpus, out, extra_scores)
         results.append(result)
         if on_result is not None:
