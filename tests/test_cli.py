@@ -120,8 +120,15 @@ def test_train_bad_input(paths, case):
     assert not paths.out.exists()  # nothing half-created
 
 
-def test_train_without_headless_points_to_the_tui(paths):
-    assert_one_line_error(invoke("train", "--data", paths.corpus), "minigpt-tui")
+def test_without_headless_bad_options_fail_before_the_tui_opens(paths, monkeypatch):
+    from minigpt_tui.tui import app
+
+    def must_not_open(*args, **kwargs):
+        raise AssertionError("the TUI opened despite a bad option")
+
+    monkeypatch.setattr(app, "create_app", must_not_open)
+    assert_one_line_error(invoke("train", "--data", paths.corpus, "--n-layer", "0"), "n_layer must be positive")
+    assert_one_line_error(invoke("train", "--resume", paths.run, "--preset", "tiny"), "add --headless")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
