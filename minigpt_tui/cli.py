@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from minigpt_tui.config import PRESETS, TrainConfig, field_names, field_type
+from minigpt_tui.config import FIELD_HELP, PRESETS, TrainConfig, field_names, field_type
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
 
@@ -42,9 +42,9 @@ def config_options(command):
         flag = name.replace("_", "-")
         kind = field_type(name)
         if kind is bool:
-            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=f"Set {name}.")
+            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=FIELD_HELP[name])
         else:
-            option = click.option(f"--{flag}", name, type=kind, default=None, help=f"Set {name}.")
+            option = click.option(f"--{flag}", name, type=kind, default=None, help=FIELD_HELP[name])
         command = option(command)
     return command
 

@@ -89,6 +89,38 @@ class TrainConfig:
         return validated(dataclasses.replace(self, **changes))
 
 
+FIELD_HELP = {
+    "n_layer": "Transformer blocks.",
+    "n_head": "Attention heads per block (must divide n_embd).",
+    "n_embd": "Width of the residual stream.",
+    "block_size": "Context length in tokens.",
+    "dropout": "Dropout probability in [0, 1).",
+    "bias": "Biases in Linear and LayerNorm layers.",
+    "pos_encoding": "Positional encoding: learned or sinusoidal.",
+    "tie_weights": "Share the token embedding with the output projection.",
+    "tokenizer": "char, or bpe (byte-level BPE trained on the train split).",
+    "vocab_size": "BPE vocabulary size (ignored for char).",
+    "batch_size": "Sequences per micro-batch (per process under torchrun).",
+    "grad_accum_steps": "Micro-batches accumulated per optimizer step.",
+    "max_iters": "Optimizer steps in total.",
+    "learning_rate": "Peak learning rate (after warmup).",
+    "min_lr": "Learning rate at the end of the cosine decay.",
+    "warmup_iters": "Steps of linear warmup.",
+    "lr_decay_iters": "Steps of cosine decay (0: max_iters).",
+    "weight_decay": "AdamW weight decay, matrices only.",
+    "beta1": "AdamW beta1.",
+    "beta2": "AdamW beta2.",
+    "grad_clip": "Clip the global gradient norm to this (0: off).",
+    "eval_interval": "Evaluate and checkpoint every N steps.",
+    "eval_iters": "Batches per evaluation estimate.",
+    "log_interval": "Log a step record every N steps.",
+    "seed": "Seed of the initial weights, batches and dropout.",
+    "backend": "Model backend: torch, numpy, or one from an entry point.",
+    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
+    "dtype": "float32, or float64 (slow; for exact checks).",
+    "compile": "torch.compile the training forward (PyTorch backend).",
+}
+
 PRESETS: dict[str, dict] = {
     # seconds on a laptop CPU: for tests and demos
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=200,
