@@ -329,7 +329,7 @@ def ablation_options(command):
 
 
 def run_ablation(kind: str, make_variants, data, dataset, preset, config_file, out, threads, isolate, kwargs,
-                 extra_scores=None) -> None:
+                 extra_scores=None, finish=None) -> None:
     """The shared shell of the training ablations: base config, variants, progress lines, report."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.corpus import resolve_corpus
@@ -348,6 +348,8 @@ def run_ablation(kind: str, make_variants, data, dataset, preset, config_file, o
 
     results = run_variants(variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores,
                            on_result=report)
+    if finish is not None:
+        results = finish(results, [config for _, config in variants])
     meta = {"ablation": kind, "base_config": base.to_dict(), "data_source": corpus.source,
             "variants": [name for name, _ in variants]}
     for path in write_ablation_report(kind, results, out, meta):
@@ -378,15 +380,18 @@ def ablate_tokenizer(vocab_sizes: str, data, dataset, preset, config_file, out, 
 @click.option("--block-sizes", default="16,32,64,128,256", show_default=True, help="Context lengths to compare.")
 @click.option("--tokens-per-step", type=click.IntRange(min=1), default=1024, show_default=True,
               help="batch_size = this / context: every variant sees the same tokens.")
+@click.option("--bench-rounds", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Round-robin throughput measurements after training (0: skip).")
 @ablation_options
-def ablate_context(block_sizes: str, tokens_per_step: int, data, dataset, preset, config_file, out, threads, isolate,
-                   **kwargs) -> None:
+def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, data, dataset, preset, config_file, out,
+                   threads, isolate, **kwargs) -> None:
     """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
-    from minigpt_tui.experiments import context_variants
+    from minigpt_tui.experiments import context_variants, with_throughput
 
     blocks = int_list(block_sizes)
+    finish = (lambda results, configs: with_throughput(results, configs, rounds=bench_rounds)) if bench_rounds else None
     run_ablation("context", lambda base: context_variants(base, blocks, tokens_per_step), data, dataset, preset,
-                 config_file, out, threads, isolate, kwargs)
+                 config_file, out, threads, isolate, kwargs, finish=finish)
 
 
 @ablate.command(name="posenc")

@@ -121,6 +121,10 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
     ``extra_scores`` must be a module-level function when ``isolate`` (it crosses a process boundary).
     """
     out = Path(out)
+    if threads:  # for in-process training and for whatever the caller measures afterwards
+        import torch
+
+        torch.set_num_threads(threads)
     results = []
     for name, config in variants:
         done_file = out / name / RESULT_FILE
@@ -133,10 +137,6 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
                                                     extra_scores, threads))
             result = VariantResult(**data)
         else:
-            if threads:
-                import torch
-
-                torch.set_num_threads(threads)
             result = train_variant(name, config, corpus, out, extra_scores)
         results.append(result)
         if on_result is not None:
@@ -170,6 +170,24 @@ def posenc_variants(base: TrainConfig) -> list[tuple[str, TrainConfig]]:
 
 
 # scores beyond the val loss
+
+
+def with_throughput(results: list[VariantResult], configs: list[TrainConfig], *, rounds: int = 3,
+                    iters: int = 20, gen_tokens: int = 200) -> list[VariantResult]:
+    """Add best-of-``rounds`` training and KV-cached generation tokens/s (``minigpt bench``'s measure) to
+    each result's extra. Round-robin over the variants, so a change in the machine's load hits them
+    all alike, which the throughput logged by runs trained minutes apart does not."""
+    import dataclasses
+
+    from minigpt_tui.bench import bench_backend
+
+    best = [(0.0, 0.0)] * len(configs)
+    for _ in range(rounds):
+        for i, config in enumerate(configs):
+            b = bench_backend(config.backend, config, train_iters=iters, gen_tokens=gen_tokens, nocache_tokens=1)
+            best[i] = (max(best[i][0], b.train_tokens_per_s), max(best[i][1], b.generate_tokens_per_s))
+    measured = [{"bench_train_tokens_per_s": train, "bench_generate_tokens_per_s": gen} for train, gen in best]
+    return [dataclasses.replace(r, extra={**r.extra, **m}) for r, m in zip(results, measured, strict=True)]
 
 
 def position_losses(backend: Backend, tokens: np.ndarray, window: int, max_windows: int = 64,
@@ -237,8 +255,8 @@ def exposure_bias(backend: Backend, tokenizer, val_tokens: np.ndarray, *, sample
 COLUMNS = {
     "tokenizer": ("variant", "vocab", "tokens/char", "chars seen", "val loss/token", "val bits/char", "train tok/s",
                   "wall s"),
-    "context": ("variant", "context", "batch", "val bits/char", "train tok/s", "wall s", "peak RSS MB",
-                "RSS growth MB"),
+    "context": ("variant", "context", "batch", "val bits/char", "train tok/s (run log)", "wall s", "peak RSS MB",
+                "RSS growth MB", "bench train tok/s", "bench generate tok/s"),
     "posenc": ("variant", "pos. encoding", "val bits/char", "bits/char by position span (trained context T)"),
 }
 
@@ -249,7 +267,9 @@ def _cells(kind: str, r: VariantResult) -> list[str]:
                 f"{r.val_loss:.4f}", f"{r.val_bpc:.4f}", f"{r.train_tokens_per_s:,.0f}", f"{r.wall_s:.0f}"]
     if kind == "context":
         return [r.name, str(r.block_size), str(r.batch_size), f"{r.val_bpc:.4f}", f"{r.train_tokens_per_s:,.0f}",
-                f"{r.wall_s:.0f}", f"{r.peak_rss_mb:.0f}", f"{r.peak_rss_mb - r.rss_before_training_mb:.0f}"]
+                f"{r.wall_s:.0f}", f"{r.peak_rss_mb:.0f}", f"{r.peak_rss_mb - r.rss_before_training_mb:.0f}",
+                f"{r.extra.get('bench_train_tokens_per_s', math.nan):,.0f}",
+                f"{r.extra.get('bench_generate_tokens_per_s', math.nan):,.0f}"]
     spans = r.extra.get("bpc_by_span", {})
     return [r.name, r.pos_encoding, f"{r.val_bpc:.4f}", ", ".join(f"{k}: {v:.3f}" for k, v in spans.items())]
 
@@ -277,8 +297,13 @@ def ablation_charts(kind: str, results: list[VariantResult]) -> dict:
         return {
             "bpc": Chart("Val bits/char vs context length", "context (tokens)", "bits/char",
                          [Series("val bits/char", blocks, [r.val_bpc for r in results])], logx=True),
-            "speed": Chart("Training throughput vs context length", "context (tokens)", "tokens/s",
-                           [Series("train tokens/s", blocks, [r.train_tokens_per_s for r in results])], logx=True),
+            "speed": Chart("Throughput vs context length", "context (tokens)", "tokens/s", [
+                Series("train (run log)", blocks, [r.train_tokens_per_s for r in results]),
+                Series("train (bench, best of rounds)", blocks,
+                       [r.extra.get("bench_train_tokens_per_s", math.nan) for r in results]),
+                Series("generate, KV cache (bench)", blocks,
+                       [r.extra.get("bench_generate_tokens_per_s", math.nan) for r in results]),
+            ], logx=True),
             "memory": Chart("Memory vs context length", "context (tokens)", "MB",
                             [Series("peak RSS", blocks, [r.peak_rss_mb for r in results]),
                              Series("RSS growth during training", blocks,
