@@ -195,9 +195,12 @@ def sample(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, 
 @checkpoint_choice()
 @backend_option
 @device_option
+@click.option("--stride", type=int, default=None,
+              help="Sliding windows every N tokens: each token scored with >= context - N tokens of context "
+                   "(default: non-overlapping windows).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
 def eval_command(run_dir: Path, data: Path | None, dataset: str | None, checkpoint: str, backend: str | None,
-                 device: str | None, json_path: Path | None) -> None:
+                 device: str | None, stride: int | None, json_path: Path | None) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
     from minigpt_tui.corpus import corpus_for_run
     from minigpt_tui.evaluation import evaluate_tokens
@@ -208,14 +211,15 @@ def eval_command(run_dir: Path, data: Path | None, dataset: str | None, checkpoi
     run = open_run(run_dir)
     tokens = tokenize_corpus(run, corpus_for_run(run, data, dataset).text)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
-    score = evaluate_tokens(model, tokens.val, run.tokens_per_char)
+    score = evaluate_tokens(model, tokens.val, run.tokens_per_char, stride=stride)
     step = ckpt.state.get("step", "?")
     click.echo(f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
                f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens")
     if json_path:
         atomic_write_text(json_path, json.dumps({"step": step, "checkpoint": checkpoint, "backend": model.name,
                                                  "val_loss": score.loss, "val_perplexity": score.perplexity,
-                                                 "val_bpc": score.bits_per_char, "tokens": score.tokens}, indent=1))
+                                                 "val_bpc": score.bits_per_char, "tokens": score.tokens,
+                                                 "stride": stride or run.config.block_size}, indent=1))
 
 
 @main.command()

@@ -8,6 +8,7 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.data import sequential_windows
+from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.metrics import bits_per_char, perplexity
 
 
@@ -19,11 +20,50 @@ class SplitScore:
     tokens: int
 
 
-def evaluate_tokens(backend: Backend, tokens: np.ndarray, tokens_per_char: float, batch_size: int = 32) -> SplitScore:
-    """Mean loss over non-overlapping context windows covering ``tokens``, weighted by window length."""
-    total, count = 0.0, 0
-    for inputs, targets in sequential_windows(tokens, backend.config.block_size, batch_size):
-        total += backend.eval_loss(inputs, targets) * targets.size
-        count += targets.size
+def evaluate_tokens(backend: Backend, tokens: np.ndarray, tokens_per_char: float, batch_size: int = 32,
+                    stride: int | None = None) -> SplitScore:
+    """Mean loss per token over ``tokens``.
+
+    By default the split is cut into non-overlapping context windows: a token sees 0 to block_size - 1
+    tokens of context, the same mix as the random training and evaluation batches. With ``stride`` <
+    block_size, windows overlap and each token (after the first window) is scored with at least
+    block_size - stride tokens of context: the usual sliding-window perplexity, lower and costlier.
+    """
+    block_size = backend.config.block_size
+    if stride is None or stride == block_size:
+        total, count = 0.0, 0
+        for inputs, targets in sequential_windows(tokens, block_size, batch_size):
+            total += backend.eval_loss(inputs, targets) * targets.size
+            count += targets.size
+    elif 1 <= stride < block_size:
+        total, count = _sliding_window_nll(backend, tokens, stride, batch_size)
+    else:
+        raise MiniGPTError(f"stride must be between 1 and the context length {block_size}, got {stride}")
     loss = total / count
     return SplitScore(loss, perplexity(loss), bits_per_char(loss, tokens_per_char), count)
+
+
+def _sliding_window_nll(backend: Backend, tokens: np.ndarray, stride: int, batch_size: int) -> tuple[float, int]:
+    """Windows start every ``stride`` tokens; window k > 0 scores only its last ``stride`` targets,
+    so the scored spans tile the split exactly once (the first window scores all of its targets)."""
+    block_size, n_targets = backend.config.block_size, len(tokens) - 1
+    starts = list(range(0, max(1, n_targets - block_size + stride), stride))
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        # the last window may run past the end: score it on its own, shortened
+        full = [s for s in chunk if s + block_size <= n_targets]
+        groups = [(full, block_size)] if full else []
+        groups += [([s], n_targets - s) for s in chunk if s + block_size > n_targets]
+        for group, length in groups:
+            idx = np.asarray(group)[:, None] + np.arange(length + 1)
+            windows = tokens[idx]
+            logits = backend.logits(windows[:, :-1]).astype(np.float64)
+            logits -= logits.max(axis=-1, keepdims=True)
+            log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+            nll = -np.take_along_axis(log_probs, windows[:, 1:, None], axis=-1)[..., 0]
+            for row, start in enumerate(group):
+                first = 0 if start == 0 else block_size - stride
+                total += float(nll[row, first:].sum())
+                count += length - first
+    return total, count
