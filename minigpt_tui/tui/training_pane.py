@@ -165,6 +165,7 @@ class TrainingPane(Horizontal):
         self.status = Status()
         self.log_y = False
         self.show_perplexity = False
+        self.quality_drawn: tuple | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="plots"):
@@ -181,6 +182,15 @@ class TrainingPane(Horizontal):
         self.query_one("#loss-plot", CurvePlot).draw(
             "loss", "nats/token",
             [("train", steps, losses), ("val", c.eval_steps, c.val_loss)], self.log_y)
+        # the lower plot only changes on an evaluation or a toggle: skip rebuilding it otherwise
+        quality_key = (id(c), len(c.eval_steps), self.log_y, self.show_perplexity)
+        if quality_key != self.quality_drawn:
+            self.quality_drawn = quality_key
+            self.draw_quality()
+        self.query_one(StatusPanel).show(self.status)
+
+    def draw_quality(self) -> None:
+        c = self.curves
         if self.show_perplexity:
             quality = [("train", c.eval_steps, [perplexity(v) for v in c.train_eval_loss]),
                        ("val", c.eval_steps, [perplexity(v) for v in c.val_loss])]
@@ -188,7 +198,6 @@ class TrainingPane(Horizontal):
         else:
             quality = [("train", c.eval_steps, c.train_bpc), ("val", c.eval_steps, c.val_bpc)]
             self.query_one("#quality-plot", CurvePlot).draw("bits per character", "bits/char", quality, self.log_y)
-        self.query_one(StatusPanel).show(self.status)
 
     def show_status(self) -> None:
         self.query_one(StatusPanel).show(self.status)
