@@ -136,7 +136,6 @@ class KVCache:
         return torch.arange(n_total, device=device)[None, :] <= rows
 
 
-
 class Decoder:
     """Logits for one new token at a time, batch 1, over a model's KV cache.
 
@@ -148,9 +147,20 @@ class Decoder:
     def __init__(self, model: GPT) -> None:
         self.model = model
         self.layers = [
-            (b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
-             b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias,
-             b.mlp.c_proj.weight, b.mlp.c_proj.bias)
+            (
+                b.ln_1.weight,
+                b.ln_1.bias,
+                b.attn.c_attn.weight,
+                b.attn.c_attn.bias,
+                b.attn.c_proj.weight,
+                b.attn.c_proj.bias,
+                b.ln_2.weight,
+                b.ln_2.bias,
+                b.mlp.c_fc.weight,
+                b.mlp.c_fc.bias,
+                b.mlp.c_proj.weight,
+                b.mlp.c_proj.bias,
+            )
             for b in model.h
         ]
         config = model.config
@@ -162,7 +172,9 @@ class Decoder:
         C, nh = self.n_embd, self.n_head
         hs = C // nh
         x = (model.wte.weight[token] + model.positions(pos, 1, self.head.device)[0])[None]  # (1, C)
-        for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b) in enumerate(self.layers):
+        for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b) in enumerate(
+            self.layers
+        ):
             h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
             q, k, v = F.linear(h, attn_w, attn_b).view(3, nh, hs)
             cache.keys[layer, 0, :, pos] = k

@@ -49,7 +49,9 @@ def config_options(command):
     return command
 
 
-data_option = click.option("--data", type=click.Path(path_type=Path), help="A UTF-8 text file or a folder of .txt files.")
+data_option = click.option(
+    "--data", type=click.Path(path_type=Path), help="A UTF-8 text file or a folder of .txt files."
+)
 dataset_option = click.option("--dataset", type=click.Choice(DATASETS), help="A named corpus.")
 
 
@@ -68,8 +70,16 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<timestamp>).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @config_options
-def train(headless: bool, data: Path | None, dataset: str | None, preset: str | None, config_file: Path | None,
-          out: Path | None, resume: Path | None, **kwargs) -> None:
+def train(
+    headless: bool,
+    data: Path | None,
+    dataset: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    **kwargs,
+) -> None:
     """Train a model (headless), or resume one with --resume RUN_DIR."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.corpus import corpus_for_run, resolve_corpus
@@ -103,8 +113,15 @@ def train(headless: bool, data: Path | None, dataset: str | None, preset: str | 
         stop_world(world)
 
 
-def open_tui(data: Path | None, dataset: str | None, preset: str | None, config_file: Path | None,
-             out: Path | None, resume: Path | None, overrides: dict) -> None:
+def open_tui(
+    data: Path | None,
+    dataset: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    overrides: dict,
+) -> None:
     """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.tui.app import create_app
@@ -152,8 +169,13 @@ def run_headless(trainer) -> None:
 
 
 def checkpoint_choice():
-    return click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True,
-                        help="Which checkpoint of the run to load.")
+    return click.option(
+        "--checkpoint",
+        type=click.Choice(["best", "latest"]),
+        default="best",
+        show_default=True,
+        help="Which checkpoint of the run to load.",
+    )
 
 
 backend_option = click.option("--backend", default=None, help="Backend that loads the run (default: the run's).")
@@ -171,8 +193,18 @@ device_option = click.option("--device", default=None, help="auto, cpu, cuda, cu
 @checkpoint_choice()
 @backend_option
 @device_option
-def sample(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-           top_p: float | None, seed: int | None, checkpoint: str, backend: str | None, device: str | None) -> None:
+def sample(
+    run_dir: Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    checkpoint: str,
+    backend: str | None,
+    device: str | None,
+) -> None:
     """Stream a sample from a trained run."""
     from minigpt_tui.runs import load_model, open_run
     from minigpt_tui.sampling import SamplingParams, generate_text
@@ -195,12 +227,24 @@ def sample(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, 
 @checkpoint_choice()
 @backend_option
 @device_option
-@click.option("--stride", type=int, default=None,
-              help="Sliding windows every N tokens: each token scored with >= context - N tokens of context "
-                   "(default: non-overlapping windows).")
+@click.option(
+    "--stride",
+    type=int,
+    default=None,
+    help="Sliding windows every N tokens: each token scored with >= context - N tokens of context "
+    "(default: non-overlapping windows).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
-def eval_command(run_dir: Path, data: Path | None, dataset: str | None, checkpoint: str, backend: str | None,
-                 device: str | None, stride: int | None, json_path: Path | None) -> None:
+def eval_command(
+    run_dir: Path,
+    data: Path | None,
+    dataset: str | None,
+    checkpoint: str,
+    backend: str | None,
+    device: str | None,
+    stride: int | None,
+    json_path: Path | None,
+) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
     from minigpt_tui.corpus import corpus_for_run
     from minigpt_tui.evaluation import evaluate_tokens
@@ -213,13 +257,27 @@ def eval_command(run_dir: Path, data: Path | None, dataset: str | None, checkpoi
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     score = evaluate_tokens(model, tokens.val, run.tokens_per_char, stride=stride)
     step = ckpt.state.get("step", "?")
-    click.echo(f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
-               f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens")
+    click.echo(
+        f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
+        f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens"
+    )
     if json_path:
-        atomic_write_text(json_path, json.dumps({"step": step, "checkpoint": checkpoint, "backend": model.name,
-                                                 "val_loss": score.loss, "val_perplexity": score.perplexity,
-                                                 "val_bpc": score.bits_per_char, "tokens": score.tokens,
-                                                 "stride": stride or run.config.block_size}, indent=1))
+        atomic_write_text(
+            json_path,
+            json.dumps(
+                {
+                    "step": step,
+                    "checkpoint": checkpoint,
+                    "backend": model.name,
+                    "val_loss": score.loss,
+                    "val_perplexity": score.perplexity,
+                    "val_bpc": score.bits_per_char,
+                    "tokens": score.tokens,
+                    "stride": stride or run.config.block_size,
+                },
+                indent=1,
+            ),
+        )
 
 
 @main.command()
@@ -230,8 +288,15 @@ def eval_command(run_dir: Path, data: Path | None, dataset: str | None, checkpoi
 @device_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
-def bench(backends: tuple[str, ...], preset: str, iters: int, gen_tokens: int, device: str | None,
-          threads: int | None, json_path: Path | None) -> None:
+def bench(
+    backends: tuple[str, ...],
+    preset: str,
+    iters: int,
+    gen_tokens: int,
+    device: str | None,
+    threads: int | None,
+    json_path: Path | None,
+) -> None:
     """Training and generation tokens/s, FLOPs/token and MFU per backend."""
     from rich.console import Console
     from rich.table import Table
@@ -245,17 +310,37 @@ def bench(backends: tuple[str, ...], preset: str, iters: int, gen_tokens: int, d
 
         torch.set_num_threads(threads)
     config: TrainConfig = load_preset(preset)
-    results = [bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device) for name in backends]
+    results = [
+        bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device) for name in backends
+    ]
     table = Table(title=f"minigpt bench: preset {preset}")
-    for column in ("backend", "device", "train tok/s", "ms/iter", "gen tok/s (KV cache)", "gen tok/s (no cache)", "FLOPs/token", "MFU"):
+    for column in (
+        "backend",
+        "device",
+        "train tok/s",
+        "ms/iter",
+        "gen tok/s (KV cache)",
+        "gen tok/s (no cache)",
+        "FLOPs/token",
+        "MFU",
+    ):
         table.add_column(column, justify="right")
     for r in results:
-        table.add_row(r.backend, r.device, f"{r.train_tokens_per_s:,.0f}", f"{r.train_ms_per_iter:.1f}",
-                      f"{r.generate_tokens_per_s:,.0f}", f"{r.generate_tokens_per_s_nocache:,.0f}",
-                      f"{r.flops_per_token / 1e6:.2f}M", f"{r.mfu:.1%}")
+        table.add_row(
+            r.backend,
+            r.device,
+            f"{r.train_tokens_per_s:,.0f}",
+            f"{r.train_ms_per_iter:.1f}",
+            f"{r.generate_tokens_per_s:,.0f}",
+            f"{r.generate_tokens_per_s_nocache:,.0f}",
+            f"{r.flops_per_token / 1e6:.2f}M",
+            f"{r.mfu:.1%}",
+        )
     Console().print(table)
     if json_path:
-        atomic_write_text(json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1))
+        atomic_write_text(
+            json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1)
+        )
 
 
 @main.command(name="export-plots")
@@ -282,15 +367,26 @@ def ablate() -> None:
 @click.option("--length", type=click.IntRange(min=1), default=300, show_default=True, help="Tokens per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
 @click.option("--prompt", default="\n", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Report folder (default RUN_DIR/ablate-temperature).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
+)
 @data_option
 @dataset_option
 @checkpoint_choice()
 @device_option
-def ablate_temperature(run_dir: Path, temperatures: str, samples: int, length: int, seed: int, prompt: str,
-                       out: Path | None, data: Path | None, dataset: str | None, checkpoint: str,
-                       device: str | None) -> None:
+def ablate_temperature(
+    run_dir: Path,
+    temperatures: str,
+    samples: int,
+    length: int,
+    seed: int,
+    prompt: str,
+    out: Path | None,
+    data: Path | None,
+    dataset: str | None,
+    checkpoint: str,
+    device: str | None,
+) -> None:
     """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
     from minigpt_tui.ablation import (
         parse_temperatures,
@@ -306,10 +402,18 @@ def ablate_temperature(run_dir: Path, temperatures: str, samples: int, length: i
     run = open_run(run_dir)
     train_text, _ = split_text(corpus_for_run(run, data, dataset).text)
     model, ckpt = load_model(run, which=checkpoint, device=device)
-    rows = temperature_ablation(model, run.tokenizer, train_text, values, samples=samples, length=length,
-                                prompt=prompt, seed=seed)
-    meta = {"run": str(run.path), "checkpoint": checkpoint, "step": ckpt.state.get("step"), "samples": samples,
-            "length": length, "seed": seed, "prompt": prompt}
+    rows = temperature_ablation(
+        model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed
+    )
+    meta = {
+        "run": str(run.path),
+        "checkpoint": checkpoint,
+        "step": ckpt.state.get("step"),
+        "samples": samples,
+        "length": length,
+        "seed": seed,
+        "prompt": prompt,
+    }
     for path in write_temperature_report(rows, out or run.path / "ablate-temperature", meta):
         click.echo(path, err=True)
     click.echo(temperature_table_markdown(rows))
@@ -317,23 +421,49 @@ def ablate_temperature(run_dir: Path, temperatures: str, samples: int, length: i
 
 def ablation_options(command):
     command = config_options(command)
-    for option in reversed([
-        data_option,
-        dataset_option,
-        click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Base config (default: baby)."),
-        click.option("--config", "config_file", type=click.Path(path_type=Path), help="A TOML file of config fields."),
-        click.option("--out", type=click.Path(path_type=Path), required=True,
-                     help="Folder for the variant runs and the report; finished variants are reused."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per variant."),
-        click.option("--isolate/--in-process", default=True, show_default=True,
-                     help="Train each variant in a fresh process (own peak-RSS measurement)."),
-    ]):
+    for option in reversed(
+        [
+            data_option,
+            dataset_option,
+            click.option(
+                "--preset", type=click.Choice(list(PRESETS)), default=None, help="Base config (default: baby)."
+            ),
+            click.option(
+                "--config", "config_file", type=click.Path(path_type=Path), help="A TOML file of config fields."
+            ),
+            click.option(
+                "--out",
+                type=click.Path(path_type=Path),
+                required=True,
+                help="Folder for the variant runs and the report; finished variants are reused.",
+            ),
+            click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per variant."),
+            click.option(
+                "--isolate/--in-process",
+                default=True,
+                show_default=True,
+                help="Train each variant in a fresh process (own peak-RSS measurement).",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
 
-def run_ablation(kind: str, make_variants, data, dataset, preset, config_file, out, threads, isolate, kwargs,
-                 extra_scores=None, finish=None) -> None:
+def run_ablation(
+    kind: str,
+    make_variants,
+    data,
+    dataset,
+    preset,
+    config_file,
+    out,
+    threads,
+    isolate,
+    kwargs,
+    extra_scores=None,
+    finish=None,
+) -> None:
     """The shared shell of the training ablations: base config, variants, progress lines, report."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.corpus import resolve_corpus
@@ -347,15 +477,23 @@ def run_ablation(kind: str, make_variants, data, dataset, preset, config_file, o
         click.echo(note, err=True)
 
     def report(r) -> None:
-        click.echo(f"{r.name}: val bits/char {r.val_bpc:.4f}, {r.train_tokens_per_s:,.0f} tokens/s, "
-                   f"{r.wall_s:.0f} s, peak RSS {r.peak_rss_mb:.0f} MB", err=True)
+        click.echo(
+            f"{r.name}: val bits/char {r.val_bpc:.4f}, {r.train_tokens_per_s:,.0f} tokens/s, "
+            f"{r.wall_s:.0f} s, peak RSS {r.peak_rss_mb:.0f} MB",
+            err=True,
+        )
 
-    results = run_variants(variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores,
-                           on_result=report)
+    results = run_variants(
+        variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores, on_result=report
+    )
     if finish is not None:
         results = finish(results, [config for _, config in variants])
-    meta = {"ablation": kind, "base_config": base.to_dict(), "data_source": corpus.source,
-            "variants": [name for name, _ in variants]}
+    meta = {
+        "ablation": kind,
+        "base_config": base.to_dict(),
+        "data_source": corpus.source,
+        "variants": [name for name, _ in variants],
+    }
     for path in write_ablation_report(kind, results, out, meta):
         click.echo(path, err=True)
     click.echo(results_markdown(kind, results))
@@ -376,26 +514,68 @@ def ablate_tokenizer(vocab_sizes: str, data, dataset, preset, config_file, out, 
     from minigpt_tui.experiments import tokenizer_variants
 
     sizes = int_list(vocab_sizes)
-    run_ablation("tokenizer", lambda base: tokenizer_variants(base, sizes), data, dataset, preset, config_file, out,
-                 threads, isolate, kwargs)
+    run_ablation(
+        "tokenizer",
+        lambda base: tokenizer_variants(base, sizes),
+        data,
+        dataset,
+        preset,
+        config_file,
+        out,
+        threads,
+        isolate,
+        kwargs,
+    )
 
 
 @ablate.command(name="context")
 @click.option("--block-sizes", default="16,32,64,128,256", show_default=True, help="Context lengths to compare.")
-@click.option("--tokens-per-step", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="batch_size = this / context: every variant sees the same tokens.")
-@click.option("--bench-rounds", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Round-robin throughput measurements after training (0: skip).")
+@click.option(
+    "--tokens-per-step",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="batch_size = this / context: every variant sees the same tokens.",
+)
+@click.option(
+    "--bench-rounds",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Round-robin throughput measurements after training (0: skip).",
+)
 @ablation_options
-def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, data, dataset, preset, config_file, out,
-                   threads, isolate, **kwargs) -> None:
+def ablate_context(
+    block_sizes: str,
+    tokens_per_step: int,
+    bench_rounds: int,
+    data,
+    dataset,
+    preset,
+    config_file,
+    out,
+    threads,
+    isolate,
+    **kwargs,
+) -> None:
     """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
     from minigpt_tui.experiments import context_variants, with_throughput
 
     blocks = int_list(block_sizes)
     finish = (lambda results, configs: with_throughput(results, configs, rounds=bench_rounds)) if bench_rounds else None
-    run_ablation("context", lambda base: context_variants(base, blocks, tokens_per_step), data, dataset, preset,
-                 config_file, out, threads, isolate, kwargs, finish=finish)
+    run_ablation(
+        "context",
+        lambda base: context_variants(base, blocks, tokens_per_step),
+        data,
+        dataset,
+        preset,
+        config_file,
+        out,
+        threads,
+        isolate,
+        kwargs,
+        finish=finish,
+    )
 
 
 @ablate.command(name="posenc")
@@ -404,8 +584,19 @@ def ablate_posenc(data, dataset, preset, config_file, out, threads, isolate, **k
     """Learned vs sinusoidal positions at the same budget; sinusoidal also on windows up to 4x the context."""
     from minigpt_tui.experiments import length_generalisation, posenc_variants
 
-    run_ablation("posenc", posenc_variants, data, dataset, preset, config_file, out, threads, isolate, kwargs,
-                 extra_scores=length_generalisation)
+    run_ablation(
+        "posenc",
+        posenc_variants,
+        data,
+        dataset,
+        preset,
+        config_file,
+        out,
+        threads,
+        isolate,
+        kwargs,
+        extra_scores=length_generalisation,
+    )
 
 
 @ablate.command(name="exposure")
@@ -413,8 +604,9 @@ def ablate_posenc(data, dataset, preset, config_file, out, threads, isolate, **k
 @click.option("--samples", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--length", type=click.IntRange(min=1), default=256, show_default=True, help="Tokens per free run.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Report folder (default RUN_DIR/ablate-exposure).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-exposure)."
+)
 @data_option
 @dataset_option
 def ablate_exposure(run_dir: Path, samples: int, length: int, seed: int, out: Path | None, data, dataset) -> None:

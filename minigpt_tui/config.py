@@ -70,9 +70,7 @@ class TrainConfig:
         )
 
     def optim_config(self) -> OptimConfig:
-        return OptimConfig(
-            weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip
-        )
+        return OptimConfig(weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip)
 
     @property
     def decay_iters(self) -> int:
@@ -123,14 +121,35 @@ FIELD_HELP = {
 
 PRESETS: dict[str, dict] = {
     # seconds on a laptop CPU: for tests and demos
-    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=200,
-                 learning_rate=3e-3, min_lr=3e-4, warmup_iters=10, eval_interval=50, eval_iters=5,
-                 log_interval=10),
+    "tiny": dict(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        batch_size=8,
+        max_iters=200,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        warmup_iters=10,
+        eval_interval=50,
+        eval_iters=5,
+        log_interval=10,
+    ),
     # nanoGPT's CPU config for tiny Shakespeare (README of karpathy/nanoGPT)
     "baby": dict(),
     # nanoGPT's config/train_shakespeare_char.py: a GPU run
-    "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
-                        max_iters=5000, eval_interval=250, eval_iters=200, warmup_iters=100),
+    "shakespeare": dict(
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        block_size=256,
+        batch_size=64,
+        dropout=0.2,
+        max_iters=5000,
+        eval_interval=250,
+        eval_iters=200,
+        warmup_iters=100,
+    ),
 }
 
 
@@ -165,7 +184,9 @@ def load_toml(path: Path) -> dict:
     return data
 
 
-def build_config(preset_name: str = "baby", file_values: dict | None = None, overrides: dict | None = None) -> TrainConfig:
+def build_config(
+    preset_name: str = "baby", file_values: dict | None = None, overrides: dict | None = None
+) -> TrainConfig:
     """Preset, then the config file, then flags: later sources win."""
     values = dict(file_values or {})
     preset_name = values.pop("preset", preset_name)
@@ -185,8 +206,19 @@ def build_config(preset_name: str = "baby", file_values: dict | None = None, ove
 
 def validated(config: TrainConfig) -> TrainConfig:
     """Raise MiniGPTError on an impossible configuration; return the config unchanged otherwise."""
-    for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum_steps",
-                 "max_iters", "eval_interval", "eval_iters", "log_interval", "vocab_size"):
+    for name in (
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "batch_size",
+        "grad_accum_steps",
+        "max_iters",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+        "vocab_size",
+    ):
         if getattr(config, name) < 1:
             raise MiniGPTError(f"{name} must be positive, got {getattr(config, name)}")
     if config.n_embd % config.n_head:

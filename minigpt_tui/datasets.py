@@ -81,4 +81,6 @@ def default_corpus() -> tuple[Corpus, str]:
         corpus = load_dataset("shakespeare")
         return corpus, f"no --data/--dataset: using tiny Shakespeare ({corpus.source})"
     except MiniGPTError as exc:
-        return load_dataset("python-docs"), f"no --data/--dataset: tiny Shakespeare unavailable ({exc}); using python-docs"
+        return load_dataset(
+            "python-docs"
+        ), f"no --data/--dataset: tiny Shakespeare unavailable ({exc}); using python-docs"

@@ -63,8 +63,9 @@ def check_free(path: Path) -> None:
         raise MiniGPTError(f"{path} already holds a run; use --resume {path} or another --out")
 
 
-def create_run(path: Path, config: TrainConfig, tokenizer: Tokenizer, data_source: str, tokens_per_char: float,
-               world_size: int = 1) -> Run:
+def create_run(
+    path: Path, config: TrainConfig, tokenizer: Tokenizer, data_source: str, tokens_per_char: float, world_size: int = 1
+) -> Run:
     path = Path(path)
     check_free(path)
     try:
@@ -92,7 +93,9 @@ def open_run(path: Path) -> Run:
     return Run(path, config, tokenizer, document.get("data_source", "?"), float(document.get("tokens_per_char", 1.0)))
 
 
-def build_backend(config: TrainConfig, vocab_size: int, weights, *, backend: str | None = None, device: str | None = None) -> Backend:
+def build_backend(
+    config: TrainConfig, vocab_size: int, weights, *, backend: str | None = None, device: str | None = None
+) -> Backend:
     """Instantiate the configured (or the named) backend; MiniGPTError for bad names and devices."""
     try:
         backend_cls = load_backend(backend or config.backend)
@@ -109,7 +112,9 @@ def build_backend(config: TrainConfig, vocab_size: int, weights, *, backend: str
         raise MiniGPTError(str(exc)) from None
 
 
-def load_model(run: Run, *, which: str = "best", backend: str | None = None, device: str | None = None) -> tuple[Backend, Checkpoint]:
+def load_model(
+    run: Run, *, which: str = "best", backend: str | None = None, device: str | None = None
+) -> tuple[Backend, Checkpoint]:
     """A backend holding the run's ``best`` (falling back to ``latest``) or ``latest`` weights."""
     if which == "best" and not run.has_checkpoint("best"):
         which = "latest"

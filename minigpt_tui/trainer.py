@@ -30,7 +30,17 @@ from minigpt_tui.schedule import learning_rate
 from minigpt_tui.tokenizer import build_tokenizer
 
 # fields that change the network's shape: a resumed run cannot change them
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "tie_weights", "tokenizer", "vocab_size")
+SHAPE_FIELDS = (
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "block_size",
+    "bias",
+    "pos_encoding",
+    "tie_weights",
+    "tokenizer",
+    "vocab_size",
+)
 
 
 @dataclass
@@ -58,9 +68,17 @@ class NoMetrics:
 
 
 class Trainer:
-    def __init__(self, run: Run, backend: Backend, data: TokenData, *, start_step: int = 0,
-                 best_val_loss: float = math.inf, sampler_state: dict | None = None,
-                 world: World = SINGLE_PROCESS) -> None:
+    def __init__(
+        self,
+        run: Run,
+        backend: Backend,
+        data: TokenData,
+        *,
+        start_step: int = 0,
+        best_val_loss: float = math.inf,
+        sampler_state: dict | None = None,
+        world: World = SINGLE_PROCESS,
+    ) -> None:
         self.run_dir = run
         self.world = world
         self.config = run.config
@@ -113,7 +131,9 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         c = self.config
-        return learning_rate(step, max_lr=c.learning_rate, min_lr=c.min_lr, warmup_iters=c.warmup_iters, decay_iters=c.decay_iters)
+        return learning_rate(
+            step, max_lr=c.learning_rate, min_lr=c.min_lr, warmup_iters=c.warmup_iters, decay_iters=c.decay_iters
+        )
 
     def estimate_loss(self) -> tuple[float, float]:
         losses = []
@@ -128,11 +148,28 @@ class Trainer:
         is_best = val_loss < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, val_loss)
         tpc = self.run_dir.tokens_per_char
-        event = EvalEvent(self.step, train_loss, val_loss, perplexity(val_loss), bits_per_char(val_loss, tpc),
-                          bits_per_char(train_loss, tpc), self.best_val_loss, is_best)
-        metrics.write({"type": "eval", "step": self.step, "train_loss": train_loss, "val_loss": val_loss,
-                       "val_perplexity": event.val_perplexity, "val_bpc": event.val_bits_per_char,
-                       "train_bpc": event.train_bits_per_char, "time": time.time()})
+        event = EvalEvent(
+            self.step,
+            train_loss,
+            val_loss,
+            perplexity(val_loss),
+            bits_per_char(val_loss, tpc),
+            bits_per_char(train_loss, tpc),
+            self.best_val_loss,
+            is_best,
+        )
+        metrics.write(
+            {
+                "type": "eval",
+                "step": self.step,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_perplexity": event.val_perplexity,
+                "val_bpc": event.val_bits_per_char,
+                "train_bpc": event.train_bits_per_char,
+                "time": time.time(),
+            }
+        )
         self.last_eval = event
         self.emit(event)
         return event
@@ -140,9 +177,16 @@ class Trainer:
     def save(self, kind: str) -> None:
         if not self.world.is_writer:
             return
-        state = {"step": self.step, "best_val_loss": self.best_val_loss, "samplers": self.samplers.get_state(),
-                 "backend": self.backend.name}
-        optimizer = {**self.backend.get_optimizer_state(), **{f"rng.{k}": v for k, v in self.backend.get_rng_state().items()}}
+        state = {
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "samplers": self.samplers.get_state(),
+            "backend": self.backend.name,
+        }
+        optimizer = {
+            **self.backend.get_optimizer_state(),
+            **{f"rng.{k}": v for k, v in self.backend.get_rng_state().items()},
+        }
         folder = self.run_dir.checkpoint_dir(kind)
         save_checkpoint(folder, Checkpoint(self.backend.get_weights(), optimizer, state))
         self.emit(CheckpointEvent(self.step, str(folder), kind))
@@ -168,7 +212,11 @@ class Trainer:
                 self._running.wait()
                 if self.world.any(self._stop.is_set()):
                     self.save("latest")
-                    return self._done("stopped", f"stopped at step {self.step}; resume with: minigpt train --headless --resume {self.run_dir.path}")
+                    return self._done(
+                        "stopped",
+                        f"stopped at step {self.step}; "
+                        f"resume with: minigpt train --headless --resume {self.run_dir.path}",
+                    )
                 lr = self.lr_at(self.step)
                 micro_batches = [self.world.shard(self.samplers.train.next()) for _ in range(c.grad_accum_steps)]
                 with self._weights_lock:
@@ -176,15 +224,38 @@ class Trainer:
                 # every rank logs, and judges divergence by, the loss averaged over all ranks
                 result = StepResult(self.world.mean([result.loss])[0], result.grad_norm)
                 if not math.isfinite(result.loss):
-                    return self._done("diverged", f"loss became {result.loss} at step {self.step + 1}; stopped, the last good checkpoint is kept (lower --learning-rate?)")
+                    return self._done(
+                        "diverged",
+                        f"loss became {result.loss} at step {self.step + 1}; stopped, "
+                        "the last good checkpoint is kept (lower --learning-rate?)",
+                    )
                 self.step += 1
                 interval_steps += 1
                 if self.step % c.log_interval == 0 or self.step == c.max_iters:
                     now = time.perf_counter()
                     tokens_per_s = interval_steps * self.tokens_per_step / max(now - interval_start, 1e-9)
-                    metrics.write({"type": "step", "step": self.step, "loss": result.loss, "lr": lr,
-                                   "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "time": time.time()})
-                self.emit(StepEvent(self.step, c.max_iters, result.loss, lr, result.grad_norm, tokens_per_s, time.perf_counter() - started))
+                    metrics.write(
+                        {
+                            "type": "step",
+                            "step": self.step,
+                            "loss": result.loss,
+                            "lr": lr,
+                            "grad_norm": result.grad_norm,
+                            "tokens_per_s": tokens_per_s,
+                            "time": time.time(),
+                        }
+                    )
+                self.emit(
+                    StepEvent(
+                        self.step,
+                        c.max_iters,
+                        result.loss,
+                        lr,
+                        result.grad_norm,
+                        tokens_per_s,
+                        time.perf_counter() - started,
+                    )
+                )
                 if self.step % c.log_interval == 0:
                     interval_start, interval_steps = time.perf_counter(), 0
                 if self.step % c.eval_interval == 0 or self.step == c.max_iters:
@@ -192,8 +263,11 @@ class Trainer:
                     # a finite step loss can still leave broken weights: never save those over the last good ones
                     bad = next((x for x in (event.val_loss, event.train_loss) if not math.isfinite(x)), None)
                     if bad is not None:
-                        return self._done("diverged", f"eval loss became {bad} at step {self.step}; stopped, the last "
-                                                      "good checkpoint is kept (lower --learning-rate?)")
+                        return self._done(
+                            "diverged",
+                            f"eval loss became {bad} at step {self.step}; stopped, the last "
+                            "good checkpoint is kept (lower --learning-rate?)",
+                        )
                     self.checkpoint_after_eval(event)
                     interval_start, interval_steps = time.perf_counter(), 0
             return self._done("finished", f"finished {self.step} steps; best val loss {self.best_val_loss:.4f}")
@@ -259,5 +333,12 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
     if checkpoint.state.get("backend") == backend.name:
         backend.set_rng_state({k[4:]: v for k, v in checkpoint.optimizer.items() if k.startswith("rng.")})
     state = checkpoint.state
-    return Trainer(run, backend, data, start_step=int(state["step"]), best_val_loss=float(state.get("best_val_loss", math.inf)),
-                   sampler_state=state.get("samplers"), world=world)
+    return Trainer(
+        run,
+        backend,
+        data,
+        start_step=int(state["step"]),
+        best_val_loss=float(state.get("best_val_loss", math.inf)),
+        sampler_state=state.get("samplers"),
+        world=world,
+    )
