@@ -302,7 +302,7 @@ class MiniGPTApp(App):
     def training_finished(self, message: TrainingFinished) -> None:
         event = message.event
         self.training, self.trainer = False, None
-        self.pane.status.state = f"{event.reason} at step {event.step}"
+        self.pane.status.state = event.reason  # the step is on its own line
         self.pane.status.eta_s = None
         self.pane.status.note = event.message
         self.metrics_stamp = self.stamp(self.run_info.metrics_path)
