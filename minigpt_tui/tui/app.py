@@ -106,7 +106,7 @@ class MiniGPTApp(App):
     ]
 
     def __init__(self, *, run_dir: Path | None = None, config: TrainConfig | None = None, data: Path | None = None,
-                 dataset: str | None = None, out: Path | None = None, redraw_interval: float = 0.25,
+                 dataset: str | None = None, out: Path | None = None, redraw_interval: float = 0.5,
                  poll_interval: float = 1.0) -> None:
         super().__init__()
         self.run_dir, self.config, self.data, self.dataset, self.out = run_dir, config, data, dataset, out
@@ -181,6 +181,7 @@ class MiniGPTApp(App):
         self.reload_metrics()
         self.query_one("#train-switcher", ContentSwitcher).current = "training"
         self.refresh_bindings()
+        self.call_after_refresh(self.redraw_if_dirty)  # an opened run shows its curves at once, not a tick later
 
     def reload_metrics(self) -> None:
         run = self.run_info

@@ -14,6 +14,7 @@ UI thread, and to the next frame the app hands to the terminal.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -76,6 +77,23 @@ async def run_in_app(config, data: Path, out: Path) -> tuple[float, list[float],
     return mean_tokens_per_s(out), to_handler, to_frame
 
 
+def measure(mode: str, config, data: Path, out: Path) -> tuple[float, list[float], list[float]]:
+    """One run: ``headless`` (the CLI's way: the trainer on the main thread), ``thread`` (a worker
+    thread, no UI) or ``tui`` (the app); tokens/s and, for the app, key latencies."""
+    if mode == "tui":
+        return asyncio.run(run_in_app(config, data, out))
+    def train() -> None:  # built on the thread that trains it, as the app does
+        new_training(config, read_corpus(data), out).run()
+
+    if mode == "headless":
+        train()
+    else:
+        worker = threading.Thread(target=train)
+        worker.start()
+        worker.join()
+    return mean_tokens_per_s(out), [], []
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -88,27 +106,20 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
 def main(data: Path, preset: str, iters: int, repeats: int) -> None:
     config = build_config(preset, None, {"max_iters": iters, "eval_interval": iters, "device": "cpu"})
-    corpus = read_corpus(data)
     headless, threaded, in_app, to_handler, to_frame = [], [], [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp, spawn.Pool(1, maxtasksperchild=1) as pool:
         for i in range(repeats):
-            # alternate the order: a process's first run pays some warm-up, and the load drifts
+            # alternate the order: the load drifts
             modes = ("headless", "thread", "tui")
             for mode in modes if i % 2 == 0 else modes[::-1]:
-                out = Path(tmp) / f"{mode}-{i}"
-                if mode == "headless":
-                    new_training(config, corpus, out).run()
-                    headless.append(mean_tokens_per_s(out))
-                elif mode == "thread":  # the same trainer on a worker thread, no UI: what the TUI does minus the UI
-                    worker = threading.Thread(target=new_training(config, corpus, out).run)
-                    worker.start()
-                    worker.join()
-                    threaded.append(mean_tokens_per_s(out))
-                else:
-                    rate, handler, frame = asyncio.run(run_in_app(config, data, out))
-                    in_app.append(rate)
-                    to_handler += handler
-                    to_frame += frame
+                # each run in a fresh process, as a user runs either tool: OpenMP thread teams left by an
+                # earlier run in another thread would throttle this one's spin-waits (libgomp does so once
+                # more OpenMP threads exist than CPUs)
+                rate, handler, frame = pool.apply(measure, (mode, config, data, Path(tmp) / f"{mode}-{i}"))
+                {"headless": headless, "thread": threaded, "tui": in_app}[mode].append(rate)
+                to_handler += handler
+                to_frame += frame
             click.echo(f"round {i + 1}: headless {headless[-1]:,.0f}, worker thread {threaded[-1]:,.0f}, "
                        f"TUI {in_app[-1]:,.0f} tokens/s; TUI/headless {in_app[-1] / headless[-1]:.3f}, "
                        f"TUI/thread {in_app[-1] / threaded[-1]:.3f}  (load {os.getloadavg()[0]:.1f})")
