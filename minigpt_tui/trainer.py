@@ -1,6 +1,6 @@
 """The training loop, backend-agnostic: batches in, events out.
 
-``prepare_training`` turns a config and a corpus (or a run folder to resume) into a ``Trainer``;
+``new_training`` (a config and a corpus) and ``resume_training`` (a run folder) build a ``Trainer``;
 ``Trainer.run`` trains until ``max_iters``, a stop request, or a non-finite loss, evaluating and
 checkpointing on the way. The CLI and the TUI both drive exactly this.
 """
