@@ -49,6 +49,11 @@ def config_options(command):
     return command
 
 
+def given_fields(kwargs: dict) -> dict:
+    """The config fields the user set on the command line (the options of ``config_options``)."""
+    return {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
+
+
 data_option = click.option(
     "--data", type=click.Path(path_type=Path), help="A UTF-8 text file or a folder of .txt files."
 )
@@ -87,7 +92,7 @@ def train(
     from minigpt_tui.runs import default_run_dir, open_run
     from minigpt_tui.trainer import new_training, resume_training
 
-    overrides = {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
+    overrides = given_fields(kwargs)
     if not headless:
         open_tui(data, dataset, preset, config_file, out, resume, overrides)
         return
@@ -469,7 +474,7 @@ def run_ablation(
     from minigpt_tui.corpus import resolve_corpus
     from minigpt_tui.experiments import results_markdown, run_variants, write_ablation_report
 
-    overrides = {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
+    overrides = given_fields(kwargs)
     base = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
     variants = make_variants(base)
     corpus, note = resolve_corpus(data, dataset)
