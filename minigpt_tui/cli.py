@@ -30,6 +30,9 @@ class FriendlyGroup(click.Group):
         except MiniGPTError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:  # Ctrl-C before training started (loading, tokenizing): nothing to save
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -262,6 +265,7 @@ def eval_command(
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     score = evaluate_tokens(model, tokens.val, run.tokens_per_char, stride=stride)
     step = ckpt.state.get("step", "?")
+    checkpoint = ckpt.state.get("kind", checkpoint)  # "best" falls back to "latest" before the first best
     click.echo(
         f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
         f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens"

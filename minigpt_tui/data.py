@@ -28,7 +28,7 @@ def read_corpus(path: Path) -> Corpus:
     text = "\n\n".join(texts)
     if not text.strip():
         raise MiniGPTError(f"corpus {path} is empty")
-    return Corpus(text, str(path))
+    return Corpus(text, str(path.resolve()))  # absolute: later commands may run from elsewhere
 
 
 def _read_text(path: Path) -> str:

@@ -20,7 +20,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise MiniGPTError(f"temperature must be >= 0, got {self.temperature}")
+            raise MiniGPTError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise MiniGPTError(f"top-k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:

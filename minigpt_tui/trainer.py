@@ -182,6 +182,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "samplers": self.samplers.get_state(),
             "backend": self.backend.name,
+            "kind": kind,
         }
         optimizer = {
             **self.backend.get_optimizer_state(),
@@ -286,7 +287,7 @@ def tokenize_corpus(run: Run, text: str) -> TokenData:
 
 
 def new_training(config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS) -> Trainer:
-    """A fresh run in ``out``: tokenizer from the train split, initial weights from the seed.
+    """A fresh run in ``out``: a tokenizer for the corpus, initial weights from the seed.
 
     Every rank builds the same tokenizer and weights from the same text and seed; only rank 0 writes
     the run folder, the others hold the same ``Run`` in memory.
@@ -295,7 +296,10 @@ def new_training(config: TrainConfig, corpus: Corpus, out: Path, world: World = 
     # only after the backend is built and DDP's construction waits for all ranks
     check_free(out)
     train_text, val_text = split_text(corpus.text)
-    tokenizer = build_tokenizer(config.tokenizer, train_text, config.vocab_size)
+    # characters are the alphabet, taken from the whole text (a character seen only in the val split
+    # must still be encodable); BPE merges are learned, so from the train split only
+    vocabulary_text = corpus.text if config.tokenizer == "char" else train_text
+    tokenizer = build_tokenizer(config.tokenizer, vocabulary_text, config.vocab_size)
     val_tokens = tokenizer.encode_array(val_text)
     data = TokenData(tokenizer.encode_array(train_text), val_tokens)
     data.check_fits(config.block_size)
@@ -319,15 +323,18 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
     changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != getattr(run.config, name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
+    if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides:
+        # the cosine was laid out over the original max_iters: extending the run must not reshape it
+        overrides = {**overrides, "lr_decay_iters": run.config.max_iters}
     run.config = run.config.replace(**overrides)
-    if world.is_writer:
-        run.write_config()
     if not run.has_checkpoint("latest"):
         raise MiniGPTError(f"run {run_dir} has no checkpoint to resume from")
     checkpoint = load_checkpoint(run.checkpoint_dir("latest"))
     data = tokenize_corpus(run, corpus.text)
     data.check_fits(run.config.block_size)
     backend = build_backend(run.config, run.tokenizer.vocab_size, checkpoint.weights)
+    if world.is_writer:  # only once the overrides are proven usable: a failed resume leaves the run as it was
+        run.write_config()
     optimizer = {k: v for k, v in checkpoint.optimizer.items() if not k.startswith("rng.")}
     backend.set_optimizer_state(optimizer)
     if checkpoint.state.get("backend") == backend.name:

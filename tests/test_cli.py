@@ -151,7 +151,7 @@ def tamper_best(run: Path) -> None:
 
 
 SAMPLE_BAD_INPUTS = {
-    "negative temperature": (["--temperature", "-0.5"], None, "temperature must be >= 0"),
+    "negative temperature": (["--temperature", "-0.5"], None, "temperature must be a finite number >= 0"),
     "top-p zero": (["--top-p", "0"], None, r"top-p must be in \(0, 1\]"),
     "top-p above one": (["--top-p", "1.5"], None, r"top-p must be in \(0, 1\]"),
     "top-k zero": (["--top-k", "0"], None, "top-k must be >= 1"),

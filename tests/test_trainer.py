@@ -177,3 +177,35 @@ def test_huge_learning_rate_diverges_and_the_kept_checkpoint_still_works(tmp_pat
     inputs, targets = trainer.samplers.eval_val.next()
     assert math.isfinite(model.eval_loss(inputs, targets))
     assert math.isfinite(done.best_val_loss)
+
+
+def test_a_failed_resume_leaves_the_run_config_as_it_was(tmp_path, corpus_path):
+    out = tmp_path / "run"
+    train_tiny(out, corpus_path, tiny_config(max_iters=4))
+    before = (out / "config.json").read_text()
+    with pytest.raises(MiniGPTError, match="unknown backend"):
+        resume_training(out, read_corpus(corpus_path), {"backend": "nope", "max_iters": 8})
+    assert (out / "config.json").read_text() == before
+    assert load_model(open_run(out))[0].name == "torch"
+
+
+def test_extending_max_iters_keeps_the_original_learning_rate_schedule(tmp_path, corpus_path):
+    out = tmp_path / "run"
+    train_tiny(out, corpus_path, tiny_config(max_iters=6, warmup_iters=2, min_lr=1e-4))
+    trainer = resume_training(out, read_corpus(corpus_path), {"max_iters": 12})
+    assert trainer.config.lr_decay_iters == 6
+    assert trainer.lr_at(6) == pytest.approx(1e-4) and trainer.lr_at(11) == pytest.approx(1e-4)
+
+
+def test_a_character_seen_only_in_the_val_split_is_in_the_vocabulary(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_corpus_text() + "\nZebra quartz!" + "#" * 3, encoding="utf-8")  # '#' only at the end
+    trainer = new_training(tiny_config(max_iters=2), read_corpus(corpus), tmp_path / "run")
+    assert "#" in trainer.run_dir.tokenizer.decode(list(range(trainer.run_dir.tokenizer.vocab_size)))
+
+
+def test_the_corpus_path_is_stored_absolute(tmp_path, corpus_path, monkeypatch):
+    monkeypatch.chdir(corpus_path.parent)
+    out = tmp_path / "run"
+    train_tiny(out, corpus_path.name, tiny_config(max_iters=2))
+    assert open_run(out).data_source == str(corpus_path.resolve())

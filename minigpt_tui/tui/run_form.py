@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
+from backends import available_backends
 from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_type
 from minigpt_tui.data import read_corpus
 from minigpt_tui.datasets import load_dataset
@@ -18,8 +19,7 @@ from minigpt_tui.tui.messages import StartRun
 CUSTOM = "custom"  # the preset shown when the app was handed a ready config
 FROM_PATH = "path"
 CORPORA = [("tiny Shakespeare", "shakespeare"), ("Python docs", "python-docs"), ("a file or folder", FROM_PATH)]
-BACKENDS = [("PyTorch", "torch"), ("NumPy", "numpy")]
-DEVICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("mps", "mps")]
+DEVICES = ("auto", "cpu", "cuda", "mps")
 # the hyper-parameters the form exposes; everything else comes from the preset
 FIELDS = ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "learning_rate", "dropout",
           "eval_interval", "seed")
@@ -50,11 +50,9 @@ class RunForm(VerticalScroll):
             yield Select([(name, name) for name in self.presets], value=self.initial_preset, allow_blank=False,
                          compact=True, id="preset")
             yield Label("backend")
-            yield Select(BACKENDS, value=self.presets[self.initial_preset].get("backend", "torch"),
-                         allow_blank=False, compact=True, id="backend")
+            yield self.choice("backend", available_backends(), "torch")
             yield Label("device")
-            yield Select(DEVICES, value=self.presets[self.initial_preset].get("device", "auto"),
-                         allow_blank=False, compact=True, id="device")
+            yield self.choice("device", DEVICES, "auto")
             yield Label("run folder")
             yield Input(self.initial_out, placeholder="runs/<timestamp>", compact=True, id="out")
             for name in FIELDS:
@@ -64,6 +62,12 @@ class RunForm(VerticalScroll):
         yield Static("", id="form-error")
         with Horizontal(id="form-buttons"):
             yield Button("Start training", variant="primary", id="start")
+
+    def choice(self, name: str, options, default: str) -> Select:
+        """A select over ``options`` that also offers the value handed in (``cuda:1``, a plugin backend)."""
+        value = self.presets[self.initial_preset].get(name, default)
+        names = list(dict.fromkeys([*options, value]))
+        return Select([(option, option) for option in names], value=value, allow_blank=False, compact=True, id=name)
 
     def preset_value(self, preset: str, name: str) -> str:
         value = self.presets[preset].get(name, getattr(TrainConfig(), name))
