@@ -97,6 +97,11 @@ def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def count_parameters(config: ModelConfig) -> int:
+    """Trainable parameters (a tied output head counts once)."""
+    return sum(math.prod(shape) for shape in canonical_shapes(config).values())
+
+
 def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     """GPT-2 initialisation drawn in NumPy so every backend can start from identical weights.
 
@@ -221,7 +226,7 @@ class Backend(ABC):
         """Restore a state from ``get_rng_state`` of the same backend; ignore another backend's."""
 
     def num_parameters(self) -> int:
-        return sum(int(np.prod(shape)) for shape in canonical_shapes(self.config).values())
+        return count_parameters(self.config)
 
     config: ModelConfig
 

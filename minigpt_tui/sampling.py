@@ -94,18 +94,22 @@ def generate_nocache(backend: Backend, prompt_ids: list[int], max_new_tokens: in
 
 
 def stream_text(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
-    """Text pieces as tokens arrive. Decoding the running sequence (not token by token) keeps
-    multi-token characters (byte-level BPE) intact: a piece is held back while it ends mid-character."""
-    generated: list[int] = []
-    emitted = 0
+    """Text pieces as tokens arrive, in linear time.
+
+    Tokens wait in ``pending`` until they decode to whole characters: a byte-level BPE token can end
+    in the middle of a UTF-8 character, which decodes as U+FFFD until the next token completes it.
+    Whatever is still pending when the tokens run out is flushed as it decodes.
+    """
+    pending: list[int] = []
     for token in token_ids:
-        generated.append(token)
-        text = tokenizer.decode(generated)
-        if text.endswith("\ufffd"):
-            continue
-        if len(text) > emitted:
-            yield text[emitted:]
-            emitted = len(text)
+        pending.append(token)
+        text = tokenizer.decode(pending)
+        if not text.endswith("\ufffd"):
+            pending.clear()
+            if text:
+                yield text
+    if pending:
+        yield tokenizer.decode(pending)
 
 
 def generate_text(backend: Backend, tokenizer, prompt: str, max_new_tokens: int, params: SamplingParams,

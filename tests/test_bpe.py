@@ -10,7 +10,7 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.evaluation import evaluate_tokens
 from minigpt_tui.metrics import bits_per_char
 from minigpt_tui.runs import load_model, open_run
-from minigpt_tui.sampling import SamplingParams, generate_text
+from minigpt_tui.sampling import SamplingParams, generate_text, stream_text
 from minigpt_tui.tokenizer import CharTokenizer, tokenizer_from_json
 from minigpt_tui.trainer import new_training, tokenize_corpus
 
@@ -74,3 +74,14 @@ def test_bpe_run_trains_evaluates_and_samples(tmp_path):
     assert score.bits_per_char == pytest.approx(score.loss * run.tokens_per_char / math.log(2))
     text = "".join(generate_text(model, run.tokenizer, "Thou", 20, SamplingParams(1.0), seed=1))
     assert len(text) > 0
+
+
+def test_streaming_never_splits_a_multibyte_character_and_flushes_the_rest():
+    tok = BPETokenizer.train(TEXT, 260)
+    text = "café 日本 ✓ " * 5
+    ids = tok.encode(text)
+    pieces = list(stream_text(tok, iter(ids)))
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    first_byte_of_a_character = tok.encode("日")[:1]  # "日" is three bytes: alone, an unfinished character
+    assert "".join(stream_text(tok, iter(ids + first_byte_of_a_character))).startswith(text)

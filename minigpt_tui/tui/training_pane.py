@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from backends.base import canonical_shapes
+from backends.base import count_parameters
 from minigpt_tui.config import TrainConfig
 from minigpt_tui.events import EvalEvent, StepEvent
 from minigpt_tui.metrics import perplexity
@@ -208,12 +208,8 @@ def describe(status: Status, config: TrainConfig, vocab_size: int) -> None:
     c = config
     status.model = f"{c.n_layer}L {c.n_head}H {c.n_embd}d ctx {c.block_size}"
     status.batch = f"{c.batch_size}×{c.grad_accum_steps}, lr {c.learning_rate:g}"
-    status.parameters = parameter_count(c, vocab_size)
+    status.parameters = count_parameters(c.model_config(vocab_size))
     status.max_iters = c.max_iters
-
-
-def parameter_count(config: TrainConfig, vocab_size: int) -> int:
-    return sum(math.prod(shape) for shape in canonical_shapes(config.model_config(vocab_size)).values())
 
 
 def status_from_records(run: Run, records: list[dict]) -> Status:
