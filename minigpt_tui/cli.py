@@ -366,7 +366,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None
 
 @main.group()
 def ablate() -> None:
-    """Experiments: temperature, tokenizer, context length, positional encoding."""
+    """Experiments: temperature, tokenizer, context length, positional encoding, exposure bias."""
 
 
 @ablate.command(name="temperature")
@@ -382,6 +382,7 @@ def ablate() -> None:
 @data_option
 @dataset_option
 @checkpoint_choice()
+@backend_option
 @device_option
 def ablate_temperature(
     run_dir: Path,
@@ -394,6 +395,7 @@ def ablate_temperature(
     data: Path | None,
     dataset: str | None,
     checkpoint: str,
+    backend: str | None,
     device: str | None,
 ) -> None:
     """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
@@ -410,7 +412,7 @@ def ablate_temperature(
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
     train_text, _ = split_text(corpus_for_run(run, data, dataset).text)
-    model, ckpt = load_model(run, which=checkpoint, device=device)
+    model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     rows = temperature_ablation(
         model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed
     )
@@ -618,7 +620,21 @@ def ablate_posenc(data, dataset, preset, config_file, out, threads, isolate, **k
 )
 @data_option
 @dataset_option
-def ablate_exposure(run_dir: Path, samples: int, length: int, seed: int, out: Path | None, data, dataset) -> None:
+@checkpoint_choice()
+@backend_option
+@device_option
+def ablate_exposure(
+    run_dir: Path,
+    samples: int,
+    length: int,
+    seed: int,
+    out: Path | None,
+    data,
+    dataset,
+    checkpoint: str,
+    backend: str | None,
+    device: str | None,
+) -> None:
     """Teacher forcing vs free running: NLL per position on true prefixes vs the model's own samples."""
     from minigpt_tui.corpus import corpus_for_run
     from minigpt_tui.experiments import exposure_bias, write_exposure_report
@@ -627,7 +643,7 @@ def ablate_exposure(run_dir: Path, samples: int, length: int, seed: int, out: Pa
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
-    model, _ = load_model(run)
+    model, _ = load_model(run, which=checkpoint, backend=backend, device=device)
     scores = exposure_bias(model, run.tokenizer, val, samples=samples, length=length, seed=seed)
     for path in write_exposure_report(scores, out or run.path / "ablate-exposure", {"run": str(run.path)}):
         click.echo(path, err=True)
