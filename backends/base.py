@@ -12,6 +12,7 @@ the ``(out_features, in_features)`` layout of ``torch.nn.Linear``; a layer compu
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
@@ -228,7 +229,34 @@ class Backend(ABC):
     def num_parameters(self) -> int:
         return count_parameters(self.config)
 
+    @staticmethod
+    def set_threads(n: int) -> None:
+        """Limit the threads this backend computes with, for the whole process. The default limits the
+        BLAS and OpenMP pools already loaded (NumPy's OpenBLAS, say) through threadpoolctl."""
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)
+
+    def matmul_peak_flops(self, seconds: float = 0.5) -> float:
+        """Measured FLOP/s of float32 1024x1024 matrix products, the yardstick of model FLOPs utilisation.
+        The default times NumPy; a backend that computes elsewhere (a GPU) times its own products."""
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((1024, 1024), np.float32) for _ in range(2))
+        return time_matmuls(lambda: np.matmul(a, b), 1024, seconds)
+
     config: ModelConfig
+
+
+def time_matmuls(product, size: int, seconds: float, synchronize=lambda: None) -> float:
+    """FLOP/s of repeating ``product`` (a size x size x size matmul) for about ``seconds``."""
+    product()
+    synchronize()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        product()
+        runs += 1
+    synchronize()
+    return 2 * size**3 * runs / (time.perf_counter() - start)
 
 
 def check_weights(config: ModelConfig, weights: dict[str, np.ndarray]) -> None:

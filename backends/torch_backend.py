@@ -19,6 +19,7 @@ from backends.base import (
     canonical_shapes,
     check_weights,
     is_decayed,
+    time_matmuls,
 )
 from backends.torch_model import GPT, Decoder, KVCache
 
@@ -178,6 +179,22 @@ class TorchBackend(Backend):
                 "exp_avg": torch.tensor(state[f"exp_avg.{name}"], dtype=self._dtype, device=self._device),
                 "exp_avg_sq": torch.tensor(state[f"exp_avg_sq.{name}"], dtype=self._dtype, device=self._device),
             }
+
+    @staticmethod
+    def set_threads(n: int) -> None:
+        torch.set_num_threads(n)
+
+    def matmul_peak_flops(self, seconds: float = 0.5) -> float:
+        """On CUDA the matmuls run in bf16 under autocast (where the GPU has it), so the peak is a bf16
+        product, 4096 wide to fill the GPU; launches are asynchronous, so the clock stops after a sync."""
+        size, dtype, synchronize = 1024, torch.float32, lambda: None
+        if self._device.type == "cuda":
+            size, synchronize = 4096, torch.cuda.synchronize
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(False) else torch.float32
+        elif self._device.type == "mps":
+            synchronize = torch.mps.synchronize
+        a, b = (torch.randn(size, size, device=self._device, dtype=dtype) for _ in range(2))
+        return time_matmuls(lambda: torch.mm(a, b), size, seconds, synchronize)
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         return {"torch_generator": self.generator.get_state().numpy()}

@@ -50,8 +50,12 @@ def init_process_group(device: str | None) -> None:
         raise ValueError(f"multi-process training runs on cuda (NCCL) or cpu (gloo), not {kind!r}")
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(wait_for_peers: bool) -> None:
     if is_active():
+        if wait_for_peers:
+            # rank 0 is still writing its last checkpoint when the others finish: a rank that tears
+            # down its gloo connections under a peer still using them can abort, so all leave together
+            dist.barrier()
         dist.destroy_process_group()
 
 

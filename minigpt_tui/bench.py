@@ -31,44 +31,6 @@ class BenchResult:
         return asdict(self)
 
 
-def matmul_peak_flops(backend_name: str, device: str = "cpu", seconds: float = 0.5) -> float:
-    """Measured matmul FLOP/s of the library and device a backend computes with.
-
-    A CPU gets float32 1024x1024 products. On CUDA the torch backend's matmuls run in bf16 under
-    autocast (where the GPU has bf16), so the peak is a bf16 product, 4096 wide to fill the GPU; CUDA
-    launches are asynchronous, so the clock stops only after a synchronize.
-    """
-    size, synchronize = 1024, _no_sync
-    if backend_name == "torch":
-        import torch
-
-        where = torch.device(device)
-        dtype = torch.float32
-        if where.type == "cuda":
-            size, synchronize = 4096, torch.cuda.synchronize
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(False) else torch.float32
-        elif where.type == "mps":
-            synchronize = torch.mps.synchronize
-        a, b = (torch.randn(size, size, device=where, dtype=dtype) for _ in range(2))
-        matmul = torch.mm
-    else:
-        rng = np.random.default_rng(0)
-        a, b = rng.standard_normal((size, size), np.float32), rng.standard_normal((size, size), np.float32)
-        matmul = np.matmul
-    matmul(a, b)
-    synchronize()
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        matmul(a, b)
-        runs += 1
-    synchronize()
-    return 2 * size**3 * runs / (time.perf_counter() - start)
-
-
-def _no_sync() -> None:
-    """CPU libraries return when the product is done."""
-
-
 def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_tokens: int = 500,
                   nocache_tokens: int = 100, device: str | None = None) -> BenchResult:
     model_config = config.model_config(BENCH_VOCAB)
@@ -101,5 +63,5 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
     nocache_tps = nocache_tokens / (time.perf_counter() - start)
 
     fpt = flops_per_token(model_config)
-    mfu = train_tps * fpt / matmul_peak_flops(name, backend.device)
+    mfu = train_tps * fpt / backend.matmul_peak_flops()
     return BenchResult(name, backend.device, train_tps, per_iter * 1000, gen_tps, nocache_tps, fpt, mfu)

@@ -117,8 +117,13 @@ def train(
                 click.echo(note, err=True)
             trainer = new_training(config, corpus, out or default_run_dir(), world)
         run_headless(trainer)
-    finally:
+    except SystemExit:  # stopped or diverged: decided by all ranks together
         stop_world(world)
+        raise
+    except Exception:  # an error this rank may have hit alone: do not wait for the others
+        stop_world(world, wait_for_peers=False)
+        raise
+    stop_world(world)
 
 
 def open_tui(
@@ -312,12 +317,12 @@ def bench(
 
     from minigpt_tui.bench import bench_backend
     from minigpt_tui.config import preset as load_preset
+    from minigpt_tui.runs import load_backend_class
     from minigpt_tui.storage import atomic_write_text
 
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        for name in backends:
+            load_backend_class(name).set_threads(threads)
     config: TrainConfig = load_preset(preset)
     results = [
         bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device) for name in backends

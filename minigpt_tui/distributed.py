@@ -89,8 +89,9 @@ def start_world(backend: str, device: str) -> World:
     return world
 
 
-def stop_world(world: World) -> None:
+def stop_world(world: World, wait_for_peers: bool = True) -> None:
+    """Leave the process group; after an error only this rank may have hit, do not wait for the others."""
     if world.is_distributed:
         from backends.torch_distributed import destroy_process_group
 
-        destroy_process_group()
+        destroy_process_group(wait_for_peers)

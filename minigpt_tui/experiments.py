@@ -27,7 +27,7 @@ from minigpt_tui.config import TrainConfig, build_config
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.evaluation import evaluate_tokens
-from minigpt_tui.runs import load_model, open_run, read_metrics
+from minigpt_tui.runs import load_backend_class, load_model, open_run, read_metrics
 from minigpt_tui.sampling import SamplingParams, generate_text
 from minigpt_tui.storage import atomic_write_text
 
@@ -107,9 +107,7 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
 
 def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores, threads: int | None):
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        load_backend_class(config["backend"]).set_threads(threads)
     return train_variant(name, build_config("baby", config), Corpus(text, source), Path(out), extra_scores).to_dict()
 
 
@@ -122,9 +120,8 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
     """
     out = Path(out)
     if threads:  # for in-process training and for whatever the caller measures afterwards
-        import torch
-
-        torch.set_num_threads(threads)
+        for backend in {config.backend for _, config in variants}:
+            load_backend_class(backend).set_threads(threads)
     results = []
     for name, config in variants:
         done_file = out / name / RESULT_FILE

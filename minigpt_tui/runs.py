@@ -93,12 +93,20 @@ def open_run(path: Path) -> Run:
     return Run(path, config, tokenizer, document.get("data_source", "?"), float(document.get("tokens_per_char", 1.0)))
 
 
+def load_backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name``; MiniGPTError for an unknown or uninstallable one."""
+    try:
+        return load_backend(name)
+    except (ValueError, ImportError) as exc:
+        raise MiniGPTError(str(exc)) from None
+
+
 def build_backend(
     config: TrainConfig, vocab_size: int, weights, *, backend: str | None = None, device: str | None = None
 ) -> Backend:
     """Instantiate the configured (or the named) backend; MiniGPTError for bad names and devices."""
+    backend_cls = load_backend_class(backend or config.backend)
     try:
-        backend_cls = load_backend(backend or config.backend)
         return backend_cls(
             config.model_config(vocab_size),
             weights,
@@ -108,7 +116,7 @@ def build_backend(
             compile=config.compile,
             dtype=config.dtype,
         )
-    except (ValueError, ImportError) as exc:
+    except ValueError as exc:
         raise MiniGPTError(str(exc)) from None
 
 
