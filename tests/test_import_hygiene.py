@@ -63,3 +63,12 @@ def test_importing_the_torch_backend_loads_no_app_modules():
                                   "sampling", "schedule", "tokenizer", "trainer"])
 def test_core_modules_do_not_import_the_shells(name):
     assert not imported_roots(ROOT / "minigpt_tui" / f"{name}.py") & {"textual", "click"}
+
+
+APP_FILES = sorted((ROOT / "minigpt_tui").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", APP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_backends_touch_the_tensor_library(path):
+    """Everything torch-specific (devices, threads, peak FLOP/s) lives behind the Backend interface."""
+    assert "torch" not in imported_roots(path)
