@@ -483,7 +483,8 @@ def run_ablation(
     """The shared shell of the training ablations: base config, variants, progress lines, report."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.corpus import resolve_corpus
-    from minigpt_tui.experiments import results_markdown, run_variants, write_ablation_report
+    from minigpt_tui.experiments import run_variants
+    from minigpt_tui.reports import results_markdown, write_ablation_report
 
     overrides = given_fields(kwargs)
     base = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
@@ -598,7 +599,8 @@ def ablate_context(
 @ablation_options
 def ablate_posenc(data, dataset, preset, config_file, out, threads, isolate, **kwargs) -> None:
     """Learned vs sinusoidal positions at the same budget; sinusoidal also on windows up to 4x the context."""
-    from minigpt_tui.experiments import length_generalisation, posenc_variants
+    from minigpt_tui.experiments import posenc_variants
+    from minigpt_tui.probes import length_generalisation
 
     run_ablation(
         "posenc",
@@ -642,7 +644,8 @@ def ablate_exposure(
 ) -> None:
     """Teacher forcing vs free running: NLL per position on true prefixes vs the model's own samples."""
     from minigpt_tui.corpus import corpus_for_run
-    from minigpt_tui.experiments import exposure_bias, write_exposure_report
+    from minigpt_tui.probes import exposure_bias
+    from minigpt_tui.reports import write_exposure_report
     from minigpt_tui.runs import load_model, open_run
     from minigpt_tui.trainer import tokenize_corpus
 

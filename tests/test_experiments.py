@@ -7,16 +7,9 @@ import pytest
 from minigpt_tui.config import build_config
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments import (
-    context_variants,
-    length_generalisation,
-    posenc_variants,
-    position_losses,
-    results_markdown,
-    run_variants,
-    tokenizer_variants,
-    write_ablation_report,
-)
+from minigpt_tui.experiments import context_variants, posenc_variants, run_variants, tokenizer_variants
+from minigpt_tui.probes import length_generalisation, position_losses
+from minigpt_tui.reports import results_markdown, write_ablation_report
 
 TEXT = "to be or not to be, that is the question.\nwhether tis nobler in the mind to suffer.\n" * 40
 
