@@ -6,7 +6,7 @@ Runs the same config three ways, alternating ``--repeats`` times so a drifting l
 headless (the CLI's way: the trainer on the main thread), on a worker thread with no UI, and inside
 the app (Textual's headless driver, which lays out and renders every frame as in a terminal, at
 160x48). Throughput is the mean ``tokens_per_s`` of each run's metrics.jsonl step records.
-Latency: a key event (``l``, the log-scale toggle, which redraws both plots) is posted to the app
+Latency (unless ``--no-keys``): a key event (``l``, the log-scale toggle, which redraws both plots) is posted to the app
 every 0.3 s during training, as the terminal driver would; we time it to its action running on the
 UI thread, and to the next frame the app hands to the terminal.
 """
@@ -56,7 +56,7 @@ class TimedApp(MiniGPTApp):
         super()._display(screen, renderable)
 
 
-async def run_in_app(config, data: Path, out: Path) -> tuple[float, list[float], list[float]]:
+async def run_in_app(config, data: Path, out: Path, press_keys: bool) -> tuple[float, list[float], list[float]]:
     app = TimedApp(config=config, data=data, out=out)
     app.handled_at, app.frames_at = [], []
     to_handler, to_frame = [], []
@@ -65,6 +65,8 @@ async def run_in_app(config, data: Path, out: Path) -> tuple[float, list[float],
         while app.trainer is None:
             await pilot.pause(0.05)
         await pilot.click("#--content-tab-train-tab")  # the keys go to the app, not the form
+        while app.training and not press_keys:  # the app on its own: live curves, no user
+            await pilot.pause(KEY_EVERY_S)
         while app.training:
             pressed = time.perf_counter()
             app.post_message(events.Key("l", "l"))  # what the terminal driver posts for a key
@@ -77,11 +79,11 @@ async def run_in_app(config, data: Path, out: Path) -> tuple[float, list[float],
     return mean_tokens_per_s(out), to_handler, to_frame
 
 
-def measure(mode: str, config, data: Path, out: Path) -> tuple[float, list[float], list[float]]:
+def measure(mode: str, config, data: Path, out: Path, press_keys: bool) -> tuple[float, list[float], list[float]]:
     """One run: ``headless`` (the CLI's way: the trainer on the main thread), ``thread`` (a worker
     thread, no UI) or ``tui`` (the app); tokens/s and, for the app, key latencies."""
     if mode == "tui":
-        return asyncio.run(run_in_app(config, data, out))
+        return asyncio.run(run_in_app(config, data, out, press_keys))
     def train() -> None:  # built on the thread that trains it, as the app does
         new_training(config, read_corpus(data), out).run()
 
@@ -104,7 +106,9 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
 @click.option("--iters", type=click.IntRange(min=20), default=200, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
-def main(data: Path, preset: str, iters: int, repeats: int) -> None:
+@click.option("--keys/--no-keys", default=True, show_default=True,
+              help="Press a key that redraws both plots every 0.3 s (latency), or leave the app alone.")
+def main(data: Path, preset: str, iters: int, repeats: int, keys: bool) -> None:
     config = build_config(preset, None, {"max_iters": iters, "eval_interval": iters, "device": "cpu"})
     headless, threaded, in_app, to_handler, to_frame = [], [], [], [], []
     spawn = multiprocessing.get_context("spawn")
@@ -116,7 +120,7 @@ def main(data: Path, preset: str, iters: int, repeats: int) -> None:
                 # each run in a fresh process, as a user runs either tool: OpenMP thread teams left by an
                 # earlier run in another thread would throttle this one's spin-waits (libgomp does so once
                 # more OpenMP threads exist than CPUs)
-                rate, handler, frame = pool.apply(measure, (mode, config, data, Path(tmp) / f"{mode}-{i}"))
+                rate, handler, frame = pool.apply(measure, (mode, config, data, Path(tmp) / f"{mode}-{i}", keys))
                 {"headless": headless, "thread": threaded, "tui": in_app}[mode].append(rate)
                 to_handler += handler
                 to_frame += frame
@@ -128,6 +132,8 @@ def main(data: Path, preset: str, iters: int, repeats: int) -> None:
     click.echo(f"preset {preset}, {iters} iters x {repeats}: headless {statistics.mean(headless):,.0f}, worker thread "
                f"{statistics.mean(threaded):,.0f}, TUI {statistics.mean(in_app):,.0f} tokens/s; per round median "
                f"TUI/headless {statistics.median(ratios):.3f}, TUI/thread {statistics.median(thread_ratios):.3f}")
+    if not keys:
+        return
     if not to_handler:
         click.echo("no key presses measured: the runs were too short (raise --iters)")
         return
