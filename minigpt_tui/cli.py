@@ -300,7 +300,7 @@ def eval_command(
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads the backends compute with.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 def bench(
     backends: tuple[str, ...],
@@ -453,7 +453,9 @@ def ablation_options(command):
                 required=True,
                 help="Folder for the variant runs and the report; finished variants are reused.",
             ),
-            click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per variant."),
+            click.option(
+                "--threads", type=click.IntRange(min=1), default=None, help="Threads each variant computes with."
+            ),
             click.option(
                 "--isolate/--in-process",
                 default=True,
@@ -466,30 +468,20 @@ def ablation_options(command):
     return command
 
 
-def run_ablation(
-    kind: str,
-    make_variants,
-    data,
-    dataset,
-    preset,
-    config_file,
-    out,
-    threads,
-    isolate,
-    kwargs,
-    extra_scores=None,
-    finish=None,
-) -> None:
-    """The shared shell of the training ablations: base config, variants, progress lines, report."""
+def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, finish=None) -> None:
+    """The shared shell of the training ablations: base config, variants, progress lines, report.
+
+    ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
     from minigpt_tui.config import build_config, load_toml
     from minigpt_tui.corpus import resolve_corpus
     from minigpt_tui.experiments import run_variants
     from minigpt_tui.reports import results_markdown, write_ablation_report
 
-    overrides = given_fields(kwargs)
-    base = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
+    out, config_file = options["out"], options["config_file"]
+    overrides = given_fields(options)
+    base = build_config(options["preset"] or "baby", load_toml(config_file) if config_file else None, overrides)
     variants = make_variants(base)
-    corpus, note = resolve_corpus(data, dataset)
+    corpus, note = resolve_corpus(options["data"], options["dataset"])
     if note:
         click.echo(note, err=True)
 
@@ -500,9 +492,8 @@ def run_ablation(
             err=True,
         )
 
-    results = run_variants(
-        variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores, on_result=report
-    )
+    results = run_variants(variants, corpus, out, isolate=options["isolate"], threads=options["threads"],
+                           extra_scores=extra_scores, on_result=report)
     if finish is not None:
         results = finish(results, [config for _, config in variants])
     meta = {
@@ -526,23 +517,12 @@ def int_list(text: str) -> list[int]:
 @ablate.command(name="tokenizer")
 @click.option("--vocab-sizes", default="256,512,1024", show_default=True, help="BPE vocabularies to compare with char.")
 @ablation_options
-def ablate_tokenizer(vocab_sizes: str, data, dataset, preset, config_file, out, threads, isolate, **kwargs) -> None:
+def ablate_tokenizer(vocab_sizes: str, **options) -> None:
     """Character level vs byte-level BPE in val bits/char, at the same tokens seen (steps x tokens/step)."""
     from minigpt_tui.experiments import tokenizer_variants
 
     sizes = int_list(vocab_sizes)
-    run_ablation(
-        "tokenizer",
-        lambda base: tokenizer_variants(base, sizes),
-        data,
-        dataset,
-        preset,
-        config_file,
-        out,
-        threads,
-        isolate,
-        kwargs,
-    )
+    run_ablation("tokenizer", lambda base: tokenizer_variants(base, sizes), options)
 
 
 @ablate.command(name="context")
@@ -562,59 +542,23 @@ def ablate_tokenizer(vocab_sizes: str, data, dataset, preset, config_file, out, 
     help="Round-robin throughput measurements after training (0: skip).",
 )
 @ablation_options
-def ablate_context(
-    block_sizes: str,
-    tokens_per_step: int,
-    bench_rounds: int,
-    data,
-    dataset,
-    preset,
-    config_file,
-    out,
-    threads,
-    isolate,
-    **kwargs,
-) -> None:
+def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, **options) -> None:
     """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
     from minigpt_tui.experiments import context_variants, with_throughput
 
     blocks = int_list(block_sizes)
     finish = (lambda results, configs: with_throughput(results, configs, rounds=bench_rounds)) if bench_rounds else None
-    run_ablation(
-        "context",
-        lambda base: context_variants(base, blocks, tokens_per_step),
-        data,
-        dataset,
-        preset,
-        config_file,
-        out,
-        threads,
-        isolate,
-        kwargs,
-        finish=finish,
-    )
+    run_ablation("context", lambda base: context_variants(base, blocks, tokens_per_step), options, finish=finish)
 
 
 @ablate.command(name="posenc")
 @ablation_options
-def ablate_posenc(data, dataset, preset, config_file, out, threads, isolate, **kwargs) -> None:
+def ablate_posenc(**options) -> None:
     """Learned vs sinusoidal positions at the same budget; sinusoidal also on windows up to 4x the context."""
     from minigpt_tui.experiments import posenc_variants
     from minigpt_tui.probes import length_generalisation
 
-    run_ablation(
-        "posenc",
-        posenc_variants,
-        data,
-        dataset,
-        preset,
-        config_file,
-        out,
-        threads,
-        isolate,
-        kwargs,
-        extra_scores=length_generalisation,
-    )
+    run_ablation("posenc", posenc_variants, options, extra_scores=length_generalisation)
 
 
 @ablate.command(name="exposure")
