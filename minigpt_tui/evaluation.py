@@ -43,6 +43,14 @@ def evaluate_tokens(backend: Backend, tokens: np.ndarray, tokens_per_char: float
     return SplitScore(loss, perplexity(loss), bits_per_char(loss, tokens_per_char), count)
 
 
+def window_nll(backend: Backend, windows: np.ndarray) -> np.ndarray:
+    """(B, T+1) token windows -> (B, T) float64 NLL (nats) of each next token given its prefix."""
+    logits = backend.logits(windows[:, :-1]).astype(np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return -np.take_along_axis(log_probs, windows[:, 1:, None], axis=-1)[..., 0]
+
+
 def _sliding_window_nll(backend: Backend, tokens: np.ndarray, stride: int, batch_size: int) -> tuple[float, int]:
     """Windows start every ``stride`` tokens; window k > 0 scores only its last ``stride`` targets,
     so the scored spans tile the split exactly once (the first window scores all of its targets)."""
@@ -58,10 +66,7 @@ def _sliding_window_nll(backend: Backend, tokens: np.ndarray, stride: int, batch
         for group, length in groups:
             idx = np.asarray(group)[:, None] + np.arange(length + 1)
             windows = tokens[idx]
-            logits = backend.logits(windows[:, :-1]).astype(np.float64)
-            logits -= logits.max(axis=-1, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-            nll = -np.take_along_axis(log_probs, windows[:, 1:, None], axis=-1)[..., 0]
+            nll = window_nll(backend, windows)
             for row, start in enumerate(group):
                 first = 0 if start == 0 else block_size - stride
                 total += float(nll[row, first:].sum())

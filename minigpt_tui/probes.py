@@ -9,6 +9,7 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.evaluation import window_nll
 from minigpt_tui.sampling import SamplingParams
 
 
@@ -25,11 +26,7 @@ def position_losses(backend: Backend, tokens: np.ndarray, window: int, max_windo
     totals = np.zeros(window)
     for i in range(0, len(starts), batch_size):
         idx = starts[i : i + batch_size, None] + np.arange(window + 1)
-        windows = tokens[idx]
-        logits = backend.logits(windows[:, :-1]).astype(np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-        totals += -np.take_along_axis(log_probs, windows[:, 1:, None], axis=-1)[..., 0].sum(axis=0)
+        totals += window_nll(backend, tokens[idx]).sum(axis=0)
     return totals / len(starts)
 
 
