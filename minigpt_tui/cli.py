@@ -410,13 +410,12 @@ def ablate_temperature(
         temperature_table_markdown,
         write_temperature_report,
     )
-    from minigpt_tui.corpus import corpus_for_run
-    from minigpt_tui.data import split_text
+    from minigpt_tui.corpus import training_text
     from minigpt_tui.runs import load_model, open_run
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
-    train_text, _ = split_text(corpus_for_run(run, data, dataset).text)
+    train_text = training_text(run, data, dataset)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     rows = temperature_ablation(
         model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt_tui.data import read_corpus
+from minigpt_tui.data import read_corpus, split_text
 from minigpt_tui.datasets import Corpus, default_corpus, load_dataset, python_docs_text
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.runs import Run
@@ -30,3 +30,8 @@ def corpus_for_run(run: Run, data: Path | None, dataset: str | None) -> Corpus:
     if Path(run.data_source).exists():
         return read_corpus(Path(run.data_source))
     raise MiniGPTError(f"the run's corpus {run.data_source} is gone; pass --data PATH or --dataset NAME")
+
+
+def training_text(run: Run, data: Path | None = None, dataset: str | None = None) -> str:
+    """The train split of the run's corpus: what "a word found in the training text" is checked against."""
+    return split_text(corpus_for_run(run, data, dataset).text)[0]

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from minigpt_tui.ablation import temperature_ablation
 from minigpt_tui.config import TrainConfig
-from minigpt_tui.corpus import corpus_for_run
+from minigpt_tui.corpus import corpus_for_run, training_text
 from minigpt_tui.data import split_text
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
@@ -420,7 +420,7 @@ class MiniGPTApp(App):
 
     def training_text(self) -> str:
         if self.train_text is None:
-            self.train_text = split_text(corpus_for_run(self.run_info, None, None).text)[0]
+            self.train_text = training_text(self.run_info)
         return self.train_text
 
     # ---- generation
