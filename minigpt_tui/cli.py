@@ -89,7 +89,7 @@ def train(
     **kwargs,
 ) -> None:
     """Train a model (headless), or resume one with --resume RUN_DIR."""
-    from minigpt_tui.config import build_config, load_toml
+    from minigpt_tui.config import config_from_sources
     from minigpt_tui.corpus import corpus_for_run, resolve_corpus
     from minigpt_tui.distributed import start_world, stop_world
     from minigpt_tui.runs import default_run_dir, open_run
@@ -105,7 +105,7 @@ def train(
         run = open_run(resume)
         config = run.config.replace(**overrides)
     else:
-        config = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
+        config = config_from_sources(preset, config_file, overrides)
     # under torchrun: join the process group before any backend is built (each process is one rank)
     world = start_world(config.backend, config.device)
     try:
@@ -136,7 +136,7 @@ def open_tui(
     overrides: dict,
 ) -> None:
     """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
-    from minigpt_tui.config import build_config, load_toml
+    from minigpt_tui.config import config_from_sources
     from minigpt_tui.tui.app import create_app
 
     if resume is not None:
@@ -144,7 +144,7 @@ def open_tui(
             raise MiniGPTError("the TUI resumes a run as it is (press c); add --headless to resume with options")
         create_app(resume).run()
         return
-    config = build_config(preset or "baby", load_toml(config_file) if config_file else None, overrides)
+    config = config_from_sources(preset, config_file, overrides)
     create_app(config=config, data=data, dataset=dataset, out=out).run()
 
 
@@ -471,14 +471,13 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     """The shared shell of the training ablations: base config, variants, progress lines, report.
 
     ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
-    from minigpt_tui.config import build_config, load_toml
+    from minigpt_tui.config import config_from_sources
     from minigpt_tui.corpus import resolve_corpus
     from minigpt_tui.experiments import run_variants
     from minigpt_tui.reports import results_markdown, write_ablation_report
 
-    out, config_file = options["out"], options["config_file"]
-    overrides = given_fields(options)
-    base = build_config(options["preset"] or "baby", load_toml(config_file) if config_file else None, overrides)
+    out = options["out"]
+    base = config_from_sources(options["preset"], options["config_file"], given_fields(options))
     variants = make_variants(base)
     corpus, note = resolve_corpus(options["data"], options["dataset"])
     if note:

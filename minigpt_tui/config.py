@@ -204,6 +204,11 @@ def build_config(
     return validated(dataclasses.replace(config, **merged))
 
 
+def config_from_sources(preset_name: str | None, config_file: Path | None, overrides: dict) -> TrainConfig:
+    """What the command line describes: ``--preset`` (default baby), then ``--config`` file, then flags."""
+    return build_config(preset_name or "baby", load_toml(config_file) if config_file else None, overrides)
+
+
 def validated(config: TrainConfig) -> TrainConfig:
     """Raise MiniGPTError on an impossible configuration; return the config unchanged otherwise."""
     for name in (
