@@ -19,6 +19,7 @@ from backends.base import (
     canonical_shapes,
     check_weights,
     is_decayed,
+    is_hidden_matrix,
     time_matmuls,
 )
 from backends.torch_model import GPT, Decoder, KVCache
@@ -83,12 +84,24 @@ class TorchBackend(Backend):
         self.set_weights(weights)
         self.params = dict(self.model.named_parameters())
         shapes = canonical_shapes(config)
-        decayed = [p for n, p in self.params.items() if is_decayed(n, shapes[n])]
-        not_decayed = [p for n, p in self.params.items() if not is_decayed(n, shapes[n])]
+        # with Muon the hidden matrices leave AdamW for torch.optim.Muon (Newton-Schulz in bfloat16)
+        self.muon_names = [n for n in self.params if optim.optimizer == "muon" and is_hidden_matrix(n, shapes[n])]
+        adamw_params = {n: p for n, p in self.params.items() if n not in self.muon_names}
+        decayed = [p for n, p in adamw_params.items() if is_decayed(n, shapes[n])]
+        not_decayed = [p for n, p in adamw_params.items() if not is_decayed(n, shapes[n])]
         groups = [{"params": decayed, "weight_decay": optim.weight_decay}, {"params": not_decayed, "weight_decay": 0.0}]
+        # foreach (one kernel per op over all tensors) is torch's own default on CUDA only; on the CPU it
+        # also beats the per-tensor loop (README: throughput)
         self.optimizer = torch.optim.AdamW(
-            groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None
+            groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None,
+            foreach=None if is_cuda else True,
         )
+        self.muon = None
+        if self.muon_names:
+            self.muon = torch.optim.Muon(
+                [self.params[n] for n in self.muon_names], lr=0.0, weight_decay=optim.weight_decay,
+                momentum=optim.muon_momentum,
+            )
         # the compiled and DDP wrappers are used for training only; weights are read from the plain
         # module, so checkpoints hold canonical names (no ``_orig_mod.`` / ``module.`` prefixes)
         self._train_forward = torch.compile(self.model) if compile else self.model
@@ -128,6 +141,10 @@ class TorchBackend(Backend):
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.muon is not None:
+            self.muon.param_groups[0]["lr"] = lr * self.optim_config.muon_lr_scale
+            self.muon.step()
+            self.muon.zero_grad(set_to_none=True)
         return StepResult(loss=total, grad_norm=float(norm))
 
     @torch.inference_mode()
@@ -157,6 +174,11 @@ class TorchBackend(Backend):
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         state: dict[str, np.ndarray] = {"step": np.array(0.0, np.float64)}
         for name, param in self.params.items():
+            if name in self.muon_names:
+                entry = self.muon.state.get(param)
+                if entry:
+                    state[f"momentum_buffer.{name}"] = entry["momentum_buffer"].float().cpu().numpy()
+                continue
             entry = self.optimizer.state.get(param)
             if not entry:
                 continue
@@ -169,11 +191,20 @@ class TorchBackend(Backend):
         step = float(state["step"])
         if step == 0:
             return
+        keys = [f"momentum_buffer.{n}" if n in self.muon_names else f"exp_avg.{n}" for n in self.params]
+        missing = [key for key in keys if key not in state]
+        if missing:
+            raise ValueError(f"the optimizer state does not match this optimizer: no {missing[0]}")
+        for name in self.muon_names:
+            buffer = torch.tensor(state[f"momentum_buffer.{name}"], dtype=self._dtype, device=self._device)
+            self.muon.state[self.params[name]] = {"momentum_buffer": buffer}
         # fused AdamW (our CUDA optimizer) keeps a float32 step on the parameter's device; the default
         # implementation keeps it on the CPU
         step_device = self._device if self.optimizer.defaults.get("fused") else torch.device("cpu")
         # torch.tensor copies: the moments are updated in place and must not alias the caller's arrays
         for name, param in self.params.items():
+            if name in self.muon_names:
+                continue
             self.optimizer.state[param] = {
                 "step": torch.tensor(step, dtype=torch.float32, device=step_device),
                 "exp_avg": torch.tensor(state[f"exp_avg.{name}"], dtype=self._dtype, device=self._device),

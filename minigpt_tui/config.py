@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from backends.base import POS_ENCODINGS, ModelConfig, OptimConfig
+from backends.base import ACTIVATIONS, OPTIMIZERS, POS_ENCODINGS, ModelConfig, OptimConfig
 from minigpt_tui.errors import MiniGPTError
 
 if sys.version_info >= (3, 11):
@@ -30,6 +30,9 @@ class TrainConfig:
     bias: bool = False
     pos_encoding: str = "learned"
     tie_weights: bool = True
+    qk_norm: bool = False
+    activation: str = "gelu_tanh"
+    zero_init_proj: bool = False
     # data
     tokenizer: str = "char"
     vocab_size: int = 512  # BPE only; a character vocabulary is whatever the text holds
@@ -45,6 +48,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    optimizer: str = "adamw"
+    muon_lr_scale: float = 1.0
+    muon_momentum: float = 0.95
     # evaluation and logging
     eval_interval: int = 250
     eval_iters: int = 20
@@ -67,10 +73,21 @@ class TrainConfig:
             bias=self.bias,
             pos_encoding=self.pos_encoding,
             tie_weights=self.tie_weights,
+            qk_norm=self.qk_norm,
+            activation=self.activation,
+            zero_init_proj=self.zero_init_proj,
         )
 
     def optim_config(self) -> OptimConfig:
-        return OptimConfig(weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip)
+        return OptimConfig(
+            weight_decay=self.weight_decay,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            grad_clip=self.grad_clip,
+            optimizer=self.optimizer,
+            muon_lr_scale=self.muon_lr_scale,
+            muon_momentum=self.muon_momentum,
+        )
 
     @property
     def decay_iters(self) -> int:
@@ -94,8 +111,11 @@ FIELD_HELP = {
     "block_size": "Context length in tokens.",
     "dropout": "Dropout probability in [0, 1).",
     "bias": "Biases in Linear and LayerNorm layers.",
-    "pos_encoding": "Positional encoding: learned or sinusoidal.",
+    "pos_encoding": "Positional encoding: learned, sinusoidal, or rope (rotary, inside attention).",
     "tie_weights": "Share the token embedding with the output projection.",
+    "qk_norm": "RMS-normalise each head's queries and keys before attention.",
+    "activation": "MLP activation: gelu_tanh (GPT-2), gelu (exact) or relu2 (ReLU squared).",
+    "zero_init_proj": "Start the attention and MLP output projections at zero.",
     "tokenizer": "char, or bpe (byte-level BPE trained on the train split).",
     "vocab_size": "BPE vocabulary size (ignored for char).",
     "batch_size": "Sequences per micro-batch (per process under torchrun).",
@@ -109,6 +129,9 @@ FIELD_HELP = {
     "beta1": "AdamW beta1.",
     "beta2": "AdamW beta2.",
     "grad_clip": "Clip the global gradient norm to this (0: off).",
+    "optimizer": "adamw, or muon (Muon for the block matrices, AdamW for the rest).",
+    "muon_lr_scale": "Muon's learning rate as a multiple of learning_rate (same schedule).",
+    "muon_momentum": "Muon's (Nesterov) momentum.",
     "eval_interval": "Evaluate and checkpoint every N steps.",
     "eval_iters": "Batches per evaluation estimate.",
     "log_interval": "Log a step record every N steps.",
@@ -243,6 +266,16 @@ def validated(config: TrainConfig) -> TrainConfig:
             raise MiniGPTError(f"{name} must be in [0, 1), got {getattr(config, name)}")
     if config.pos_encoding not in POS_ENCODINGS:
         raise MiniGPTError(f"pos_encoding must be one of {', '.join(POS_ENCODINGS)}")
+    if config.pos_encoding == "rope" and (config.n_embd // config.n_head) % 2:
+        raise MiniGPTError(f"rope needs an even head size (n_embd / n_head), got {config.n_embd // config.n_head}")
+    if config.activation not in ACTIVATIONS:
+        raise MiniGPTError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {config.activation!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise MiniGPTError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    if not (config.muon_lr_scale > 0 and math.isfinite(config.muon_lr_scale)):
+        raise MiniGPTError(f"muon_lr_scale must be a finite number > 0, got {config.muon_lr_scale}")
+    if not 0.0 <= config.muon_momentum < 1.0:
+        raise MiniGPTError(f"muon_momentum must be in [0, 1), got {config.muon_momentum}")
     if config.tokenizer not in TOKENIZERS:
         raise MiniGPTError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {config.tokenizer!r}")
     if config.dtype not in ("float32", "float64"):

@@ -41,6 +41,8 @@ SHAPE_FIELDS = (
     "tokenizer",
     "vocab_size",
 )
+# fields a checkpoint's weights or optimizer state were made for: changing them on resume is not a resume
+FIXED_ON_RESUME = ("qk_norm", "activation", "optimizer")
 
 
 @dataclass
@@ -323,6 +325,9 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
     changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != getattr(run.config, name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
+    changed = [name for name in FIXED_ON_RESUME if name in overrides and overrides[name] != getattr(run.config, name)]
+    if changed:
+        raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the checkpoint was trained with them)")
     if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides:
         # the cosine was laid out over the original max_iters: extending the run must not reshape it
         overrides = {**overrides, "lr_decay_iters": run.config.max_iters}
