@@ -23,6 +23,7 @@ from backends.base import (
     time_matmuls,
 )
 from backends.torch_model import GPT, Decoder, KVCache
+from backends.torch_muon import StackedMuon
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 
@@ -84,7 +85,8 @@ class TorchBackend(Backend):
         self.set_weights(weights)
         self.params = dict(self.model.named_parameters())
         shapes = canonical_shapes(config)
-        # with Muon the hidden matrices leave AdamW for torch.optim.Muon (Newton-Schulz in bfloat16)
+        # with Muon the hidden matrices leave AdamW: for torch.optim.Muon (Newton-Schulz in bfloat16) on a
+        # GPU, for the same update in float32 and batched per shape on the CPU (torch_muon.StackedMuon)
         self.muon_names = [n for n in self.params if optim.optimizer == "muon" and is_hidden_matrix(n, shapes[n])]
         adamw_params = {n: p for n, p in self.params.items() if n not in self.muon_names}
         decayed = [p for n, p in adamw_params.items() if is_decayed(n, shapes[n])]
@@ -96,8 +98,11 @@ class TorchBackend(Backend):
             groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None,
             foreach=None if is_cuda else True,
         )
-        self.muon = None
-        if self.muon_names:
+        self.muon: torch.optim.Muon | StackedMuon | None = None
+        if self.muon_names and self._device.type == "cpu":
+            self.muon = StackedMuon({n: self.params[n] for n in self.muon_names}, optim.weight_decay,
+                                    optim.muon_momentum)
+        elif self.muon_names:
             self.muon = torch.optim.Muon(
                 [self.params[n] for n in self.muon_names], lr=0.0, weight_decay=optim.weight_decay,
                 momentum=optim.muon_momentum,
@@ -142,9 +147,13 @@ class TorchBackend(Backend):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.muon is not None:
-            self.muon.param_groups[0]["lr"] = lr * self.optim_config.muon_lr_scale
+            muon_lr = lr * self.optim_config.muon_lr_scale
+            if isinstance(self.muon, StackedMuon):
+                self.muon.lr = muon_lr
+            else:
+                self.muon.param_groups[0]["lr"] = muon_lr
             self.muon.step()
-            self.muon.zero_grad(set_to_none=True)
+            self.muon.zero_grad()
         return StepResult(loss=total, grad_norm=float(norm))
 
     @torch.inference_mode()
@@ -173,11 +182,11 @@ class TorchBackend(Backend):
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         state: dict[str, np.ndarray] = {"step": np.array(0.0, np.float64)}
+        momentum = self._muon_buffers()
         for name, param in self.params.items():
             if name in self.muon_names:
-                entry = self.muon.state.get(param)
-                if entry:
-                    state[f"momentum_buffer.{name}"] = entry["momentum_buffer"].float().cpu().numpy()
+                if name in momentum:
+                    state[f"momentum_buffer.{name}"] = momentum[name].float().cpu().numpy()
                 continue
             entry = self.optimizer.state.get(param)
             if not entry:
@@ -197,7 +206,10 @@ class TorchBackend(Backend):
             raise ValueError(f"the optimizer state does not match this optimizer: no {missing[0]}")
         for name in self.muon_names:
             buffer = torch.tensor(state[f"momentum_buffer.{name}"], dtype=self._dtype, device=self._device)
-            self.muon.state[self.params[name]] = {"momentum_buffer": buffer}
+            if isinstance(self.muon, StackedMuon):
+                self.muon.momentum_buffers()[name].copy_(buffer)
+            else:
+                self.muon.state[self.params[name]] = {"momentum_buffer": buffer}
         # fused AdamW (our CUDA optimizer) keeps a float32 step on the parameter's device; the default
         # implementation keeps it on the CPU
         step_device = self._device if self.optimizer.defaults.get("fused") else torch.device("cpu")
@@ -210,6 +222,19 @@ class TorchBackend(Backend):
                 "exp_avg": torch.tensor(state[f"exp_avg.{name}"], dtype=self._dtype, device=self._device),
                 "exp_avg_sq": torch.tensor(state[f"exp_avg_sq.{name}"], dtype=self._dtype, device=self._device),
             }
+
+    def _muon_buffers(self) -> dict[str, torch.Tensor]:
+        """Muon's momentum by parameter name (none before the first step of torch.optim.Muon)."""
+        if isinstance(self.muon, StackedMuon):
+            return self.muon.momentum_buffers() if self.step_count() else {}
+        if self.muon is None:
+            return {}
+        return {n: self.muon.state[self.params[n]]["momentum_buffer"] for n in self.muon_names
+                if self.params[n] in self.muon.state}
+
+    def step_count(self) -> int:
+        entry = self.optimizer.state.get(self.params["wte.weight"])
+        return int(entry["step"]) if entry else 0
 
     @staticmethod
     def set_threads(n: int) -> None:

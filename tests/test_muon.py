@@ -1,10 +1,11 @@
-"""Muon: the NumPy implementation against torch.optim.Muon, its Newton-Schulz iteration, and exact
-resume (same backend and across backends) with its momentum carried in checkpoints.
+"""Muon: torch.optim.Muon, the torch backend's CPU version (torch_muon.StackedMuon) and the NumPy one
+against each other; the Newton-Schulz iteration; exact resume (same backend and across backends) with
+the momentum carried in checkpoints.
 
-torch.optim.Muon runs Newton-Schulz in bfloat16; the NumPy backend runs it in its own dtype. For the
-tight float64 comparisons torch's iteration is swapped for the same polynomial in full precision
-(``full_precision_muon``), so everything else (momentum, Nesterov, decay, learning-rate adjustment,
-parameter groups, state transfer) is compared exactly.
+torch.optim.Muon runs Newton-Schulz in bfloat16; the other two run it in their own dtype. To compare
+torch.optim.Muon tightly, its iteration is swapped for the same polynomial in full precision
+(``full_precision_muon``), so everything else (momentum, Nesterov, decay, learning-rate adjustment)
+is compared exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ torch = pytest.importorskip("torch")
 import torch.optim._muon as torch_muon  # noqa: E402
 
 from backends.torch_backend import TorchBackend  # noqa: E402
+from backends.torch_muon import StackedMuon  # noqa: E402
 
 CONFIG = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, pos_encoding="rope", qk_norm=True)
 MUON = OptimConfig(weight_decay=0.1, grad_clip=0.7, optimizer="muon", muon_lr_scale=5.0)
@@ -66,7 +68,28 @@ def test_newton_schulz_orthogonalises_and_matches_torch():
         np.testing.assert_allclose(o, reference, rtol=1e-10, atol=1e-12)
 
 
-def test_ten_muon_steps_match_torch(full_precision_muon):
+def test_stacked_muon_is_torch_optim_muon(full_precision_muon):
+    rng = np.random.default_rng(4)
+    shapes = [(12, 4), (12, 4), (4, 12), (4, 4)]  # two of a shape share a stack; tall, wide and square
+    reference = [torch.nn.Parameter(torch.from_numpy(rng.normal(size=s))) for s in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in reference]
+    torch_optimizer = torch.optim.Muon(reference, lr=0.02, weight_decay=0.1, momentum=0.9)
+    stacked = StackedMuon({f"p{i}": p for i, p in enumerate(ours)}, weight_decay=0.1, momentum=0.9)
+    stacked.lr = 0.02
+    for _ in range(6):
+        grads = [torch.from_numpy(rng.normal(size=s)) for s in shapes]
+        for p, q, g in zip(reference, ours, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        torch_optimizer.step()
+        stacked.step()
+    for p, q in zip(reference, ours, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-12)
+    buffers = stacked.momentum_buffers()
+    for i, p in enumerate(reference):
+        torch.testing.assert_close(buffers[f"p{i}"], torch_optimizer.state[p]["momentum_buffer"])
+
+
+def test_ten_muon_steps_match_torch():
     weights = init_weights(CONFIG, 0)
     ours, reference = (cls(CONFIG, weights, MUON, dtype="float64", **kw) for cls, kw in
                        ((NumpyBackend, {}), (TorchBackend, {"device": "cpu"})))
@@ -116,8 +139,7 @@ def test_resume_with_muon_continues_exactly(tmp_path, corpus_path, backend):
 
 
 @pytest.mark.parametrize("first, second", [("torch", "numpy"), ("numpy", "torch")])
-def test_resuming_muon_with_the_other_backend_continues_the_same_run(tmp_path, corpus_path, first, second,
-                                                                      full_precision_muon):
+def test_resuming_muon_with_the_other_backend_continues_the_same_run(tmp_path, corpus_path, first, second):
     config = tiny_config(backend=first, dtype="float64", optimizer="muon", muon_lr_scale=5.0, pos_encoding="rope",
                          max_iters=4, eval_interval=4)
     a, b = tmp_path / "same", tmp_path / "other"
