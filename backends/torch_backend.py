@@ -132,14 +132,14 @@ class TorchBackend(Backend):
         self._train_forward.train()
         last = len(micro_batches) - 1
         with _dropout_rng(self.generator, self._device):
-            total = 0.0
+            total = torch.zeros((), device=self._device, dtype=self._dtype)
             for i, (inputs, targets) in enumerate(micro_batches):
                 # under DDP gradients accumulate locally and are averaged across ranks once, during
                 # the backward of the last micro-batch
                 with self._ddp.no_sync() if self._ddp is not None and i < last else contextlib.nullcontext():
                     loss = self._loss(self._train_forward, inputs, targets) / len(micro_batches)
                     loss.backward()
-                total += loss.item()
+                total += loss.detach()  # summed on the device: one host sync per step, not per micro-batch
         clip = self.optim_config.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         for group in self.optimizer.param_groups:
@@ -154,7 +154,7 @@ class TorchBackend(Backend):
                 self.muon.param_groups[0]["lr"] = muon_lr
             self.muon.step()
             self.muon.zero_grad()
-        return StepResult(loss=total, grad_norm=float(norm))
+        return StepResult(loss=total.item(), grad_norm=float(norm))
 
     @torch.inference_mode()
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:

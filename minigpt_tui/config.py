@@ -139,7 +139,8 @@ FIELD_HELP = {
     "backend": "Model backend: torch, numpy, or one from an entry point.",
     "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
     "dtype": "float32, or float64 (slow; for exact checks).",
-    "compile": "torch.compile the training forward (PyTorch backend).",
+    "compile": "torch.compile the training forward (PyTorch backend). Helps on GPUs; on a CPU at the baby "
+    "size it measured slower than eager (issue 11), so leave it off there.",
 }
 
 PRESETS: dict[str, dict] = {
