@@ -82,6 +82,10 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (self.muon_lr_scale > 0 and math.isfinite(self.muon_lr_scale)):
+            raise ValueError(f"muon_lr_scale must be a finite number > 0, got {self.muon_lr_scale}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
 
 
 @dataclass(frozen=True)
