@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from minigpt_tui.config import FIELD_HELP, PRESETS, TrainConfig, field_names, field_type
+from minigpt_tui.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
 
@@ -45,9 +45,9 @@ def config_options(command):
         flag = name.replace("_", "-")
         kind = field_type(name)
         if kind is bool:
-            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=FIELD_HELP[name])
+            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=field_help(name))
         else:
-            option = click.option(f"--{flag}", name, type=kind, default=None, help=FIELD_HELP[name])
+            option = click.option(f"--{flag}", name, type=kind, default=None, help=field_help(name))
         command = option(command)
     return command
 
@@ -163,7 +163,7 @@ def run_headless(trainer) -> None:
         click.echo(
             f"run {trainer.run_dir.path}: {trainer.backend.name} on {trainer.backend.device}{ranks}, "
             f"{trainer.backend.num_parameters() / 1e6:.2f}M parameters, {trainer.tokens_per_step} tokens/step "
-            f"(batch {c.batch_size} x accum {c.grad_accum_steps}{ranks} x block {c.block_size}), "
+            f"(batch {c.batch_size} x accum {c.grad_accum_steps}{ranks} x block {c.model.block_size}), "
             f"steps {trainer.step} -> {c.max_iters}",
             err=True,
         )
@@ -269,8 +269,8 @@ def eval_command(
     tokens = tokenize_corpus(run, corpus_for_run(run, data, dataset).text)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     score = evaluate_tokens(model, tokens.val, run.tokens_per_char, stride=stride)
-    step = ckpt.state.get("step", "?")
-    checkpoint = ckpt.state.get("kind", checkpoint)  # "best" falls back to "latest" before the first best
+    step = ckpt.state.step
+    checkpoint = ckpt.state.kind  # "best" falls back to "latest" before the first best
     click.echo(
         f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
         f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens"
@@ -287,7 +287,7 @@ def eval_command(
                     "val_perplexity": score.perplexity,
                     "val_bpc": score.bits_per_char,
                     "tokens": score.tokens,
-                    "stride": stride or run.config.block_size,
+                    "stride": stride or run.config.model.block_size,
                 },
                 indent=1,
             ),
@@ -365,7 +365,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
     from minigpt_tui.plots import export_plots
 
-    for path in export_plots(list(run_dirs), out, name):
+    for path in export_plots(list(run_dirs), out, name, on_warning=lambda line: click.echo(line, err=True)):
         click.echo(path)
 
 
@@ -423,7 +423,7 @@ def ablate_temperature(
     meta = {
         "run": str(run.path),
         "checkpoint": checkpoint,
-        "step": ckpt.state.get("step"),
+        "step": ckpt.state.step,
         "samples": samples,
         "length": length,
         "seed": seed,

@@ -97,7 +97,7 @@ TRAIN_BAD_INPUTS = {
     "missing config file": (lambda p: ["--data", p.corpus, "--config", p.tmp / "absent.toml"], "not found"),
     "data and dataset": (lambda p: ["--data", p.corpus, "--dataset", "python-docs"], "not both"),
     "out already holds a run": (lambda p: ["--data", p.corpus, "--out", p.run], "already holds a run"),
-    "out is a file": (lambda p: ["--data", p.corpus, "--out", p.tmp / "short.txt"], "cannot create the run folder"),
+    "out is a file": (lambda p: ["--data", p.corpus, "--out", p.tmp / "short.txt"], "is a file, not a folder"),
     "out inside a file": (lambda p: ["--data", p.corpus, "--out", p.tmp / "short.txt" / "run"],
                           "cannot create the run folder"),
     "config file is a folder": (lambda p: ["--data", p.corpus, "--config", p.tmp], "cannot read config file"),
@@ -178,13 +178,14 @@ def test_sample_bad_input(paths, case):
 def test_a_folder_that_is_not_a_run(paths, command):
     assert_one_line_error(invoke(command, paths.tmp / "not_a_run"), "not a minigpt run folder")
     assert_one_line_error(invoke(command, paths.tmp / "nowhere"), "run folder not found")
-    assert_one_line_error(invoke(command, paths.corpus), "run folder not found")
+    assert_one_line_error(invoke(command, paths.corpus), "is not a folder")
 
 
 @pytest.mark.parametrize("file, content, fragment", [
     ("config.json", "{not json", "config.json is corrupt"),
-    ("config.json", "{}", "config.json is corrupt"),
-    ("config.json", '{"train": "tiny"}', "config.json is corrupt"),
+    ("config.json", "{}", "config.json: field config is missing"),
+    ("config.json", '{"config": "tiny"}', "config.json: config must be an? dict"),
+    ("config.json", '{"config": {"model": {"n_head": 3.5}}}', "config.json: config: model: n_head must be an int"),
     ("tokenizer.json", None, "cannot read tokenizer"),
     ("tokenizer.json", '{"type": "words"}', "not a minigpt tokenizer"),
 ])
@@ -223,8 +224,9 @@ def test_train_sample_eval(tmp_path, workspace):
     assert result.exit_code == 0, (result.output, result.stderr)
     assert "step 6/6: loss" in result.stdout and "eval step 6:" in result.stdout  # plain lines: not a terminal
     assert "finished 6 steps" in result.stdout
-    train = json.loads((out / "config.json").read_text())["train"]
-    assert (train["max_iters"], train["learning_rate"], train["n_layer"], train["batch_size"]) == (6, 5e-3, 2, 4)
+    train = json.loads((out / "config.json").read_text())["config"]
+    assert (train["max_iters"], train["learning_rate"], train["batch_size"]) == (6, 5e-3, 4)
+    assert train["model"]["n_layer"] == 2
 
     sampled = invoke("sample", out, "--prompt", "The ", "--max-new-tokens", "40", "--seed", "3", "--top-k", "5")
     assert sampled.exit_code == 0, sampled.stderr

@@ -49,7 +49,7 @@ from minigpt_tui.tui.messages import (
     TrainingStarted,
 )
 from minigpt_tui.tui.run_form import RunForm
-from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_records
+from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
 
@@ -118,6 +118,7 @@ class MiniGPTApp(App):
         self.following = False  # another process is appending to the opened run's metrics
         self.train_text: str | None = None
         self.metrics_stamp: tuple[int, float] | None = None
+        self.metrics_warned: list[int] = []  # damaged metrics lines already reported
         self.dirty = False
         self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
         self.generation_stop = threading.Event()
@@ -185,10 +186,13 @@ class MiniGPTApp(App):
 
     def reload_metrics(self) -> None:
         run = self.run_info
-        records = read_metrics(run.metrics_path)
-        self.pane.curves = Curves.from_records(records)
+        metrics = read_metrics(run.metrics_path)
+        if metrics.damaged_lines and self.metrics_warned != metrics.damaged_lines:
+            self.metrics_warned = metrics.damaged_lines
+            self.notify(metrics.warning(run.metrics_path), severity="warning")
+        self.pane.curves = Curves.from_metrics(metrics)
         note = self.pane.status.note if self.following else ""
-        self.pane.status = status_from_records(run, records)
+        self.pane.status = status_from_metrics(run, metrics)
         if self.following:
             self.pane.status.state = f"following: another process trains it (step {self.pane.status.step})"
         self.pane.status.note = note
@@ -262,8 +266,7 @@ class MiniGPTApp(App):
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
         if trainer.step > 0:
-            kept = [r for r in read_metrics(trainer.run_dir.metrics_path) if r.get("step", 0) <= trainer.step]
-            self.pane.curves = Curves.from_records(kept)
+            self.pane.curves = Curves.from_metrics(read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step))
         s = self.pane.status
         c = trainer.config
         s.run, s.state = trainer.run_dir.path.name, "training"
@@ -411,12 +414,12 @@ class MiniGPTApp(App):
         trainer = self.trainer
         if trainer is not None:
             step = trainer.step
-            backend = build_backend(trainer.config, trainer.run_dir.tokenizer.vocab_size, trainer.snapshot_weights())
+            backend = build_backend(trainer.config, trainer.snapshot_weights())
             return backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})"
         if self.run_info is None:
             raise MiniGPTError("no model yet: start a run (n) or open one with `minigpt-tui RUN_DIR`")
         backend, checkpoint = load_model(self.run_info, which="latest")
-        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.get('step', '?')})"
+        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.step})"
 
     def training_text(self) -> str:
         if self.train_text is None:
