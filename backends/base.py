@@ -242,6 +242,23 @@ class Backend(ABC):
     def num_parameters(self) -> int:
         return count_parameters(self.config)
 
+    # Data parallelism over processes (torchrun). A backend that supports it overrides all three; the
+    # core sees only a rank, a size and these collectives.
+    @classmethod
+    def join_process_group(cls, device: str | None) -> None:
+        """Join the group torchrun's environment describes; ValueError when this backend or device cannot."""
+        raise ValueError(f"multi-process training needs the torch backend, not {cls.name!r}")
+
+    @classmethod
+    def all_reduce_mean(cls, values: list[float]) -> list[float]:
+        """Each value averaged over the ranks (a collective: every rank calls it, in the same order)."""
+        raise NotImplementedError(f"backend {cls.name!r} has no process group")
+
+    @classmethod
+    def leave_process_group(cls, wait_for_peers: bool) -> None:
+        """Leave the group; without ``wait_for_peers`` after an error only this rank may have hit."""
+        raise NotImplementedError(f"backend {cls.name!r} has no process group")
+
     @staticmethod
     def set_threads(n: int) -> None:
         """Limit the threads this backend computes with, for the whole process. The default limits the

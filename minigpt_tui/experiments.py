@@ -157,6 +157,8 @@ def context_variants(base: TrainConfig, block_sizes: list[int], tokens_per_step:
     training tokens and optimizer steps for every context, so only the window differs."""
     variants = []
     for block in block_sizes:
+        if block < 1:
+            raise MiniGPTError(f"context lengths must be positive, got {block}")
         if tokens_per_step % block:
             raise MiniGPTError(f"tokens per step ({tokens_per_step}) must be a multiple of the context {block}")
         variants.append((f"ctx{block}", base.replace(block_size=block, batch_size=tokens_per_step // block)))

@@ -24,6 +24,7 @@ from minigpt_tui.datasets import Corpus
 from minigpt_tui.distributed import SINGLE_PROCESS, World
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.memory import check_fits_in_memory
 from minigpt_tui.metrics import bits_per_char, perplexity
 from minigpt_tui.runs import (
     MetricsWriter,
@@ -57,6 +58,10 @@ class Samplers:
                 getattr(self, name).set_state(value)
             except (ValueError, TypeError, KeyError):
                 raise MiniGPTError(f"checkpoint state.json: field samplers.{name} is not a generator state") from None
+
+
+class EvaluationInterrupted(Exception):
+    """A stop request arrived in the middle of an evaluation."""
 
 
 class NoMetrics:
@@ -114,6 +119,10 @@ class Trainer:
         self._stop.set()
         self._running.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
     def pause(self) -> None:
         self._running.clear()
 
@@ -142,8 +151,13 @@ class Trainer:
     def estimate_loss(self) -> tuple[float, float]:
         losses = []
         for sampler in (self.samplers.eval_train, self.samplers.eval_val):
-            batches = [self.world.shard(sampler.next()) for _ in range(self.config.eval_iters)]
-            losses.append(float(np.mean([self.backend.eval_loss(*batch) for batch in batches])))
+            total = 0.0
+            for _ in range(self.config.eval_iters):
+                # a stop request ends a long evaluation at once (one process: ranks must agree, so they finish it)
+                if self._stop.is_set() and not self.world.is_distributed:
+                    raise EvaluationInterrupted
+                total += self.backend.eval_loss(*self.world.shard(sampler.next()))
+            losses.append(total / self.config.eval_iters)
         train_loss, val_loss = self.world.mean(losses)
         return train_loss, val_loss
 
@@ -182,7 +196,12 @@ class Trainer:
             self.backend.get_weights(), self.backend.get_optimizer_state(), self.backend.get_rng_state(), state
         )
         folder = self.run_dir.checkpoint_dir(kind)
-        save_checkpoint(folder, checkpoint)
+        try:
+            save_checkpoint(folder, checkpoint)
+        except OSError as exc:  # disk full, permissions: the save is atomic, so the previous one is intact
+            raise MiniGPTError(
+                f"cannot save the {kind} checkpoint in {folder}: {exc.strerror or exc}; the previous one is kept"
+            ) from None
         self.emit(CheckpointEvent(self.step, str(folder), kind))
 
     def checkpoint_after_eval(self, event: EvalEvent) -> None:
@@ -256,6 +275,13 @@ class Trainer:
                     self.checkpoint_after_eval(event)
                     interval_start, interval_steps = time.perf_counter(), 0
             return self._done("finished", f"finished {self.step} steps; best val loss {self.best_val_loss:.4f}")
+        except EvaluationInterrupted:
+            self.save("latest")
+            return self._done(
+                "stopped",
+                f"stopped at step {self.step} during an evaluation; "
+                f"resume with: minigpt train --headless --resume {self.run_dir.path}",
+            )
         finally:
             metrics.close()
             if self.lock is not None:
@@ -266,6 +292,11 @@ class Trainer:
         event = DoneEvent(self.step, reason, message, self.best_val_loss)
         self.emit(event)
         return event
+
+
+def continuation_target(config: TrainConfig, steps_done: int) -> int:
+    """Where "continue training" goes: an unfinished run to its max_iters, a finished one as many steps again."""
+    return config.max_iters if steps_done < config.max_iters else steps_done + config.max_iters
 
 
 def tokenize_corpus(run: Run, text: str) -> TokenData:
@@ -284,6 +315,7 @@ def new_training(
     # every rank checks, so that all fail together; none can have written yet, since rank 0 writes
     # only after the backend is built and DDP's construction waits for all ranks
     check_free(out, overwrite=overwrite)
+    check_fits_in_memory(config)  # before the tokenizer (BPE training) and the weights allocate anything
     train_text, val_text = split_text(corpus.text)
     # characters are the alphabet, taken from the whole text (a character seen only in the val split
     # must still be encodable); BPE merges are learned, so from the train split only
@@ -327,6 +359,7 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
         # the cosine was laid out over the original max_iters: extending the run must not reshape it
         overrides = {**overrides, "lr_decay_iters": run.config.max_iters}
     run.config = run.config.replace(**overrides)
+    check_fits_in_memory(run.config)
     if run.data_sha256 and corpus_fingerprint(corpus) != run.data_sha256:
         raise MiniGPTError(
             f"{corpus.source} is not the corpus run {run.path} was trained on ({run.data_source}); "

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from conftest import make_corpus_text
+from conftest import TINY
 
 from minigpt_tui.checkpoint import MODEL_FILE
 from minigpt_tui.cli import main
@@ -23,7 +23,6 @@ from minigpt_tui.config import field_names
 from minigpt_tui.data import split_text
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--device", "cpu", "--batch-size", "4", "--block-size", "16", "--eval-iters", "1"]
 
 
 def invoke(*args) -> Result:
@@ -37,18 +36,6 @@ def assert_one_line_error(result, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert re.search(fragment, lines[0]), (fragment, lines[0])
     assert "Traceback" not in result.output + result.stderr
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """One corpus and one trained tiny run shared by the tests of this file (copied before damaging it)."""
-    root = tmp_path_factory.mktemp("cli")
-    corpus = root / "corpus.txt"
-    corpus.write_text(make_corpus_text(), encoding="utf-8")
-    result = invoke("train", "--headless", *TINY, "--max-iters", "4", "--eval-interval", "2", "--data", corpus,
-                    "--out", root / "run")
-    assert result.exit_code == 0, (result.output, result.stderr)
-    return SimpleNamespace(root=root, corpus=corpus, run=root / "run")
 
 
 @pytest.fixture
@@ -245,7 +232,7 @@ def test_train_sample_eval(tmp_path, workspace):
     val_text = split_text(workspace.corpus.read_text())[1]
     assert numbers["tokens"] == len(val_text) - 1  # every val token predicted once
     assert f"val loss {numbers['val_loss']:.4f}" in evaluated.stdout
-    assert numbers["val_bpc"] == pytest.approx(numbers["val_loss"] / 0.6931471805599453)
+    assert numbers["val_bits_per_char"] == pytest.approx(numbers["val_loss"] / 0.6931471805599453)
 
 
 def test_resume_from_the_cli(paths):

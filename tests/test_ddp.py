@@ -65,10 +65,10 @@ def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, 
     ddp_records, single_records = read_metrics(ddp_run / "metrics.jsonl"), read_metrics(single_run / "metrics.jsonl")
     assert [(r.kind, r.step) for r in ddp_records.records] == [(r.kind, r.step) for r in single_records.records]
     assert [r.step for r in ddp_records.steps] == list(range(1, STEPS + 1))
-    for ddp_record, single_record in zip(ddp_records, single_records, strict=True):
+    for ddp_record, single_record in zip(ddp_records.records, single_records.records, strict=True):
         for key in ("loss", "train_loss", "val_loss"):
-            if key in single_record:
-                assert ddp_record[key] == pytest.approx(single_record[key], rel=1e-5)
+            if hasattr(single_record, key):
+                assert getattr(ddp_record, key) == pytest.approx(getattr(single_record, key), rel=1e-5)
     output = result.stdout + result.stderr
     assert output.count(f"finished {STEPS} steps") == 1
     global_tokens = RANKS * RANK_BATCH * ACCUM * 16

@@ -186,8 +186,8 @@ async def test_opened_run_shows_its_curves_and_follows_new_records(trained_run: 
         assert app.pane.status.state == "finished"
         # another process (minigpt train --headless) appends to metrics.jsonl
         with open(trained_run / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"type": "step", "step": 10, "loss": 2.5, "lr": 1e-3, "grad_norm": 1.0,
-                                "tokens_per_s": 1234.0, "time": 0.0}) + "\n")
+            f.write(json.dumps({"type": "step", "step": 10, "max_iters": 10, "loss": 2.5, "lr": 1e-3,
+                                "grad_norm": 1.0, "tokens_per_s": 1234.0, "elapsed_s": 1.0, "time": 0.0}) + "\n")
         await wait_until(pilot, lambda: app.pane.status.step == 10)
         assert app.pane.curves.steps[-1] == 10
         assert app.pane.status.state.startswith("following")

@@ -7,6 +7,7 @@ the UI costs the training loop almost nothing.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from minigpt_tui.data import split_text
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
-from minigpt_tui.runs import Run, build_backend, default_run_dir, load_model, open_run, read_metrics
+from minigpt_tui.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
 from minigpt_tui.sampling import generate_text
-from minigpt_tui.trainer import new_training, resume_training
+from minigpt_tui.terminal import check_terminal
+from minigpt_tui.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.generation_pane import GenerationPane
 from minigpt_tui.tui.help_screen import HelpScreen
@@ -177,7 +179,8 @@ class MiniGPTApp(App):
 
     def open_existing(self, path: Path) -> None:
         run = open_run(path)
-        self.run_info, self.train_text, self.following = run, None, False
+        # a run another process trains (it holds the lock) is followed read-only
+        self.run_info, self.train_text, self.following = run, None, is_locked(run.path)
         self.sub_title = run.path.name
         self.reload_metrics()
         self.query_one("#train-switcher", ContentSwitcher).current = "training"
@@ -338,13 +341,12 @@ class MiniGPTApp(App):
     def action_continue_training(self) -> None:
         if self.training or self.run_info is None:
             return
-        if self.following:
+        if self.following or is_locked(self.run_info.path):
             self.notify("another process is training this run; continue it when that one stops", severity="warning")
             return
         run = self.run_info
         done = self.pane.status.step
-        # a finished run continues for as many steps again
-        target = run.config.max_iters if done < run.config.max_iters else done + run.config.max_iters
+        target = continuation_target(run.config, done)
 
         def prepare():
             corpus = corpus_for_run(run, None, None)
@@ -523,4 +525,9 @@ def create_app(run_dir: Path | None = None, *, config: TrainConfig | None = None
 @click.option("--out", type=click.Path(path_type=Path), help="Prefill the run folder.")
 def main(run_dir: Path | None, data: Path | None, dataset: str | None, out: Path | None) -> None:
     """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run."""
+    try:
+        check_terminal()
+    except MiniGPTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     create_app(run_dir, data=data, dataset=dataset, out=out).run()
