@@ -277,3 +277,40 @@ def test_a_disk_error_during_a_save_is_one_line_and_keeps_the_checkpoint(workspa
                       "No space left on device; the previous one is kept"], result.stderr
     assert (run / "checkpoints" / "latest" / "model.safetensors").read_bytes() == before
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")] == []
+
+
+def test_kill_9_during_saves_never_loses_the_run(workspace, tmp_path):
+    """A checkpoint every step, and kill -9 at random moments: each time the run loads, and it continues."""
+    import random
+
+    from minigpt_tui.checkpoint import load_checkpoint
+    from minigpt_tui.runs import holds_checkpoints
+
+    run, rng = tmp_path / "run", random.Random(0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        if holds_checkpoints(run):
+            args = ["--resume", str(run), "--max-iters", "100000"]
+        else:  # killed before its first checkpoint: no dead end, it starts afresh
+            args = [*TINY, "--data", str(workspace.corpus), "--out", str(run), "--max-iters", "100000",
+                    "--eval-interval", "1", "--log-interval", "1"]
+        proc = subprocess.Popen([sys.executable, "-m", "minigpt_tui", "train", "--headless", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        start_size = (run / "metrics.jsonl").stat().st_size if (run / "metrics.jsonl").exists() else 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > start_size:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.wait()
+        if holds_checkpoints(run):
+            load_checkpoint(run / "checkpoints" / "latest")
+            if (run / "checkpoints" / "best").exists():
+                load_checkpoint(run / "checkpoints" / "best")
+    step = last_step(run)
+    result = invoke("train", "--headless", "--resume", run, "--max-iters", step + 2)
+    assert result.exit_code == 0, result.stderr
+    assert last_step(run) == step + 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest"]  # no temporaries left
