@@ -77,24 +77,20 @@ def test_a_second_writer_fails_at_once_naming_the_pid(workspace, tmp_path):
     assert last_step(run) == 6
 
 
-def test_two_trainings_started_together_one_wins(workspace, tmp_path):
-    """Two ``train --out SAME`` processes at once: exactly one trains, the other exits 2 with one line."""
-    out = tmp_path / "same"
-    command = [sys.executable, "-m", "minigpt_tui", "train", "--headless", *TINY, "--max-iters", "6",
-               "--eval-interval", "3", "--data", str(workspace.corpus), "--out", str(out)]
+def test_two_resumes_started_together_one_wins(workspace, tmp_path):
+    """Defect 1 as reported: two ``--resume R`` processes at once both exited 0. Now one trains, the other exits 2
+    with one line at once."""
+    run = copy_run(workspace, tmp_path)
+    command = [sys.executable, "-m", "minigpt_tui", "train", "--headless", "--resume", str(run), "--max-iters", "100"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes in ([0, 2], [0, 0]), results
-    for code, stderr in results:
-        if code == 2:
-            lines = [line for line in stderr.splitlines() if line.strip()]
-            assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
-    if codes == [0, 0]:  # the second started after the first had finished and released the run: it refused
-        pytest.fail(f"both trained the same folder: {results}")
-    assert last_step(out) == 6
+    assert sorted(code for code, _ in results) == [0, 2], results
+    stderr = next(err for code, err in results if code == 2)
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "is in use by another process (PID" in errors[0] and "Traceback" not in stderr, stderr
+    assert last_step(run) == 100
 
 
 # ---- defect 2: metrics the trainer writes can break readers
@@ -147,6 +143,29 @@ def test_the_tui_opens_a_run_with_damaged_metrics(workspace, tmp_path):
             assert app.is_running
 
     asyncio.run(scenario())
+
+
+def test_the_tui_follows_a_locked_run_read_only(workspace, tmp_path):
+    import asyncio
+
+    from minigpt_tui.tui.app import create_app
+
+    run = copy_run(workspace, tmp_path)
+    holder = hold_the_run(run)
+    try:
+        async def scenario():
+            app = create_app(run)
+            async with app.run_test() as pilot:
+                await pilot.pause()
+                assert app.following
+                await pilot.press("c")
+                await pilot.pause()
+                assert not app.training  # continuing a run another process holds is refused
+
+        asyncio.run(scenario())
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---- defect 3: silent overwrite
