@@ -12,10 +12,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_names, field_type, preset
+from minigpt_tui.config import PRESETS, TrainConfig, field_names, field_type, preset
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments import VariantResult
-from minigpt_tui.runs import read_metrics
+from minigpt_tui.runs import METRICS_FILE, read_metrics
 
 SEED_SUFFIX = "-seed"
 TARGET_VAL_LOSS = 1.88  # nanoGPT's baby run ends near here on tiny Shakespeare (issue 11)
@@ -90,18 +90,18 @@ def ladder_variants(seeds: list[int], top: str = "speedrun", rows: list[str] | N
                                + ", ".join(name for name, _ in LADDER))
         rungs = [(label, config) for label, config in rungs if label.split("-", 1)[1] in rows]
     if overrides:
-        rungs = [(label, build_config("baby", {**config.to_dict(), **overrides})) for label, config in rungs]
+        rungs = [(label, config.replace(**overrides)) for label, config in rungs]
     return with_seeds(rungs, seeds)
 
 
 def time_to_loss(run_dir: Path, target: float = TARGET_VAL_LOSS) -> float:
     """Seconds from the first evaluation (step 0) to the first whose val estimate is <= target; NaN if
     none is. The estimate is the run's own (eval_iters random batches), read from metrics.jsonl."""
-    evals = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("type") == "eval"]
+    evals = read_metrics(Path(run_dir) / METRICS_FILE).evals
     if not evals:
         return math.nan
-    start = evals[0]["time"]
-    return next((r["time"] - start for r in evals if r["val_loss"] <= target), math.nan)
+    start = evals[0].time
+    return next((r.time - start for r in evals if r.val_loss <= target), math.nan)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def test_the_ladder_climbs_from_baby_to_the_speedrun_one_change_at_a_time():
     assert [name for name, _ in rungs] == [name for name, _ in LADDER]
     assert rungs[0][1] == preset("baby") and rungs[-1][1] == preset("speedrun")
     for (_, before), (name, after), (_, fields) in zip(rungs, rungs[1:], LADDER[1:], strict=False):
-        changed = {k for k, v in after.to_dict().items() if before.to_dict()[k] != v}
+        changed = {k for k, v in after.to_flat().items() if before.to_flat()[k] != v}
         assert changed and changed <= set(fields), name
 
 
