@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from minigpt_tui.cli import main
 from minigpt_tui.config import preset
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.events import EvalEvent
 from minigpt_tui.experiments import VariantResult
 from minigpt_tui.speedrun import (
     LADDER,
@@ -41,7 +42,7 @@ def test_sweep_is_the_product_of_the_grid_times_the_seeds():
     assert len(variants) == 8
     name, config = variants[-1]
     assert name == "learning_rate=0.002,max_iters=200-seed2"
-    assert (config.learning_rate, config.max_iters, config.seed, config.optimizer) == (2e-3, 200, 2, "muon")
+    assert (config.learning_rate, config.max_iters, config.seed, config.optim.optimizer) == (2e-3, 200, 2, "muon")
 
 
 def test_the_ladder_climbs_from_baby_to_the_speedrun_one_change_at_a_time():
@@ -63,7 +64,8 @@ def test_ladder_rows_seeds_and_overrides():
 
 def write_evals(run_dir, losses_and_times):
     run_dir.mkdir(parents=True)
-    lines = [json.dumps({"type": "eval", "step": 10 * i, "val_loss": loss, "time": t})
+    lines = [json.dumps(EvalEvent(10 * i, loss, loss, math.exp(loss), loss / math.log(2), loss / math.log(2), loss,
+                                  False, t).to_record())
              for i, (loss, t) in enumerate(losses_and_times)]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
