@@ -46,7 +46,8 @@ def batch(config: ModelConfig, rng: np.random.Generator, B: int = 3, T: int = 7)
 
 
 def relative(x: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(x - ref).max() / np.abs(ref).max())
+    scale = np.abs(ref).max()  # 0 for a gradient that is exactly zero (zero-initialised projections)
+    return float(np.abs(x - ref).max() / scale) if scale else float(np.abs(x).max())
 
 
 def pair(config: ModelConfig, dtype: str, optim: OptimConfig = OPTIM) -> tuple[NumpyBackend, TorchBackend]:
