@@ -20,6 +20,7 @@ from minigpt_tui.errors import MiniGPTError, describe_os_error
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
 
 
 class FriendlyGroup(click.Group):
@@ -297,7 +298,9 @@ def eval_command(
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads the backends compute with.")
+@click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="Threads the backends compute with."
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 def bench(
     backends: tuple[str, ...],
@@ -450,7 +453,10 @@ def ablation_options(command):
                 help="Folder for the variant runs and the report; finished variants are reused.",
             ),
             click.option(
-                "--threads", type=click.IntRange(min=1), default=None, help="Threads each variant computes with."
+                "--threads",
+                type=click.IntRange(min=1, max=MAX_THREADS),
+                default=None,
+                help="Threads each variant computes with.",
             ),
             click.option(
                 "--isolate/--in-process",
