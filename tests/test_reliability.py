@@ -333,3 +333,41 @@ def test_kill_9_during_saves_never_loses_the_run(workspace, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert last_step(run) == step + 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest"]  # no temporaries left
+
+
+def test_ctrl_c_during_a_long_first_evaluation_is_acknowledged_and_honoured(workspace, tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "minigpt_tui", "train", "--headless", *TINY, "--eval-iters", "1000000",
+               "--data", str(workspace.corpus), "--out", str(run)]
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith(f"run {run}")  # training (the first evaluation) has begun
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read()
+    assert code == 130, stderr
+    assert "stopping: saving a checkpoint" in stderr and "during an evaluation" in stderr, stderr
+    assert last_step(run) == 0  # a run now: it resumes
+
+
+def test_a_second_ctrl_c_exits_at_once(workspace, tmp_path):
+    import signal
+
+    run = copy_run(workspace, tmp_path)
+    command = [sys.executable, "-m", "minigpt_tui", "train", "--headless", "--resume", str(run), "--max-iters",
+               "1000000", "--eval-interval", "1000000"]
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith(f"run {run}")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read()
+    assert code == 130 and "Traceback" not in stderr, stderr
+    load_checkpoint_ok = subprocess.run([sys.executable, "-m", "minigpt_tui", "sample", str(run), "--checkpoint",
+                                         "latest", "--max-new-tokens", "2"], cwd=ROOT, capture_output=True,
+                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert load_checkpoint_ok.returncode == 0  # whichever Ctrl-C won, the last checkpoint is whole
