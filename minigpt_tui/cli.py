@@ -45,6 +45,11 @@ class FriendlyGroup(click.Group):
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: still one line (checkpoints are atomic), and a way to report it
+            click.echo(f"error: internal error, please report it: {type(exc).__name__}: {exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
 
 
 def config_options(command):

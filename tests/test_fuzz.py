@@ -56,6 +56,7 @@ def outcome_is_clean(result) -> str:
     assert result.exit_code == 2, (result.exit_code, text, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
+    assert not any(line.startswith("error: internal error") for line in errors), result.stderr  # a bug, caught
     assert len(errors) == 1 and all(line.startswith(("error: ", "warning: ")) for line in lines), result.stderr
     return "error"
 
