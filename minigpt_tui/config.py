@@ -28,6 +28,7 @@ else:  # pragma: no cover
 
 TOKENIZERS = ("char", "bpe")
 DTYPES = ("float32", "float64")
+MIN_BPE_VOCAB = 256  # byte-level BPE: every byte is a token before any merge
 MAX_BPE_VOCAB = 2**16  # GPT-2 has 50257; beyond this the merges outnumber what a small corpus can support
 MAX_SEED = 2**63 - 1  # numpy and torch seeds are unsigned 64-bit; a negative seed is folded into this range
 
@@ -73,8 +74,10 @@ class TrainConfig:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
-        if self.tokenizer == "bpe" and self.model.vocab_size > MAX_BPE_VOCAB:
-            raise ValueError(f"vocab_size must be at most {MAX_BPE_VOCAB} for BPE, got {self.model.vocab_size}")
+        if self.tokenizer == "bpe" and not MIN_BPE_VOCAB <= self.model.vocab_size <= MAX_BPE_VOCAB:
+            raise ValueError(
+                f"vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] for BPE, got {self.model.vocab_size}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not -MAX_SEED <= self.seed <= MAX_SEED:
