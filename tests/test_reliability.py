@@ -371,3 +371,15 @@ def test_a_second_ctrl_c_exits_at_once(workspace, tmp_path):
                                          "latest", "--max-new-tokens", "2"], cwd=ROOT, capture_output=True,
                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert load_checkpoint_ok.returncode == 0  # whichever Ctrl-C won, the last checkpoint is whole
+
+
+def test_a_run_whose_every_value_is_nan_still_plots(workspace, tmp_path):
+    run = copy_run(workspace, tmp_path)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        for key in ("loss", "train_loss", "val_loss", "val_perplexity", "val_bits_per_char", "train_bits_per_char"):
+            if key in r:
+                r[key] = math.nan
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = invoke("export-plots", run, "--out", tmp_path / "plots")
+    assert result.exit_code == 0, (result.stderr, result.exception)
