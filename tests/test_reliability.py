@@ -81,7 +81,8 @@ def test_two_resumes_started_together_one_wins(workspace, tmp_path):
     """Defect 1 as reported: two ``--resume R`` processes at once both exited 0. Now one trains, the other exits 2
     with one line at once."""
     run = copy_run(workspace, tmp_path)
-    command = [sys.executable, "-m", "minigpt_tui", "train", "--headless", "--resume", str(run), "--max-iters", "100"]
+    command = [sys.executable, "-m", "minigpt_tui", "train", "--headless", "--resume", str(run), "--max-iters", "40",
+               "--eval-interval", "20"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
@@ -90,7 +91,7 @@ def test_two_resumes_started_together_one_wins(workspace, tmp_path):
     stderr = next(err for code, err in results if code == 2)
     errors = [line for line in stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "is in use by another process (PID" in errors[0] and "Traceback" not in stderr, stderr
-    assert last_step(run) == 100
+    assert last_step(run) == 40
 
 
 # ---- defect 2: metrics the trainer writes can break readers
