@@ -189,6 +189,13 @@ def inspect_tokens(backend: Backend, token_ids: list[int], tokenizer: Tokenizer)
     return Inspection(list(map(int, token_ids)), pieces, logits, attention, surprisal)
 
 
+def excerpt(text: str, length: int) -> str:
+    """``length`` characters of ``text`` to inspect by default: from the first paragraph start (in a
+    play, a speaker's name) when there is one, else from the beginning."""
+    start = text.find("\n\n") + 2 if "\n\n" in text[: len(text) - length] else 0
+    return text[start : start + length]
+
+
 def inspect_text(backend: Backend, tokenizer: Tokenizer, text: str) -> Inspection:
     """``text`` as the model reads it; characters outside the vocabulary are a MiniGPTError."""
     return inspect_tokens(backend, tokenizer.encode(text), tokenizer)
