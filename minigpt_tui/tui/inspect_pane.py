@@ -123,12 +123,13 @@ class TokenText(Widget, can_focus=True):
                 text.append(drawn, style + CURSOR if i == self.cursor else style)
         return text
 
-    def highlighted(self) -> list[int]:
-        """Tokens drawn with an attention background (what a learner sees the head look at)."""
+    def highlighted(self) -> dict[int, str]:
+        """Token -> its attention background, for the tokens that have one (what the head looks at)."""
         if self.weights is None:
-            return []
+            return {}
         peak = float(self.weights.max())
-        return [i for i, w in enumerate(self.weights) if attention_background(float(w), peak) is not None]
+        backgrounds = {i: attention_background(float(w), peak) for i, w in enumerate(self.weights)}
+        return {i: color for i, color in backgrounds.items() if color is not None}
 
     def action_move(self, delta: int) -> None:
         if self.inspection is not None:
