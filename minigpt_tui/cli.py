@@ -474,6 +474,7 @@ def bench(
         "gen tok/s (no cache)",
         "FLOPs/token",
         "MFU",
+        "inspect 256 (ms)",
     ):
         table.add_column(column, justify="right")
     for r in results:
@@ -486,6 +487,7 @@ def bench(
             f"{r.generate_tokens_per_s_nocache:,.0f}",
             f"{r.flops_per_token / 1e6:.2f}M",
             f"{r.mfu:.1%}",
+            f"{r.inspect_ms:.1f}",
         )
     Console().print(table)
     if json_path:
