@@ -383,10 +383,11 @@ def inspect_command(
 @dataset_option
 @backend_option
 @device_option
+@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write the table and surprisal as a figure.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
 def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
-          json_path: Path | None) -> None:
-    """What the heads learned: attention on the previous token, word/line start and speaker name, and
+          png_path: Path | None, json_path: Path | None) -> None:
+    """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
     surprisal by word start, word middle and after a newline, over the validation split."""
     from rich.console import Console
     from rich.table import Table
@@ -426,6 +427,12 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
                       f"{roles.queries[k]} queries)")
     console.print("surprisal (bits/token): " + ", ".join(
         f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))
+    if png_path:
+        from minigpt_tui.inspection_plots import head_roles_figure, save_figure
+
+        title = f"{run.path.name}, {weights} weights (step {step}): {roles.windows} val windows of " \
+                f"{roles.window_tokens}"
+        click.echo(save_figure(head_roles_figure(roles, title), png_path), err=True)
     if json_path:
         atomic_write_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
                                                  **roles.to_dict()}, indent=1))

@@ -1,5 +1,5 @@
 """What the heads learned, measured over a validation split: how much attention each head puts on the
-previous token, the start of the current word or line, and the last speaker's name; and where the
+previous token, the start of the current word or line, the last newline, and the last speaker's name; and where the
 model is surprised (word starts, word middles, after a newline). ``minigpt heads`` prints it.
 
 Every mass is compared with uniform attention over the same keys (``chance``): a head that looks at
@@ -19,7 +19,7 @@ from minigpt_tui.tokenizer import Tokenizer
 
 # what a query may attend to; word start, line start and speaker name only count when at least two
 # tokens back, so that they never coincide with the query itself or the previous token
-TARGET_KINDS = ("self", "previous", "word start", "line start", "speaker name")
+TARGET_KINDS = ("self", "previous", "word start", "line start", "last newline", "speaker name")
 # where a token sits in the text, for its surprisal
 CONTEXT_CLASSES = ("all", "word start", "word middle", "after newline")
 
@@ -65,6 +65,7 @@ def targets(pieces: list[str]) -> list[dict[str, list[int]]]:
     out: list[dict[str, list[int]]] = []
     word_start = line_start = None  # of the current word / line
     name_line: list[int] | None = None  # tokens of the last "Name:" line before the current one
+    last_newline: int | None = None
     line: list[int] = []
     for i, piece in enumerate(pieces):
         before = text_before[i]
@@ -82,10 +83,13 @@ def targets(pieces: list[str]) -> list[dict[str, list[int]]]:
             found["word start"] = [word_start]
         if line_start is not None and line_start <= i - 2:
             found["line start"] = [line_start]
+        if last_newline is not None and last_newline <= i - 2:
+            found["last newline"] = [last_newline]
         if name_line:
             found["speaker name"] = name_line
         out.append(found)
         if piece.endswith("\n"):
+            last_newline = i
             spoken = "".join(pieces[j] for j in line).strip()
             if spoken.endswith(":") and len(spoken) > 1:
                 name_line = [j for j in line if pieces[j].strip() not in ("", ":")]

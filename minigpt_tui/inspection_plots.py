@@ -1,6 +1,6 @@
-"""An inspection as one PNG: the surprisal strip of the text, the next-token bars at three
-temperatures, and every layer x head attention map. Built on a ``matplotlib.figure.Figure`` (no
-pyplot state), so it is safe from a worker thread."""
+"""Inspections as PNG: for one text, the surprisal strip, the next-token bars at three temperatures
+and every layer x head attention map; for a validation split, what each head attends to. Built on
+``matplotlib.figure.Figure`` (no pyplot state), so they are safe from a worker thread."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from minigpt_tui.head_roles import CONTEXT_CLASSES, TARGET_KINDS, HeadRoles
 from minigpt_tui.inspection import Inspection
 from minigpt_tui.inspection_text import SURPRISAL_FULL_BITS, label
 from minigpt_tui.plots import PNG_DPI, PNG_METADATA
@@ -70,13 +71,47 @@ def inspection_figure(inspection: Inspection, tokenizer: Tokenizer, position: in
     return fig
 
 
+def head_roles_figure(roles: HeadRoles, title: str = "") -> Figure:
+    """Left: each head's attention mass on each target kind, as a multiple of uniform attention's;
+    right: mean surprisal by where the token sits."""
+    L, H, K = roles.mass.shape
+    fig = Figure(figsize=(11, 0.35 * L * H + 1.8), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+    ratio = roles.mass / np.maximum(roles.chance, 1e-12)
+    image = left.imshow(ratio.reshape(L * H, K), cmap="viridis", aspect="auto", vmin=0)
+    for row in range(L * H):
+        for k in range(K):
+            left.text(k, row, f"{roles.mass.reshape(L * H, K)[row, k]:.2f}", ha="center", va="center", fontsize=7,
+                      color="white")
+    left.set_xticks(range(K), TARGET_KINDS, fontsize=8)
+    left.set_yticks(range(L * H), [f"L{i // H} H{i % H}" for i in range(L * H)], fontsize=7)
+    left.set_title("attention mass on each target (number); colour: multiple of uniform attention", fontsize=9)
+    fig.colorbar(image, ax=left, fraction=0.04, pad=0.01)
+    values = [roles.surprisal_bits[name] for name in CONTEXT_CLASSES]
+    right.barh(range(len(values)), values, color="tab:red")
+    right.set_yticks(range(len(values)), [f"{n} (n={roles.surprisal_counts[n]})" for n in CONTEXT_CLASSES],
+                     fontsize=8)
+    right.invert_yaxis()
+    right.set_xlim(0, max(7.0, max(values) * 1.05))
+    right.set_xlabel("mean surprisal (bits/token)")
+    for i, value in enumerate(values):
+        right.text(value, i, f" {value:.2f}", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=PNG_DPI, metadata=PNG_METADATA)
+    return path
+
+
 def _box(x: int, y: int) -> Rectangle:
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5)
 
 
 def write_inspection_figure(path: Path, inspection: Inspection, tokenizer: Tokenizer, position: int,
                             title: str = "") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    inspection_figure(inspection, tokenizer, position, title).savefig(path, dpi=PNG_DPI, metadata=PNG_METADATA)
-    return path
+    return save_figure(inspection_figure(inspection, tokenizer, position, title), path)

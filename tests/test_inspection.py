@@ -126,6 +126,7 @@ def test_targets_of_each_kind():
     b = pieces.index("b")
     assert found[b + 2]["word start"] == [b] and found[b + 2]["previous"] == [b + 1]
     assert found[b + 2]["line start"] == [5]  # the "h" that starts the line
+    assert found[b + 2]["last newline"] == [4]
     assert found[b + 2]["speaker name"] == [0, 1, 2]  # "Ann", without the colon
     assert found[len(pieces) - 1]["speaker name"] == [12, 13, 14]  # the latest name: "Cal"
     assert "word start" not in found[b + 1]  # one back is "previous", not a word start
