@@ -9,6 +9,7 @@ distribution under new settings, another head) is cheap and redrawn at once on t
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,6 +233,8 @@ class InspectPane(Vertical):
         self.attn_layer = self.attn_head = 0
         self.view: NextTokens | None = None
         self.stale = True  # the weights changed since the last read
+        # a superseded worker thread may still be running: one forward at a time over the shared backend
+        self.read_lock = threading.Lock()
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -279,13 +282,16 @@ class InspectPane(Vertical):
     def read_worker(self, text: str, reload: bool) -> None:
         worker = get_current_worker()
         try:
-            if reload or self.model is None:
-                self.model = self.app.current_model()
-            backend, tokenizer, source = self.model
-            if not text:
-                val_text = split_text(corpus_for_run(self.app.run_info, None, None).text)[1]
-                text = excerpt(val_text, EXCERPT_CONTEXTS * backend.config.block_size)
-            inspection = inspect_text(backend, tokenizer, text)
+            with self.read_lock:
+                if worker.is_cancelled:
+                    return
+                if reload or self.model is None:
+                    self.model = self.app.current_model()
+                backend, tokenizer, source = self.model
+                if not text:
+                    val_text = split_text(corpus_for_run(self.app.run_info, None, None).text)[1]
+                    text = excerpt(val_text, EXCERPT_CONTEXTS * backend.config.block_size)
+                inspection = inspect_text(backend, tokenizer, text)
         except MiniGPTError as exc:
             self.post_message(InspectionFailed(str(exc)))
             return
