@@ -337,15 +337,16 @@ def inspect_command(
     n_tokens = len(run.tokenizer.encode(text))  # unknown characters fail before the model loads
     if not -n_tokens <= position < n_tokens:
         raise MiniGPTError(f"position {position} is outside the text (0..{n_tokens - 1})")
-    if not 0 <= layer < run.config.n_layer:
-        raise MiniGPTError(f"layer {layer} does not exist (the model has layers 0..{run.config.n_layer - 1})")
-    if not 0 <= head < run.config.n_head:
-        raise MiniGPTError(f"head {head} does not exist (each layer has heads 0..{run.config.n_head - 1})")
+    shape = run.config.model
+    if not 0 <= layer < shape.n_layer:
+        raise MiniGPTError(f"layer {layer} does not exist (the model has layers 0..{shape.n_layer - 1})")
+    if not 0 <= head < shape.n_head:
+        raise MiniGPTError(f"head {head} does not exist (each layer has heads 0..{shape.n_head - 1})")
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     inspection = inspect_text(model, run.tokenizer, text)
     position %= inspection.length
     view = inspection.next_tokens(position, params, run.tokenizer)
-    step, kind = ckpt.state.get("step", "?"), ckpt.state.get("kind", checkpoint)
+    step, kind = ckpt.state.step, ckpt.state.kind
     console = Console(highlight=False)
     mean_bits = float(inspection.surprisal_bits[1:].mean()) if inspection.length > 1 else float("nan")
     console.print(f"{run.path} ({kind} checkpoint, step {step}, {model.name}): {inspection.length} tokens, "
@@ -398,13 +399,12 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
-    if weights == "init":
-        vocab = run.tokenizer.vocab_size
-        initial = init_weights(run.config.model_config(vocab), run.config.seed)
-        model, step = build_backend(run.config, vocab, initial, backend=backend, device=device), 0
+    if weights == "init":  # what the trainer started from
+        initial = init_weights(run.config.model, run.config.rng_seed)
+        model, step = build_backend(run.config, initial, backend=backend, device=device), 0
     else:
         model, ckpt = load_model(run, which=weights, backend=backend, device=device)
-        step = ckpt.state.get("step", "?")
+        step = ckpt.state.step
     roles = head_roles(model, run.tokenizer, val, windows=windows)
     table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
                         f"{roles.windows} windows of {roles.window_tokens} tokens")

@@ -135,11 +135,11 @@ def test_targets_of_each_kind():
 def test_uniform_attention_scores_chance(run_dir):
     """With zero query/key weights every head attends uniformly, so each mass equals its chance level."""
     run = open_run(run_dir)
-    weights = init_weights(run.config.model_config(run.tokenizer.vocab_size), 0)
+    weights = init_weights(run.config.model, 0)
     for name in weights:
         if name.endswith("attn.c_attn.weight"):
-            weights[name][: 2 * run.config.n_embd] = 0.0  # q and k rows; v stays
-    backend = build_backend(run.config, run.tokenizer.vocab_size, weights)
+            weights[name][: 2 * run.config.model.n_embd] = 0.0  # q and k rows; v stays
+    backend = build_backend(run.config, weights)
     val = np.asarray(run.tokenizer.encode(make_corpus_text(20, seed=3)))
     roles = head_roles(backend, run.tokenizer, val, windows=4)
     assert roles.queries[TARGET_KINDS.index("speaker name")] == 0  # no "Name:" lines in this text
@@ -147,7 +147,7 @@ def test_uniform_attention_scores_chance(run_dir):
     chance = np.broadcast_to(roles.chance[seen], roles.mass[:, :, seen].shape)
     np.testing.assert_allclose(roles.mass[:, :, seen], chance, rtol=1e-5)
     assert set(roles.surprisal_bits) == {"all", "word start", "word middle", "after newline"}
-    assert roles.surprisal_counts["all"] == 4 * (run.config.block_size - 1)
+    assert roles.surprisal_counts["all"] == 4 * (run.config.model.block_size - 1)
 
 
 def invoke(*args):

@@ -11,8 +11,8 @@ import pytest
 from conftest import make_corpus_text, tiny_config
 
 from backends.base import init_weights
-from minigpt_tui.checkpoint import Checkpoint, save_checkpoint
-from minigpt_tui.runs import create_run
+from minigpt_tui.checkpoint import Checkpoint, TrainingState, save_checkpoint
+from minigpt_tui.runs import Run, create_run
 from minigpt_tui.tokenizer import build_tokenizer
 from minigpt_tui.tui.app import create_app
 from minigpt_tui.tui.inspect_pane import InspectPane
@@ -24,12 +24,14 @@ def run_with_weights(root: Path) -> Path:
     corpus = root / "corpus.txt"
     corpus.write_text(make_corpus_text(), encoding="utf-8")
     config = tiny_config(max_iters=200, n_layer=2, n_head=4, n_embd=32, block_size=32)
-    tokenizer = build_tokenizer("char", corpus.read_text(encoding="utf-8"), config.vocab_size)
+    tokenizer = build_tokenizer("char", corpus.read_text(encoding="utf-8"), config.model.vocab_size)
+    config = config.with_vocab_size(tokenizer.vocab_size)
     path = root / "demo-run"
-    run = create_run(path, config, tokenizer, str(corpus), 1.0)
-    weights = init_weights(config.model_config(tokenizer.vocab_size), 0)
-    weights = {name: w * 40 if w.ndim == 2 else w for name, w in weights.items()}
-    save_checkpoint(run.checkpoint_dir("latest"), Checkpoint(weights, {}, {"step": 200, "kind": "latest"}))
+    run = Run(path, config, tokenizer, str(corpus), 1.0)
+    create_run(path, run).release()
+    weights = {name: w * 40 if w.ndim == 2 else w for name, w in init_weights(config.model, 0).items()}
+    state = TrainingState(step=200, kind="latest", backend="torch")
+    save_checkpoint(run.checkpoint_dir("latest"), Checkpoint(weights, {}, {}, state))
     return path
 
 
