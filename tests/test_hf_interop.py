@@ -211,3 +211,22 @@ def test_bad_input_is_one_line(tmp_path):
     assert_one_line_error(invoke("import-hf", pickled, tmp_path / "imported"), "pickle")
     assert not (tmp_path / "imported").exists()
     assert_one_line_error(invoke("import-hf", tmp_path / "missing", tmp_path / "imported"), "not found")
+
+
+@pytest.mark.anyio
+async def test_the_tui_opens_an_imported_run_and_generates(tmp_path):
+    from test_tui_app import FAST, set_input, text_of, wait_until
+    from textual.widgets import Static, TextArea
+
+    from minigpt_tui.tui.app import create_app
+
+    make_run(tmp_path / "run", CharTokenizer.from_text(TEXT))
+    export_run(tmp_path / "run", tmp_path / "hf")
+    assert invoke("import-hf", tmp_path / "hf", tmp_path / "imported").exit_code == 0
+    app = create_app(tmp_path / "imported", **FAST)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await set_input(pilot, "#length", "12")
+        await pilot.press("g", *"The king", "enter")
+        await wait_until(pilot, lambda: "done:" in text_of(app.query_one("#generation-source", Static)))
+        text = app.query_one("#generation-output", TextArea).text
+    assert text.startswith("The king") and len(text) == len("The king") + 12
