@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import make_corpus_text
+from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from backends.base import canonical_shapes
@@ -122,6 +123,19 @@ def test_export_then_import_round_trips_exactly(tmp_path, bias):
     assert restored.keys() == weights.keys()
     for name, value in weights.items():
         assert np.array_equal(restored[name], value), name
+
+
+def test_checkpoint_option_picks_best_or_latest(tmp_path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    run, latest = make_run(tmp_path / "run", tokenizer)
+    best = random_weights(run.config.model_config(tokenizer.vocab_size), seed=1)
+    save_checkpoint(run.checkpoint_dir("best"), Checkpoint(best, {}, {"step": 2, "kind": "best"}))
+    for which, weights in (("best", best), ("latest", latest)):
+        result = invoke("export-hf", tmp_path / "run", tmp_path / which, "--checkpoint", which)
+        assert result.exit_code == 0 and f"({which} checkpoint, step" in result.stdout, result.stderr
+        exported = load_file(str(tmp_path / which / "model.safetensors"))
+        assert np.array_equal(exported["transformer.wte.weight"], weights["wte.weight"])
+        assert np.array_equal(exported["transformer.h.0.attn.c_attn.weight"], weights["h.0.attn.c_attn.weight"].T)
 
 
 @pytest.fixture(scope="module")
