@@ -244,3 +244,12 @@ async def test_the_tui_opens_an_imported_run_and_generates(tmp_path):
         await wait_until(pilot, lambda: "done:" in text_of(app.query_one("#generation-source", Static)))
         text = app.query_one("#generation-output", TextArea).text
     assert text.startswith("The king") and len(text) == len("The king") + 12
+
+
+def test_the_conversion_needs_neither_torch_nor_transformers():
+    from pathlib import Path
+
+    from test_import_hygiene import imported_roots
+
+    module = Path(__file__).resolve().parents[1] / "minigpt_tui" / "hf_interop.py"
+    assert not imported_roots(module) & {"torch", "transformers", "textual", "click"}
