@@ -22,6 +22,7 @@ from minigpt_tui.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from minigpt_tui.cli import main
 from minigpt_tui.config import preset
 from minigpt_tui.datasets import Corpus
+from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.hf_interop import char_hf_tokenizer, export_run
 from minigpt_tui.runs import build_backend, create_run, open_run
 from minigpt_tui.tokenizer import CharTokenizer
@@ -253,3 +254,19 @@ def test_the_conversion_needs_neither_torch_nor_transformers():
 
     module = Path(__file__).resolve().parents[1] / "minigpt_tui" / "hf_interop.py"
     assert not imported_roots(module) & {"torch", "transformers", "textual", "click"}
+
+
+def test_weights_saved_without_the_transformer_prefix_and_with_mask_buffers_import_too():
+    """The original GPT-2 files name tensors ``h.0...`` (a GPT2Model) and carry ``attn.bias`` causal masks."""
+    from backends.base import ModelConfig
+    from minigpt_tui.hf_interop import from_gpt2_weights, to_gpt2_weights
+
+    config = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=True)
+    weights = random_weights(config, seed=2)
+    tensors = {name.removeprefix("transformer."): value for name, value in to_gpt2_weights(config, weights).items()}
+    tensors["h.0.attn.bias"] = np.tril(np.ones((1, 1, 8, 8), np.float32))
+    restored = from_gpt2_weights(config, tensors)
+    assert all(np.array_equal(restored[name], value) for name, value in weights.items())
+    del tensors["h.1.mlp.c_fc.weight"]
+    with pytest.raises(MiniGPTError, match="h.1.mlp.c_fc.weight"):
+        from_gpt2_weights(config, tensors)
