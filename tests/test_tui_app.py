@@ -106,7 +106,7 @@ async def test_pause_resume_and_stop(tmp_path: Path, corpus_path: Path):
         await wait_until(pilot, lambda: not app.training)
         assert app.pane.status.state.startswith("stopped")
     state = load_checkpoint(out / "checkpoints" / "latest", with_optimizer=False).state
-    assert state["step"] > held
+    assert state.step > held
 
 
 async def test_quit_during_training_saves_a_checkpoint(tmp_path: Path, corpus_path: Path):
@@ -119,7 +119,7 @@ async def test_quit_during_training_saves_a_checkpoint(tmp_path: Path, corpus_pa
         await wait_until(pilot, lambda: app.return_code is not None)
     # the only checkpoints are step 0's and the one written on the way out
     state = load_checkpoint(out / "checkpoints" / "latest", with_optimizer=False).state
-    assert state["step"] > 3
+    assert state.step > 3
 
 
 async def test_generation_streams_tokens_from_an_opened_run(trained_run: Path):
@@ -186,8 +186,8 @@ async def test_opened_run_shows_its_curves_and_follows_new_records(trained_run: 
         assert app.pane.status.state == "finished"
         # another process (minigpt train --headless) appends to metrics.jsonl
         with open(trained_run / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"type": "step", "step": 10, "loss": 2.5, "lr": 1e-3, "grad_norm": 1.0,
-                                "tokens_per_s": 1234.0, "time": 0.0}) + "\n")
+            f.write(json.dumps({"type": "step", "step": 10, "max_iters": 10, "loss": 2.5, "lr": 1e-3,
+                                "grad_norm": 1.0, "tokens_per_s": 1234.0, "elapsed_s": 1.0, "time": 0.0}) + "\n")
         await wait_until(pilot, lambda: app.pane.status.step == 10)
         assert app.pane.curves.steps[-1] == 10
         assert app.pane.status.state.startswith("following")
@@ -200,7 +200,7 @@ async def test_continue_training_an_opened_run(trained_run: Path):
         await pilot.press("c")
         await wait_until(pilot, lambda: app.pane.status.step == 16 and not app.training)
         assert app.pane.status.state == "finished"
-    assert max(r["step"] for r in read_metrics(trained_run / "metrics.jsonl")) == 16
+    assert max(r.step for r in read_metrics(trained_run / "metrics.jsonl").records) == 16
 
 
 @pytest.mark.parametrize("run_dir", ["missing-run", "."])

@@ -7,6 +7,7 @@ the UI costs the training loop almost nothing.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from minigpt_tui.data import split_text
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
-from minigpt_tui.runs import Run, build_backend, default_run_dir, load_model, open_run, read_metrics
+from minigpt_tui.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
 from minigpt_tui.sampling import generate_text
-from minigpt_tui.trainer import new_training, resume_training
+from minigpt_tui.terminal import check_terminal
+from minigpt_tui.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.generation_pane import GenerationPane
 from minigpt_tui.tui.help_screen import HelpScreen
@@ -49,7 +51,7 @@ from minigpt_tui.tui.messages import (
     TrainingStarted,
 )
 from minigpt_tui.tui.run_form import RunForm
-from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_records
+from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
 
@@ -118,6 +120,7 @@ class MiniGPTApp(App):
         self.following = False  # another process is appending to the opened run's metrics
         self.train_text: str | None = None
         self.metrics_stamp: tuple[int, float] | None = None
+        self.metrics_warned: list[int] = []  # damaged metrics lines already reported
         self.dirty = False
         self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
         self.generation_stop = threading.Event()
@@ -176,7 +179,8 @@ class MiniGPTApp(App):
 
     def open_existing(self, path: Path) -> None:
         run = open_run(path)
-        self.run_info, self.train_text, self.following = run, None, False
+        # a run another process trains (it holds the lock) is followed read-only
+        self.run_info, self.train_text, self.following = run, None, is_locked(run.path)
         self.sub_title = run.path.name
         self.reload_metrics()
         self.query_one("#train-switcher", ContentSwitcher).current = "training"
@@ -185,10 +189,13 @@ class MiniGPTApp(App):
 
     def reload_metrics(self) -> None:
         run = self.run_info
-        records = read_metrics(run.metrics_path)
-        self.pane.curves = Curves.from_records(records)
+        metrics = read_metrics(run.metrics_path)
+        if metrics.damaged_lines and self.metrics_warned != metrics.damaged_lines:
+            self.metrics_warned = metrics.damaged_lines
+            self.notify(metrics.warning(run.metrics_path), severity="warning")
+        self.pane.curves = Curves.from_metrics(metrics)
         note = self.pane.status.note if self.following else ""
-        self.pane.status = status_from_records(run, records)
+        self.pane.status = status_from_metrics(run, metrics)
         if self.following:
             self.pane.status.state = f"following: another process trains it (step {self.pane.status.step})"
         self.pane.status.note = note
@@ -262,8 +269,7 @@ class MiniGPTApp(App):
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
         if trainer.step > 0:
-            kept = [r for r in read_metrics(trainer.run_dir.metrics_path) if r.get("step", 0) <= trainer.step]
-            self.pane.curves = Curves.from_records(kept)
+            self.pane.curves = Curves.from_metrics(read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step))
         s = self.pane.status
         c = trainer.config
         s.run, s.state = trainer.run_dir.path.name, "training"
@@ -335,13 +341,12 @@ class MiniGPTApp(App):
     def action_continue_training(self) -> None:
         if self.training or self.run_info is None:
             return
-        if self.following:
+        if self.following or is_locked(self.run_info.path):
             self.notify("another process is training this run; continue it when that one stops", severity="warning")
             return
         run = self.run_info
         done = self.pane.status.step
-        # a finished run continues for as many steps again
-        target = run.config.max_iters if done < run.config.max_iters else done + run.config.max_iters
+        target = continuation_target(run.config, done)
 
         def prepare():
             corpus = corpus_for_run(run, None, None)
@@ -411,12 +416,12 @@ class MiniGPTApp(App):
         trainer = self.trainer
         if trainer is not None:
             step = trainer.step
-            backend = build_backend(trainer.config, trainer.run_dir.tokenizer.vocab_size, trainer.snapshot_weights())
+            backend = build_backend(trainer.config, trainer.snapshot_weights())
             return backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})"
         if self.run_info is None:
             raise MiniGPTError("no model yet: start a run (n) or open one with `minigpt-tui RUN_DIR`")
         backend, checkpoint = load_model(self.run_info, which="latest")
-        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.get('step', '?')})"
+        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.step})"
 
     def training_text(self) -> str:
         if self.train_text is None:
@@ -520,4 +525,9 @@ def create_app(run_dir: Path | None = None, *, config: TrainConfig | None = None
 @click.option("--out", type=click.Path(path_type=Path), help="Prefill the run folder.")
 def main(run_dir: Path | None, data: Path | None, dataset: str | None, out: Path | None) -> None:
     """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run."""
+    try:
+        check_terminal()
+    except MiniGPTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     create_app(run_dir, data=data, dataset=dataset, out=out).run()

@@ -33,7 +33,7 @@ class RunForm(VerticalScroll):
         super().__init__(id=id)
         self.presets = {name: dict(values) for name, values in PRESETS.items()}
         if config is not None:
-            self.presets[CUSTOM] = config.to_dict()
+            self.presets[CUSTOM] = config.to_flat()
         self.initial_preset = CUSTOM if config is not None else "baby"
         self.initial_corpus = FROM_PATH if data is not None else (dataset or "shakespeare")
         self.initial_path = str(data) if data is not None else ""
@@ -70,7 +70,7 @@ class RunForm(VerticalScroll):
         return Select([(option, option) for option in names], value=value, allow_blank=False, compact=True, id=name)
 
     def preset_value(self, preset: str, name: str) -> str:
-        value = self.presets[preset].get(name, getattr(TrainConfig(), name))
+        value = self.presets[preset].get(name, TrainConfig().get(name))
         return repr(value) if isinstance(value, float) else str(value)
 
     def on_mount(self) -> None:
