@@ -395,7 +395,7 @@ def import_hf(hf_dir: Path, out_run: Path, data: Path | None, dataset: str | Non
 
     corpus = resolve_corpus(data, dataset)[0] if data is not None or dataset is not None else None
     run = import_folder(hf_dir, out_run, corpus)
-    c = run.config
+    c = run.config.model
     click.echo(
         f"{run.path}: {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, context {c.block_size}, "
         f"{run.tokenizer.kind} tokenizer of {run.tokenizer.vocab_size} tokens"

@@ -34,12 +34,12 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from backends.base import ModelConfig, canonical_shapes, check_weights
 from minigpt_tui.bpe import BPETokenizer
-from minigpt_tui.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.config import TrainConfig, preset
 from minigpt_tui.data import split_text
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import Run, create_run, open_run
+from minigpt_tui.runs import Run, corpus_fingerprint, create_run, open_run
 from minigpt_tui.storage import atomic_write_bytes, atomic_write_text
 from minigpt_tui.tokenizer import CharTokenizer, Tokenizer
 
@@ -294,7 +294,7 @@ def export_run(run_dir: Path, out: Path, which: str = "best") -> Export:
     """Write ``out``: a folder ``AutoModelForCausalLM`` and ``AutoTokenizer`` load offline."""
     out = Path(out)
     run = open_run(run_dir)
-    config = run.config.model_config(run.tokenizer.vocab_size)
+    config = run.config.model
     blocker = gpt2_blocker(config)
     if blocker:
         raise MiniGPTError(f"cannot export to GPT-2: {blocker}")
@@ -317,8 +317,7 @@ def export_run(run_dir: Path, out: Path, which: str = "best") -> Export:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     parameters = sum(int(np.prod(v.shape)) for v in checkpoint.weights.values())
-    kind = checkpoint.state.get("kind", which)
-    return Export(out, int(checkpoint.state.get("step", 0)), kind, parameters, run.tokenizer.kind)
+    return Export(out, checkpoint.state.step, checkpoint.state.kind, parameters, run.tokenizer.kind)
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
@@ -351,18 +350,7 @@ def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
 
 def imported_config(model: ModelConfig, tokenizer: Tokenizer) -> TrainConfig:
     """The baby preset's training settings around the imported network (fine-tuning changes them by flags)."""
-    return preset("baby").replace(
-        n_layer=model.n_layer,
-        n_head=model.n_head,
-        n_embd=model.n_embd,
-        block_size=model.block_size,
-        dropout=model.dropout,
-        bias=model.bias,
-        pos_encoding=model.pos_encoding,
-        tie_weights=model.tie_weights,
-        tokenizer=tokenizer.kind,
-        vocab_size=tokenizer.vocab_size,
-    )
+    return preset("baby").replace(**model.to_dict(), tokenizer=tokenizer.kind)
 
 
 def import_hf(hf_dir: Path, out: Path, corpus: Corpus | None = None) -> Run:
@@ -397,16 +385,22 @@ def import_hf(hf_dir: Path, out: Path, corpus: Corpus | None = None) -> Run:
         # exported by minigpt from a bias-free model and untouched since: bias-free again, exactly
         config = dataclasses.replace(config, bias=False)
         weights = {k: v for k, v in weights.items() if not k.endswith(".bias")}
-    source, tokens_per_char = f"imported from {hf_dir.resolve()}", 1.0  # per token, without a text to measure
+    run = Run(out, imported_config(config, tokenizer), tokenizer, f"imported from {hf_dir.resolve()}", 1.0)
     if corpus is not None:
         val_text = split_text(corpus.text)[1]
-        source, tokens_per_char = corpus.source, len(tokenizer.encode(val_text)) / max(1, len(val_text))
+        run.data_source, run.data_sha256 = corpus.source, corpus_fingerprint(corpus)
+        run.tokens_per_char = len(tokenizer.encode(val_text)) / max(1, len(val_text))
     tmp = staging_dir(out)
     try:
-        run = create_run(tmp, imported_config(config, tokenizer), tokenizer, source, tokens_per_char)
-        state = {"step": 0, "kind": "latest", "imported_from": str(hf_dir.resolve())}
-        optimizer = {"step": np.array(0.0, np.float64)}  # step 0: the backends start fresh moments
-        save_checkpoint(run.checkpoint_dir("latest"), Checkpoint(weights, optimizer, state))
+        run.path = tmp
+        lock = create_run(tmp, run)
+        try:
+            # step 0, fresh AdamW moments, no RNG state (the name of no backend: none is restored)
+            state = TrainingState(step=0, kind="latest", backend="")
+            optimizer = {"step": np.array(0.0, np.float64)}
+            save_checkpoint(run.checkpoint_dir("latest"), Checkpoint(weights, optimizer, {}, state))
+        finally:
+            lock.release()
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,6 @@ conftest.py switches the Hugging Face hub off (HF_HUB_OFFLINE, TRANSFORMERS_OFFL
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -18,13 +17,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from backends.base import canonical_shapes
 from minigpt_tui.bpe import BPETokenizer
-from minigpt_tui.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.cli import main
 from minigpt_tui.config import preset
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.hf_interop import char_hf_tokenizer, export_run
-from minigpt_tui.runs import build_backend, create_run, open_run
+from minigpt_tui.runs import Run, build_backend, create_run, open_run
 from minigpt_tui.tokenizer import CharTokenizer
 from minigpt_tui.trainer import new_training
 
@@ -51,16 +50,22 @@ def random_weights(config, seed: int) -> dict[str, np.ndarray]:
 def make_run(path, tokenizer, seed: int = 0, **fields):
     """A run folder holding random weights (no training needed to compare two implementations)."""
     config = preset("tiny").replace(device="cpu", tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size, **fields)
-    run = create_run(path, config, tokenizer, "test corpus", 1.0)
-    weights = random_weights(config.model_config(tokenizer.vocab_size), seed)
-    save_checkpoint(run.checkpoint_dir("latest"), Checkpoint(weights, {}, {"step": 3, "kind": "latest"}))
+    run = Run(path, config, tokenizer, "test corpus", 1.0)
+    create_run(path, run).release()
+    weights = random_weights(config.model, seed)
+    save_checkpoint(run.checkpoint_dir("latest"), make_checkpoint(weights, 3, "latest"))
     return run, weights
+
+
+def make_checkpoint(weights, step: int, kind: str) -> Checkpoint:
+    state = TrainingState(step=step, kind=kind, backend="torch")
+    return Checkpoint(weights, {"step": np.array(float(step))}, {}, state)
 
 
 def minigpt_logits(run_dir, ids: list[int]) -> np.ndarray:
     run = open_run(run_dir)
     checkpoint = load_checkpoint(run.checkpoint_dir("latest"), with_optimizer=False)
-    model = build_backend(run.config, run.tokenizer.vocab_size, checkpoint.weights, device="cpu")
+    model = build_backend(run.config, checkpoint.weights, device="cpu")
     return model.logits(np.asarray([ids], np.int64))[0]
 
 
@@ -118,8 +123,7 @@ def test_export_then_import_round_trips_exactly(tmp_path, bias):
     assert result.exit_code == 0, result.stderr
     back = open_run(tmp_path / "back")
     assert isinstance(back.tokenizer, CharTokenizer) and back.tokenizer.chars == tokenizer.chars
-    model_fields = dataclasses.asdict(run.config.model_config(tokenizer.vocab_size))
-    assert dataclasses.asdict(back.config.model_config(back.tokenizer.vocab_size)) == model_fields
+    assert back.config.model == run.config.model
     restored = load_checkpoint(back.checkpoint_dir("latest")).weights
     assert restored.keys() == weights.keys()
     for name, value in weights.items():
@@ -129,8 +133,8 @@ def test_export_then_import_round_trips_exactly(tmp_path, bias):
 def test_checkpoint_option_picks_best_or_latest(tmp_path):
     tokenizer = CharTokenizer.from_text(TEXT)
     run, latest = make_run(tmp_path / "run", tokenizer)
-    best = random_weights(run.config.model_config(tokenizer.vocab_size), seed=1)
-    save_checkpoint(run.checkpoint_dir("best"), Checkpoint(best, {}, {"step": 2, "kind": "best"}))
+    best = random_weights(run.config.model, seed=1)
+    save_checkpoint(run.checkpoint_dir("best"), make_checkpoint(best, 2, "best"))
     for which, weights in (("best", best), ("latest", latest)):
         result = invoke("export-hf", tmp_path / "run", tmp_path / which, "--checkpoint", which)
         assert result.exit_code == 0 and f"({which} checkpoint, step" in result.stdout, result.stderr
@@ -194,7 +198,9 @@ def test_import_a_transformers_gpt2_then_sample_eval_and_fine_tune(tmp_path):
     tuned = invoke("train", "--headless", "--resume", tmp_path / "run", "--max-iters", 4, "--eval-interval", 2,
                    "--eval-iters", 1, "--batch-size", 2, "--device", "cpu")
     assert tuned.exit_code == 0, tuned.stderr
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest").state["step"] == 4
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest").state.step == 4
+    # fine-tuning an imported run lays its schedule out over the steps asked for, not the preset's 2000
+    assert open_run(tmp_path / "run").config.lr_decay_iters == 0
 
 
 def test_bad_input_is_one_line(tmp_path):
