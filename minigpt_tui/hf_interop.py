@@ -32,7 +32,7 @@ from safetensors.numpy import save as save_safetensors
 from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from backends.base import ModelConfig, canonical_shapes, check_weights
+from backends.base import ModelConfig, canonical_shapes, check_weights, count_parameters
 from minigpt_tui.bpe import BPETokenizer
 from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.config import TrainConfig, preset
@@ -316,8 +316,7 @@ def export_run(run_dir: Path, out: Path, which: str = "best") -> Export:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    parameters = sum(int(np.prod(v.shape)) for v in checkpoint.weights.values())
-    return Export(out, checkpoint.state.step, checkpoint.state.kind, parameters, run.tokenizer.kind)
+    return Export(out, checkpoint.state.step, checkpoint.state.kind, count_parameters(config), run.tokenizer.kind)
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
