@@ -512,6 +512,42 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None
         click.echo(path)
 
 
+@main.command(name="export-hf")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@checkpoint_choice()
+def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
+    """Write a run as a Hugging Face GPT-2 folder (config, safetensors weights, fast tokenizer)."""
+    from minigpt_tui.hf_interop import export_run
+
+    done = export_run(run_dir, out_dir, checkpoint)
+    click.echo(
+        f"{done.path}: GPT2LMHeadModel, {done.parameters:,} parameters, {done.tokenizer} tokenizer "
+        f"({done.checkpoint} checkpoint, step {done.step})"
+    )
+
+
+@main.command(name="import-hf")
+@click.argument("hf_dir", type=click.Path(path_type=Path))
+@click.argument("out_run", type=click.Path(path_type=Path))
+@data_option
+@dataset_option
+def import_hf(hf_dir: Path, out_run: Path, data: Path | None, dataset: str | None) -> None:
+    """Turn a local GPT-2 folder into a run (step 0) to sample, evaluate or fine-tune with train --resume.
+
+    With --data/--dataset the run is tied to that corpus, like a trained run to its own."""
+    from minigpt_tui.corpus import resolve_corpus
+    from minigpt_tui.hf_interop import import_hf as import_folder
+
+    corpus = resolve_corpus(data, dataset)[0] if data is not None or dataset is not None else None
+    run = import_folder(hf_dir, out_run, corpus)
+    c = run.config.model
+    click.echo(
+        f"{run.path}: {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, context {c.block_size}, "
+        f"{run.tokenizer.kind} tokenizer of {run.tokenizer.vocab_size} tokens"
+    )
+
+
 @main.group()
 def ablate() -> None:
     """Experiments: temperature, tokenizer, context length, positional encoding, exposure bias."""
