@@ -157,6 +157,14 @@ def is_decayed(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) >= 2
 
 
+@dataclass(frozen=True)
+class ForwardTrace:
+    """One sequence through the model, kept whole for inspection (in the backend's compute dtype)."""
+
+    logits: np.ndarray  # (T, vocab_size): the next-token logits at every position
+    attention: np.ndarray  # (n_layer, n_head, T, T): softmax rows, query i over keys 0..i (zero above)
+
+
 class GenerationSession(ABC):
     """Incremental decoding with a KV cache.
 
@@ -211,6 +219,11 @@ class Backend(ABC):
     @abstractmethod
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """Float32 logits of shape (B, T, vocab_size), without dropout."""
+
+    @abstractmethod
+    def trace(self, tokens: np.ndarray) -> ForwardTrace:
+        """Logits and every layer's attention probabilities for one (1, T) sequence, without dropout.
+        For inspection only: the training path never materialises the probabilities."""
 
     @abstractmethod
     def generation_session(self) -> GenerationSession:

@@ -32,6 +32,7 @@ from minigpt_tui.runs import (
     RunLock,
     build_backend,
     check_free,
+    checkpoint_state,
     corpus_fingerprint,
     create_run,
     open_run,
@@ -357,8 +358,11 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
     changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != run.config.get(name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
-    if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides:
+    if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides and (
+        run.has_checkpoint("latest") and checkpoint_state(run).step > 0
+    ):
         # the cosine was laid out over the original max_iters: extending the run must not reshape it
+        # (a run at step 0, an imported one, has laid out nothing: its schedule follows the new max_iters)
         overrides = {**overrides, "lr_decay_iters": run.config.max_iters}
     run.config = run.config.replace(**overrides)
     check_fits_in_memory(run.config)
