@@ -20,6 +20,7 @@ from minigpt_tui.errors import MiniGPTError, describe_os_error
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
 
 
 class FriendlyGroup(click.Group):
@@ -43,6 +44,11 @@ class FriendlyGroup(click.Group):
         except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: still one line (checkpoints are atomic), and a way to report it
+            click.echo(f"error: internal error, please report it: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
 
@@ -441,7 +447,9 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads the backends compute with.")
+@click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="Threads the backends compute with."
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 def bench(
     backends: tuple[str, ...],
@@ -632,7 +640,10 @@ def ablation_options(command):
                 help="Folder for the variant runs and the report; finished variants are reused.",
             ),
             click.option(
-                "--threads", type=click.IntRange(min=1), default=None, help="Threads each variant computes with."
+                "--threads",
+                type=click.IntRange(min=1, max=MAX_THREADS),
+                default=None,
+                help="Threads each variant computes with.",
             ),
             click.option(
                 "--isolate/--in-process",

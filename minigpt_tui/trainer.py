@@ -316,13 +316,15 @@ def new_training(
     # every rank checks, so that all fail together; none can have written yet, since rank 0 writes
     # only after the backend is built and DDP's construction waits for all ranks
     check_free(out, overwrite=overwrite)
-    check_fits_in_memory(config)  # before the tokenizer (BPE training) and the weights allocate anything
+    if config.tokenizer == "bpe":  # its size is known before training it, which is costly
+        check_fits_in_memory(config)
     train_text, val_text = split_text(corpus.text)
     # characters are the alphabet, taken from the whole text (a character seen only in the val split
     # must still be encodable); BPE merges are learned, so from the train split only
     vocabulary_text = corpus.text if config.tokenizer == "char" else train_text
     tokenizer = build_tokenizer(config.tokenizer, vocabulary_text, config.model.vocab_size)
     config = config.with_vocab_size(tokenizer.vocab_size)
+    check_fits_in_memory(config)  # before the weights, the optimizer state or a batch is allocated
     val_tokens = tokenizer.encode_array(val_text)
     data = TokenData(tokenizer.encode_array(train_text), val_tokens)
     data.check_fits(config.model.block_size)

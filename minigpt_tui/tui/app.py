@@ -353,7 +353,7 @@ class MiniGPTApp(App):
     def action_continue_training(self) -> None:
         if self.training or self.run_info is None:
             return
-        if self.following or is_locked(self.run_info.path):
+        if is_locked(self.run_info.path):  # its writer holds the lock; once it ends, this app may continue the run
             self.notify("another process is training this run; continue it when that one stops", severity="warning")
             return
         run = self.run_info
