@@ -105,11 +105,9 @@ class TorchBackend(Backend):
         decayed = [p for n, p in adamw_params.items() if is_decayed(n, shapes[n])]
         not_decayed = [p for n, p in adamw_params.items() if not is_decayed(n, shapes[n])]
         groups = [{"params": decayed, "weight_decay": optim.weight_decay}, {"params": not_decayed, "weight_decay": 0.0}]
-        # foreach (one kernel per op over all tensors) is torch's own default on CUDA only; on the CPU it
-        # also beats the per-tensor loop (README: throughput)
+        # torch's default on the CPU, the per-tensor loop, measured 9% faster than foreach here (README, Speedrun)
         self.optimizer = torch.optim.AdamW(
-            groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None,
-            foreach=None if is_cuda else True,
+            groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None
         )
         self.muon: torch.optim.Muon | StackedMuon | None = None
         if self.muon_names and self._device.type == "cpu":
