@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-POS_ENCODINGS = ("learned", "sinusoidal")
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
+OPTIMIZERS = ("adamw", "muon")
+ROPE_BASE = 10000.0
+QK_NORM_EPS = 1e-6
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # hyperparameters reach float32 kernels: larger ones overflow
 SINUSOID_SCALE = 0.02 * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2); this gives RMS 0.02
 
@@ -34,8 +38,11 @@ class ModelConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
-    pos_encoding: str = "learned"
+    pos_encoding: str = "learned"  # rope rotates queries and keys instead of adding a table
     tie_weights: bool = True
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain) before attention
+    activation: str = "gelu_tanh"
+    zero_init_proj: bool = False  # output projections start at 0: each block starts as the identity
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -49,6 +56,10 @@ class ModelConfig:
             raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rope needs an even head size (n_embd / n_head), got {self.n_embd // self.n_head}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,15 +67,28 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and clipping settings; the learning rate is passed per step (it follows a schedule)."""
+    """Optimizer and clipping settings; the learning rate is passed per step (it follows a schedule).
+
+    With ``optimizer="muon"`` the hidden matrices (``is_hidden_matrix``) follow Muon at
+    ``muon_lr_scale`` times the step's learning rate; everything else follows AdamW at the step's rate.
+    """
 
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
+    optimizer: str = "adamw"
+    muon_lr_scale: float = 1.0
+    muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (self.muon_lr_scale > 0 and math.isfinite(self.muon_lr_scale)):
+            raise ValueError(f"muon_lr_scale must be a finite number > 0, got {self.muon_lr_scale}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not 0 <= value <= FLOAT32_MAX:
@@ -122,6 +146,9 @@ def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
     Matrices ~ N(0, 0.02); residual projections (``c_proj``) are scaled by 1/sqrt(2 * n_layer)
     because each block adds two of them to the residual stream; LayerNorm gains 1, biases 0.
+    With ``zero_init_proj`` the projections start at 0 (modded-nanogpt): every block is then the
+    identity at step 0 and the first updates shape the residual stream from a clean slate. The
+    random draws are the same either way, so only the projections differ between the two inits.
     """
     rng = np.random.default_rng(seed)
     residual_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -132,8 +159,10 @@ def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
         elif len(shape) == 1:
             weights[name] = np.ones(shape, np.float32)
         else:
-            std = residual_std if name.endswith("c_proj.weight") else 0.02
-            weights[name] = rng.normal(0.0, std, size=shape).astype(np.float32)
+            is_proj = name.endswith("c_proj.weight")
+            weights[name] = rng.normal(0.0, residual_std if is_proj else 0.02, size=shape).astype(np.float32)
+            if is_proj and config.zero_init_proj:
+                weights[name][...] = 0.0
     return weights
 
 
@@ -152,9 +181,26 @@ def sinusoidal_positions(n_positions: int, n_embd: int) -> np.ndarray:
     return (SINUSOID_SCALE * table).astype(np.float32)
 
 
+def rope_tables(n_positions: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin, each (n_positions, head_size // 2), of the rotary angles pos * base^(-2i/hs).
+
+    Channel pair (i, i + hs/2) of a query or key at position pos is rotated by angle pos * freq_i, so
+    a query-key dot product depends on the positions only through their difference.
+    """
+    inv_freq = ROPE_BASE ** (-np.arange(0, head_size, 2, dtype=np.float64) / head_size)
+    angles = np.arange(n_positions, dtype=np.float64)[:, None] * inv_freq
+    return np.cos(angles), np.sin(angles)
+
+
 def is_decayed(name: str, shape: tuple[int, ...]) -> bool:
     """Weight decay applies to matrices (embeddings and linear weights), not to gains and biases."""
     return len(shape) >= 2
+
+
+def is_hidden_matrix(name: str, shape: tuple[int, ...]) -> bool:
+    """The block Linear weights: what Muon drives. Embeddings and the head stay with AdamW (their
+    rows are looked up one token at a time, not mixed as a whole matrix), as do gains and biases."""
+    return name.startswith("h.") and len(shape) == 2
 
 
 @dataclass(frozen=True)
@@ -239,7 +285,8 @@ class Backend(ABC):
 
     @abstractmethod
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        """AdamW moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` arrays plus ``step`` (shape ())."""
+        """AdamW moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` arrays plus ``step`` (shape ());
+        with Muon, its momentum as ``momentum_buffer.<name>`` for the hidden matrices instead."""
 
     @abstractmethod
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:

@@ -1,10 +1,12 @@
-"""Pure-NumPy backend: the GPT of ``numpy_model`` with AdamW and gradient clipping written to match
-``torch.optim.AdamW`` and ``torch.nn.utils.clip_grad_norm_`` step for step. It never imports torch.
+"""Pure-NumPy backend: the GPT of ``numpy_model`` with AdamW, Muon and gradient clipping written to
+match ``torch.optim.AdamW``, ``torch.optim.Muon`` and ``torch.nn.utils.clip_grad_norm_`` step for step.
+It never imports torch.
 
 Parameters, gradients and both AdamW moments each live in one flat buffer, and every parameter is
 a view into it: the optimizer is a dozen whole-buffer operations instead of a loop over tensors,
-and nothing is allocated per step. Matrices come first in the flat layout, so weight decay (which
-applies to matrices only) is one slice.
+and nothing is allocated per step. The flat layout puts Muon's matrices first (with Muon), then the
+other matrices, then gains and biases: AdamW is one slice, and weight decay one slice of that. Muon's
+momentum lives in the (otherwise unused) first-moment slice of its matrices.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from backends.base import (
     canonical_shapes,
     check_weights,
     is_decayed,
+    is_hidden_matrix,
 )
 from backends.numpy_model import NumpyGPT, Workspace
 
@@ -68,6 +71,50 @@ def adamw_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_a
     param += scratch
 
 
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults (Keller Jordan's quintic)
+MUON_NS_STEPS = 5
+MUON_EPS = 1e-7
+
+
+def newton_schulz(update: np.ndarray, steps: int = MUON_NS_STEPS, eps: float = MUON_EPS) -> np.ndarray:
+    """Approximately orthogonal matrices with the singular vectors of ``update`` (k, rows, cols), each of
+    the k on its own: the quintic Newton-Schulz iteration of torch.optim.Muon, X <- a X + (b A + c A^2) X
+    with A = X X^T, after scaling X to Frobenius norm 1 so every singular value starts in (0, 1]. It
+    pushes each singular value towards ~1 (0.7..1.2 after 5 steps): the update keeps its directions
+    and loses its scale. torch runs it in bfloat16, one matrix at a time; this runs in the backend's
+    dtype (NumPy has no bfloat16) on a stack of same-shape matrices per matmul call."""
+    a, b, c = MUON_NS_COEFFICIENTS
+    tall = update.shape[1] > update.shape[2]
+    x = update.swapaxes(1, 2) if tall else update  # iterate on the wide orientation: A is the smaller square
+    norms = np.sqrt(np.einsum("kij,kij->k", x, x))
+    x = x / np.maximum(norms, eps)[:, None, None].astype(x.dtype)
+    for _ in range(steps):
+        gram = x @ x.swapaxes(1, 2)
+        poly = gram @ gram
+        poly *= c
+        poly += b * gram
+        x = poly @ x + a * x
+    return x.swapaxes(1, 2) if tall else x
+
+
+def muon_lr(lr: float, shape: tuple[int, ...]) -> float:
+    """torch.optim.Muon's default ("original") adjustment for a (rows, cols) matrix: sqrt(max(1, rows /
+    cols)) keeps the RMS of an update comparable between tall and wide matrices."""
+    return lr * math.sqrt(max(1.0, shape[-2] / shape[-1]))
+
+
+def muon_update(param: np.ndarray, grad: np.ndarray, momentum: np.ndarray, lr: float, optim: OptimConfig) -> None:
+    """One Muon step on a stack of same-shape matrices (k, rows, cols), in the order of torch.optim.Muon
+    (Nesterov momentum, decoupled weight decay):
+        m = lerp(m, g, 1 - mu); u = lerp(g, m, mu); p *= 1 - lr wd; p -= adjusted lr * NS(u)."""
+    mu = optim.muon_momentum
+    momentum += (1.0 - mu) * (grad - momentum)
+    update = grad + mu * (momentum - grad)
+    if optim.weight_decay:
+        param *= 1.0 - lr * optim.weight_decay
+    param -= muon_lr(lr, param.shape) * newton_schulz(update)
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -91,13 +138,28 @@ class NumpyBackend(Backend):
         self.optim_config = optim
         self.dtype = np.dtype(dtype)
         shapes = canonical_shapes(config)
-        layout = sorted(shapes, key=lambda name: not is_decayed(name, shapes[name]))  # stable: matrices first
+        self.muon_names = [n for n in shapes if optim.optimizer == "muon" and is_hidden_matrix(n, shapes[n])]
+
+        def place(name: str) -> tuple[int, ...]:
+            """Muon's matrices grouped by shape, AdamW's matrices, gains and biases (sorted is stable)."""
+            return (0, *shapes[name]) if name in self.muon_names else (1 if is_decayed(name, shapes[name]) else 2,)
+
+        layout = sorted(shapes, key=place)
+        self.n_muon = sum(math.prod(shapes[n]) for n in self.muon_names)
         self.n_decayed = sum(math.prod(shapes[n]) for n in layout if is_decayed(n, shapes[n]))
         self._offsets, offset = {}, 0
         for name in layout:
             self._offsets[name] = offset
             offset += math.prod(shapes[name])
         self._shapes = shapes
+        # each run of same-shape Muon matrices is one (k, rows, cols) stack in the flat buffers
+        self._muon_stacks: list[tuple[int, int, tuple[int, int]]] = []  # (offset, k, shape)
+        for name in (n for n in layout if n in self.muon_names):
+            if self._muon_stacks and self._muon_stacks[-1][2] == shapes[name]:
+                start, k, shape = self._muon_stacks[-1]
+                self._muon_stacks[-1] = (start, k + 1, shape)
+            else:
+                self._muon_stacks.append((self._offsets[name], 1, shapes[name]))
         self.flat_params, self.flat_grads = np.zeros(offset, self.dtype), np.zeros(offset, self.dtype)
         self.exp_avg, self.exp_avg_sq = np.zeros(offset, self.dtype), np.zeros(offset, self.dtype)
         self._scratch = np.zeros(offset, self.dtype)
@@ -160,8 +222,14 @@ class NumpyBackend(Backend):
                 self.flat_grads += self._micro_grads
         norm = clip_grad_norm(self.flat_grads, self.optim_config.grad_clip)
         self.step += 1
-        adamw_update(self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq, self._scratch,
-                     self.n_decayed, self.step, float(lr), self.optim_config)  # a NumPy scalar lr would upcast
+        lr, m = float(lr), self.n_muon  # a NumPy scalar lr would upcast
+        adamw_update(self.flat_params[m:], self.flat_grads[m:], self.exp_avg[m:], self.exp_avg_sq[m:],
+                     self._scratch[m:], self.n_decayed - m, self.step, lr, self.optim_config)
+        for start, k, shape in self._muon_stacks:
+            stack = slice(start, start + k * math.prod(shape))
+            param, grad, momentum = (flat[stack].reshape(k, *shape) for flat in
+                                     (self.flat_params, self.flat_grads, self.exp_avg))
+            muon_update(param, grad, momentum, lr * self.optim_config.muon_lr_scale, self.optim_config)
         return StepResult(loss=total, grad_norm=norm)
 
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:
@@ -195,21 +263,32 @@ class NumpyBackend(Backend):
         for name, param in self.params.items():
             param[...] = weights[name]
 
+    def state_names(self) -> list[tuple[str, np.ndarray]]:
+        """(state key, the view holding it) of every optimizer state array, in canonical order."""
+        first, second = self.views(self.exp_avg), self.views(self.exp_avg_sq)
+        names = []
+        for name in self._shapes:
+            if name in self.muon_names:
+                names.append((f"momentum_buffer.{name}", first[name]))
+            else:
+                names += [(f"exp_avg.{name}", first[name]), (f"exp_avg_sq.{name}", second[name])]
+        return names
+
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         state = {"step": np.array(float(self.step), np.float64)}
         if self.step:
-            for kind, flat in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-                state.update({f"{kind}.{name}": view.astype(np.float32) for name, view in self.views(flat).items()})
+            state.update({key: view.astype(np.float32) for key, view in self.state_names()})
         return state
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.step = int(float(state["step"]))
-        for kind, flat in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-            if not self.step:
-                flat.fill(0.0)
-                continue
-            for name, view in self.views(flat).items():
-                view[...] = state[f"{kind}.{name}"]
+        step = int(float(state["step"]))
+        names = self.state_names()
+        missing = [key for key, _ in names if key not in state]
+        if step and missing:
+            raise ValueError(f"the optimizer state does not match this optimizer: no {missing[0]}")
+        self.step = step
+        for key, view in names:
+            view[...] = state[key] if step else 0.0
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The PCG64 state (two 128-bit integers and a buffered half-word) as six uint64 words."""

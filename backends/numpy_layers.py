@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from backends.base import QK_NORM_EPS
+
 LN_EPS = 1e-5
 GELU_K = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
@@ -48,10 +50,12 @@ def row_sum(out: np.ndarray, x: np.ndarray, scale: float = 1.0) -> None:
 # ---------------------------------------------------------------- embedding: token + position
 
 
-def embedding_forward(out: np.ndarray, idx: np.ndarray, wte: np.ndarray, positions: np.ndarray) -> None:
-    """idx (B, T) ids, wte (V, C), positions (T, C) -> out (B, T, C)."""
+def embedding_forward(out: np.ndarray, idx: np.ndarray, wte: np.ndarray, positions: np.ndarray | None) -> None:
+    """idx (B, T) ids, wte (V, C), positions (T, C) or None (rotary positions act inside attention)
+    -> out (B, T, C)."""
     np.take(wte, idx, axis=0, out=out)
-    out += positions
+    if positions is not None:
+        out += positions
 
 
 def embedding_backward(dwte: np.ndarray, dwpe: np.ndarray | None, dout: np.ndarray, idx: np.ndarray) -> None:
@@ -213,6 +217,63 @@ def attention_backward(dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, datt: np.
     np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)
 
 
+# ---------------------------------------------------------------- QK-norm: RMS norm of each head's q and k
+
+
+def qknorm_forward(out: np.ndarray, rstd: np.ndarray, x: np.ndarray) -> None:
+    """x (..., hs), any strides (a head view of qkv) -> out (..., hs) contiguous = x / rms(x); saves
+    rstd (..., 1). No gain: q.k is then a cosine similarity times hs, bounded, so attention logits
+    cannot grow without limit (the instability QK-norm exists to remove); the softmax temperature
+    stays the usual 1/sqrt(hs). The output is also what the backward needs (x / rms)."""
+    np.multiply(x, x, out=out)  # out is scratch for the squares
+    row_sum(rstd, out, 1.0 / x.shape[-1])
+    rstd += QK_NORM_EPS
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    np.multiply(x, rstd, out=out)
+
+
+def qknorm_backward(dx: np.ndarray, dout: np.ndarray, xhat: np.ndarray, rstd: np.ndarray,
+                    scratch: np.ndarray, row: np.ndarray) -> None:
+    """dout (..., hs) -> dx (..., hs) written (any strides): for xhat = x * rstd,
+        dx = rstd * (dout - xhat * mean(dout * xhat)),
+    LayerNorm's backward without the mean path. scratch is shaped like xhat, row like rstd."""
+    np.multiply(dout, xhat, out=scratch)
+    row_sum(row, scratch, 1.0 / xhat.shape[-1])
+    np.multiply(xhat, row, out=scratch)
+    np.subtract(dout, scratch, out=scratch)
+    np.multiply(scratch, rstd, out=dx)
+
+
+# ---------------------------------------------------------------- rotary positions (RoPE)
+
+
+def rope_forward(out: np.ndarray, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+    """x (..., T, hs), any strides -> out (..., T, hs): channel pair (i, i + hs/2) at position t is
+    rotated by angle t * freq_i; cos and sin (T, hs/2) from ``base.rope_tables`` (rows already offset
+    to the positions of x). out must not be x: both halves are read after the first is written.
+        out1 = x1 cos + x2 sin,  out2 = x2 cos - x1 sin"""
+    half = x.shape[-1] // 2
+    x1, x2, out1, out2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    np.multiply(x1, cos, out=out1)
+    np.multiply(x2, sin, out=out2)  # out2 is scratch for x2 sin for one line
+    out1 += out2
+    np.multiply(x2, cos, out=out2)
+    out2 -= x1 * sin  # one (..., T, hs/2) temporary
+
+
+def rope_backward(dx: np.ndarray, dout: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+    """dout (..., T, hs) -> dx (..., T, hs) written: a rotation's transpose is the opposite rotation,
+        dx1 = dout1 cos - dout2 sin,  dx2 = dout2 cos + dout1 sin. dx must not be dout."""
+    half = dout.shape[-1] // 2
+    d1, d2, dx1, dx2 = dout[..., :half], dout[..., half:], dx[..., :half], dx[..., half:]
+    np.multiply(d2, sin, out=dx2)  # scratch for one line
+    np.multiply(d1, cos, out=dx1)
+    dx1 -= dx2
+    np.multiply(d2, cos, out=dx2)
+    dx2 += d1 * sin
+
+
 # ---------------------------------------------------------------- GELU (tanh approximation, as GPT-2)
 
 
@@ -248,26 +309,102 @@ def gelu_backward(dx: np.ndarray, dout: np.ndarray, x: np.ndarray, t: np.ndarray
     dx *= dout
 
 
-# ---------------------------------------------------------------- MLP: linear, GELU, linear
+# ---------------------------------------------------------------- exact GELU: x * Phi(x)
+
+# erfc(z) ~ t * exp(-z^2 + P(t)), t = 1 / (1 + z / 2), for z >= 0 (Numerical Recipes' erfcc, a
+# Chebyshev fit): relative error below 1.2e-7 everywhere, float32 rounding. NumPy has no erf of its own.
+ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
+               1.48851587, -0.82215223, 0.17087277)
+INV_SQRT2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def normal_cdf(out: np.ndarray, x: np.ndarray, scratch: np.ndarray) -> None:
+    """out = Phi(x) = erfc(-x / sqrt(2)) / 2, through the erfc fit above; scratch is shaped like x."""
+    z, t = out, scratch  # z = |x| / sqrt(2) lives in out until the end
+    np.abs(x, out=z)
+    z *= INV_SQRT2
+    np.multiply(z, 0.5, out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    # Horner's rule for P(t), accumulated in z's square's place: -z^2 + P(t)
+    poly = np.full_like(t, ERFC_COEFFS[-1])
+    for c in reversed(ERFC_COEFFS[:-1]):
+        poly *= t
+        poly += c
+    np.multiply(z, z, out=z)
+    np.subtract(poly, z, out=z)
+    np.exp(z, out=z)
+    z *= t  # erfc(|x| / sqrt(2))
+    z *= 0.5  # Phi(-|x|)
+    # Phi(x) = Phi(-|x|) for x < 0 and 1 - Phi(-|x|) for x >= 0
+    positive = x >= 0
+    np.subtract(1.0, z, out=z, where=positive)
+
+
+def gelu_exact_forward(out: np.ndarray, cdf: np.ndarray, x: np.ndarray) -> None:
+    """x (...) -> out = x Phi(x); saves cdf = Phi(x) (...) for the backward."""
+    normal_cdf(cdf, x, out)
+    np.multiply(x, cdf, out=out)
+
+
+def gelu_exact_backward(dx: np.ndarray, dout: np.ndarray, x: np.ndarray, cdf: np.ndarray,
+                        scratch: np.ndarray) -> None:
+    """dout (...) -> dx (...) written: d/dx x Phi(x) = Phi(x) + x phi(x), phi the normal density."""
+    np.multiply(x, x, out=scratch)
+    scratch *= -0.5
+    np.exp(scratch, out=scratch)
+    scratch *= INV_SQRT_2PI
+    scratch *= x
+    scratch += cdf
+    np.multiply(scratch, dout, out=dx)
+
+
+# ---------------------------------------------------------------- ReLU^2 (modded-nanogpt's MLP activation)
+
+
+def relu2_forward(out: np.ndarray, r: np.ndarray, x: np.ndarray) -> None:
+    """x (...) -> out = max(x, 0)^2; saves r = max(x, 0) (...). Cheaper than GELU (no transcendental),
+    and its gradient 2 max(x, 0) grows with the input instead of saturating at 1."""
+    np.maximum(x, 0.0, out=r)
+    np.multiply(r, r, out=out)
+
+
+def relu2_backward(dx: np.ndarray, dout: np.ndarray, x: np.ndarray, r: np.ndarray, scratch: np.ndarray) -> None:
+    """dout (...) -> dx = 2 max(x, 0) dout, written (x and scratch unused: the signature of the others)."""
+    np.multiply(r, dout, out=dx)
+    dx *= 2.0
+
+
+ACTIVATION_LAYERS = {
+    "gelu_tanh": (gelu_forward, gelu_backward),
+    "gelu": (gelu_exact_forward, gelu_exact_backward),
+    "relu2": (relu2_forward, relu2_backward),
+}
+
+
+# ---------------------------------------------------------------- MLP: linear, activation, linear
 
 
 def mlp_forward(out: np.ndarray, h: np.ndarray, t: np.ndarray, g: np.ndarray, x: np.ndarray,
-                fc_w: np.ndarray, fc_b: np.ndarray | None, proj_w: np.ndarray, proj_b: np.ndarray | None) -> None:
-    """x (B, T, C) -> out (B, T, C); saves h = x W_fc^T (B, T, 4C), its tanh t and g = gelu(h)."""
+                fc_w: np.ndarray, fc_b: np.ndarray | None, proj_w: np.ndarray, proj_b: np.ndarray | None,
+                activation: str = "gelu_tanh") -> None:
+    """x (B, T, C) -> out (B, T, C); saves h = x W_fc^T (B, T, 4C), what the activation keeps for its
+    backward in t (the tanh, Phi(h) or max(h, 0)) and g = activation(h)."""
     linear_forward(h, x, fc_w, fc_b)
-    gelu_forward(g, t, h)
+    ACTIVATION_LAYERS[activation][0](g, t, h)
     linear_forward(out, g, proj_w, proj_b)
 
 
 def mlp_backward(dx: np.ndarray, dfc_w: np.ndarray, dfc_b: np.ndarray | None, dproj_w: np.ndarray,
                  dproj_b: np.ndarray | None, dout: np.ndarray, x: np.ndarray, h: np.ndarray, t: np.ndarray,
                  g: np.ndarray, fc_w: np.ndarray, proj_w: np.ndarray,
-                 scratch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+                 scratch: tuple[np.ndarray, np.ndarray, np.ndarray], activation: str = "gelu_tanh") -> None:
     """dout (B, T, C) -> dx (B, T, C) and the four parameter gradients, written; ``scratch`` is
-    three (B, T, 4C) arrays: dg, dh and GELU's own."""
-    dg, dh, gelu_scratch = scratch
+    three (B, T, 4C) arrays: dg, dh and the activation's own."""
+    dg, dh, act_scratch = scratch
     linear_backward(dg, dproj_w, dproj_b, dout, g, proj_w)
-    gelu_backward(dh, dg, h, t, gelu_scratch)
+    ACTIVATION_LAYERS[activation][1](dh, dg, h, t, act_scratch)
     linear_backward(dx, dfc_w, dfc_b, dh, x, fc_w)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import ModelConfig, sinusoidal_positions
+from backends.base import ModelConfig, rope_tables, sinusoidal_positions
 from backends.numpy_layers import (
     attention_backward,
     attention_forward,
@@ -25,8 +25,12 @@ from backends.numpy_layers import (
     merge_heads,
     mlp_backward,
     mlp_forward,
+    qknorm_backward,
+    qknorm_forward,
     residual_backward,
     residual_forward,
+    rope_backward,
+    rope_forward,
     split_heads,
 )
 
@@ -62,6 +66,14 @@ class Workspace:
         self.logits = buf(B, T, V)  # then the softmax, then its gradient, in place
         self.branch = buf(B, T, C)
         self.att_row, self.row = buf(B, nh, T, 1), buf(B * T, 1)
+        hs = C // nh
+        if config.qk_norm:  # normalised q and k (before any rotation) and their 1/rms, per layer
+            self.qk_hat, self.qk_rstd = buf(L, 2, B, nh, T, hs), buf(L, 2, B, nh, T, 1)
+        if config.pos_encoding == "rope":  # the rotated q and k attention reads
+            self.qk_rot = buf(L, 2, B, nh, T, hs)
+        if config.qk_norm or config.pos_encoding == "rope":
+            self.dqk, self.qk_scratch = buf(2, B, nh, T, hs), (buf(B, nh, T, hs), buf(B, nh, T, hs))
+            self.qk_row = buf(B, nh, T, 1)
         if config.dropout > 0:
             self.keep_emb = buf(B, T, C)
             self.keep_att, self.att_kept = buf(L, B, nh, T, T), buf(L, B, nh, T, T)
@@ -88,15 +100,52 @@ class NumpyGPT:
             if config.pos_encoding == "sinusoidal" else None
         )
         self.bias = causal_bias(config.block_size, self.dtype)
+        self.rope = config.pos_encoding == "rope"
+        self.transforms_qk = self.rope or config.qk_norm
+        if self.rope:
+            tables = rope_tables(config.block_size, config.n_embd // config.n_head)
+            self.cos, self.sin = (table.astype(self.dtype) for table in tables)
         self.head_name = "wte.weight" if config.tie_weights else "lm_head.weight"
 
     def block(self, source: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray | None]:
         """Layer ``layer``'s entries of ``source`` (parameters or gradients) under block-local names."""
         return {name: source.get(f"h.{layer}.{name}") for name in BLOCK_PARAMS}
 
-    def positions(self, start: int, length: int) -> np.ndarray:
+    def positions(self, start: int, length: int) -> np.ndarray | None:
+        """What the embedding adds for positions start..: a table's rows, or None with rotary positions."""
+        if self.rope:
+            return None
         table = self.params["wpe.weight"] if self.sinusoids is None else self.sinusoids
         return table[start : start + length]
+
+    def qk_forward(self, q: np.ndarray, k: np.ndarray, start: int, hat: np.ndarray | None, rstd: np.ndarray | None,
+                   rot: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """QK-norm then RoPE on (B, nh, T, hs) q and k at positions start..; hat, rstd and rot are
+        (2, B, nh, T, ...) buffers (None where the config has no such step) receiving what the backward
+        needs. Returns the q and k attention reads."""
+        out = []
+        for i, x in enumerate((q, k)):
+            if self.config.qk_norm:
+                qknorm_forward(hat[i], rstd[i], x)
+                x = hat[i]
+            if self.rope:
+                T = x.shape[-2]
+                rope_forward(rot[i], x, self.cos[start : start + T], self.sin[start : start + T])
+                x = rot[i]
+            out.append(x)
+        return out[0], out[1]
+
+    def qk_backward(self, ws: Workspace, layer: int, dq: np.ndarray, dk: np.ndarray) -> None:
+        """ws.dqk (the gradient of what attention read) -> dq, dk (head views of dqkv), written."""
+        T = dq.shape[-2]
+        for i, dx in enumerate((dq, dk)):
+            d = ws.dqk[i]
+            if self.rope:
+                target = ws.qk_scratch[0] if self.config.qk_norm else dx
+                rope_backward(target, d, self.cos[:T], self.sin[:T])
+                d = target
+            if self.config.qk_norm:
+                qknorm_backward(dx, d, ws.qk_hat[layer, i], ws.qk_rstd[layer, i], ws.qk_scratch[1], ws.qk_row)
 
     def check_inputs(self, idx: np.ndarray) -> None:
         if idx.ndim != 2 or not 1 <= idx.shape[1] <= self.config.block_size:
@@ -123,8 +172,10 @@ class NumpyGPT:
             dropped = (ws.keep_att[l], ws.att_kept[l]) if drop else (None, None)
             if drop:
                 dropout_mask(ws.keep_att[l], c.dropout, rng)
-            attention_forward(merge_heads(ws.y[l], nh), ws.att[l], *split_heads(ws.qkv[l], nh), bias,
-                              ws.att_row, *dropped)
+            q, k, v = split_heads(ws.qkv[l], nh)
+            if self.transforms_qk:
+                q, k = self.qk_forward(q, k, 0, *self.qk_buffers(ws, l))
+            attention_forward(merge_heads(ws.y[l], nh), ws.att[l], q, k, v, bias, ws.att_row, *dropped)
             linear_forward(ws.branch, ws.y[l], w["attn.c_proj.weight"], w["attn.c_proj.bias"])
             if drop:
                 dropout_forward(ws.branch, ws.keep_attn_proj[l], ws.branch, c.dropout, rng)
@@ -132,12 +183,25 @@ class NumpyGPT:
             # out = mid + mlp(ln_2(mid))
             layernorm_forward(ws.ln2[l], ws.ln2_xhat[l], ws.ln2_rstd[l], mid, w["ln_2.weight"], w["ln_2.bias"])
             mlp_forward(ws.branch, ws.h[l], ws.t[l], ws.g[l], ws.ln2[l], w["mlp.c_fc.weight"], w["mlp.c_fc.bias"],
-                        w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+                        w["mlp.c_proj.weight"], w["mlp.c_proj.bias"], c.activation)
             if drop:
                 dropout_forward(ws.branch, ws.keep_mlp[l], ws.branch, c.dropout, rng)
             residual_forward(out, mid, ws.branch)
         layernorm_forward(ws.lnf, ws.lnf_xhat, ws.lnf_rstd, ws.residual[-1], p["ln_f.weight"], p.get("ln_f.bias"))
         linear_forward(ws.logits, ws.lnf, p[self.head_name], None)
+
+    def qk_buffers(self, ws: Workspace, layer: int) -> tuple[np.ndarray | None, ...]:
+        c = self.config
+        return (ws.qk_hat[layer] if c.qk_norm else None, ws.qk_rstd[layer] if c.qk_norm else None,
+                ws.qk_rot[layer] if self.rope else None)
+
+    def attended_qk(self, ws: Workspace, layer: int, q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The q and k the forward's attention read in ``layer``: the raw head views, or saved transforms."""
+        if self.rope:
+            return ws.qk_rot[layer, 0], ws.qk_rot[layer, 1]
+        if self.config.qk_norm:
+            return ws.qk_hat[layer, 0], ws.qk_hat[layer, 1]
+        return q, k
 
     def loss(self, ws: Workspace, targets: np.ndarray) -> float:
         """Mean cross-entropy of the last forward; turns ws.logits into the softmax for ``backward``."""
@@ -167,7 +231,7 @@ class NumpyGPT:
                 dropout_backward(dbranch, dres, ws.keep_mlp[l])
             mlp_backward(ws.dln, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], g["mlp.c_proj.weight"], g["mlp.c_proj.bias"],
                          dbranch, ws.ln2[l], ws.h[l], ws.t[l], ws.g[l], w["mlp.c_fc.weight"], w["mlp.c_proj.weight"],
-                         ws.mlp_scratch)
+                         ws.mlp_scratch, c.activation)
             layernorm_backward(dmid, g["ln_2.weight"], g["ln_2.bias"], ws.dln, ws.ln2_xhat[l], ws.ln2_rstd[l],
                                w["ln_2.weight"], ws.ln_scratch)
             # mid = x + attn(ln_1(x)): d(x) goes back into dres
@@ -179,8 +243,13 @@ class NumpyGPT:
             linear_backward(ws.dy, g["attn.c_proj.weight"], g["attn.c_proj.bias"], dbranch, ws.y[l],
                             w["attn.c_proj.weight"])
             dropped = (ws.keep_att[l], ws.att_kept[l]) if ws.dropout else (None, None)
-            attention_backward(*split_heads(ws.dqkv, nh), ws.datt, merge_heads(ws.dy, nh), ws.att[l],
-                               *split_heads(ws.qkv[l], nh), ws.att_row, ws.att_scratch, *dropped)
+            dq, dk, dv = split_heads(ws.dqkv, nh)
+            q, k, v = split_heads(ws.qkv[l], nh)
+            q, k = self.attended_qk(ws, l, q, k)
+            attention_backward(*(ws.dqk if self.transforms_qk else (dq, dk)), dv, ws.datt, merge_heads(ws.dy, nh),
+                               ws.att[l], q, k, v, ws.att_row, ws.att_scratch, *dropped)
+            if self.transforms_qk:
+                self.qk_backward(ws, l, dq, dk)
             linear_backward(ws.dln, g["attn.c_attn.weight"], g["attn.c_attn.bias"], ws.dqkv, ws.ln1[l],
                             w["attn.c_attn.weight"])
             layernorm_backward(dres, g["ln_1.weight"], g["ln_1.bias"], ws.dln, ws.ln1_xhat[l], ws.ln1_rstd[l],
@@ -206,11 +275,16 @@ class NumpyGPT:
         att, row = np.empty((1, nh, T, end), dt), np.empty((1, nh, T, 1), dt)
         h, t, g = (np.empty((1, T, 4 * C), dt) for _ in range(3))
         bias = self.bias[start:end, :end]
+        hs = C // nh
+        qk_saved = (np.empty((2, 1, nh, T, hs), dt) if c.qk_norm else None, np.empty((2, 1, nh, T, 1), dt),
+                    np.empty((2, 1, nh, T, hs), dt) if self.rope else None)
         for l in range(c.n_layer):
             w = self.block(p, l)
             layernorm_forward(ln, xhat, rstd, x, w["ln_1.weight"], w["ln_1.bias"])
             linear_forward(qkv, ln, w["attn.c_attn.weight"], w["attn.c_attn.bias"])
             q, k, v = split_heads(qkv, nh)
+            if self.transforms_qk:  # the cache holds keys as attention reads them: rotated at their position
+                q, k = self.qk_forward(q, k, start, *qk_saved)
             keys[l, :, :, start:end] = k
             values[l, :, :, start:end] = v
             attention_forward(merge_heads(y, nh), att, q, keys[l, :, :, :end], values[l, :, :, :end], bias, row)
@@ -218,7 +292,7 @@ class NumpyGPT:
             residual_forward(x, x, branch)
             layernorm_forward(ln, xhat, rstd, x, w["ln_2.weight"], w["ln_2.bias"])
             mlp_forward(branch, h, t, g, ln, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"], w["mlp.c_proj.weight"],
-                        w["mlp.c_proj.bias"])
+                        w["mlp.c_proj.bias"], c.activation)
             residual_forward(x, x, branch)
         last = x[:, -1:]
         layernorm_forward(ln[:, -1:], xhat[:, -1:], rstd[:, -1:], last, p["ln_f.weight"], p.get("ln_f.bias"))

@@ -6,7 +6,48 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from backends.base import ModelConfig, sinusoidal_positions
+from backends.base import QK_NORM_EPS, ModelConfig, rope_tables, sinusoidal_positions
+
+
+def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The MLP's nonlinearity: GPT-2's tanh GELU, the exact (erf) GELU, or ReLU^2 (modded-nanogpt)."""
+    if kind == "relu2":
+        return F.relu(x).square()
+    return F.gelu(x, approximate="tanh" if kind == "gelu_tanh" else "none")
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hs/2) of x (..., T, hs) by the angles whose cos and sin (T, hs/2)
+    are given (same convention as numpy_layers.rope_forward)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class QKTransform(nn.Module):
+    """QK-norm and rotary positions on (B, nh, T, hs) queries and keys; no parameters.
+
+    RMS norm without a gain bounds |q.k| by hs, so attention logits cannot blow up; RoPE makes q.k depend
+    on the positions only through their difference. Both are off in the GPT-2 baseline."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.qk_norm = config.qk_norm
+        self.rope = config.pos_encoding == "rope"
+        if self.rope:
+            cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
+            # float64 tables: .to(dtype) casts them with the model, exact for float64 parity checks
+            self.register_buffer("cos", torch.from_numpy(cos), persistent=False)
+            self.register_buffer("sin", torch.from_numpy(sin), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.qk_norm:
+            q = F.rms_norm(q, (q.shape[-1],), eps=QK_NORM_EPS)
+            k = F.rms_norm(k, (k.shape[-1],), eps=QK_NORM_EPS)
+        if self.rope:
+            T = q.shape[-2]
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k
 
 
 class LayerNorm(nn.Module):
@@ -29,6 +70,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.transform = QKTransform(config) if config.qk_norm or config.pos_encoding == "rope" else None
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, probs: list | None = None
@@ -37,6 +79,8 @@ class CausalSelfAttention(nn.Module):
         # (B, T, 3C) -> three (B, nh, T, hs): heads become a batch dimension
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.transform is not None:  # with a cache, the new tokens sit at positions cache.length..
+            q, k = self.transform(q, k, cache.length if cache is not None else 0)
         if probs is not None:
             # inspection only: SDPA never materialises the probabilities, so compute them explicitly
             # from the same q, k, v (whatever the lines above do to them) and record them
@@ -63,12 +107,12 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU; the NumPy backend uses the same
+        self.activation = config.activation
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(activation(self.c_fc(x), self.activation)))
 
 
 class Block(nn.Module):
@@ -95,7 +139,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         if config.pos_encoding == "learned":
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        else:
+        elif config.pos_encoding == "sinusoidal":
             # sinusoids are defined for any position: keep a table 4x the context for long prompts
             table = torch.from_numpy(sinusoidal_positions(4 * config.block_size, config.n_embd))
             self.register_buffer("sinusoids", table, persistent=False)
@@ -105,9 +149,12 @@ class GPT(nn.Module):
         if not config.tie_weights:
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
-    def positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+    def positions(self, start: int, length: int, device: torch.device) -> torch.Tensor | float:
+        """What the embedding adds: a table's rows, or 0 with rotary positions (applied in attention)."""
         if self.config.pos_encoding == "learned":
             return self.wpe(torch.arange(start, start + length, device=device))
+        if self.config.pos_encoding == "rope":
+            return 0.0
         return self.sinusoids[start : start + length]
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, probs: list | None = None) -> torch.Tensor:
@@ -179,24 +226,28 @@ class Decoder:
         config = model.config
         self.head = model.wte.weight if config.tie_weights else model.lm_head.weight
         self.n_embd, self.n_head = config.n_embd, config.n_head
+        self.transforms = [b.attn.transform for b in model.h]
+        self.activation = config.activation
 
     def __call__(self, cache: KVCache, token: int) -> torch.Tensor:
         model, pos = self.model, cache.length
         C, nh = self.n_embd, self.n_head
         hs = C // nh
-        x = (model.wte.weight[token] + model.positions(pos, 1, self.head.device)[0])[None]  # (1, C)
+        x = model.wte.weight[token][None] + model.positions(pos, 1, self.head.device)  # (1, C)
         for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b) in enumerate(
             self.layers
         ):
             h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
             q, k, v = F.linear(h, attn_w, attn_b).view(3, nh, hs)
+            if self.transforms[layer] is not None:  # as (nh, T=1, hs), at position pos
+                q, k = (t[:, 0] for t in self.transforms[layer](q[:, None], k[:, None], pos))
             cache.keys[layer, 0, :, pos] = k
             cache.values[layer, 0, :, pos] = v
             keys, values = cache.keys[layer, 0, :, : pos + 1], cache.values[layer, 0, :, : pos + 1]
             scores = torch.bmm(q[:, None], keys.transpose(1, 2)) * hs**-0.5  # (nh, 1, pos+1)
             y = torch.bmm(scores.softmax(-1), values).view(1, C)
             x = x + F.linear(y, proj_w, proj_b)
-            h = F.gelu(F.linear(F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5), fc_w, fc_b), approximate="tanh")
+            h = activation(F.linear(F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5), fc_w, fc_b), self.activation)
             x = x + F.linear(h, fc2_w, fc2_b)
         x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias, 1e-5)
         cache.length += 1

@@ -512,11 +512,19 @@ def bench(
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("visualizations"), show_default=True)
 @click.option("--name", default=None, help="File-name stem (default: the run folder names joined by '+').")
-def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None) -> None:
+@click.option("--wall-clock", is_flag=True, help="One chart instead: val loss against seconds, run beside run.")
+@click.option("--target", type=float, default=None, help="With --wall-clock: draw this val loss as a level.")
+def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None, wall_clock: bool,
+                         target: float | None) -> None:
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
-    from minigpt_tui.plots import export_plots
+    from minigpt_tui.plots import export_plots, file_stem, save_chart, wall_clock_chart
 
-    for path in export_plots(list(run_dirs), out, name, on_warning=lambda line: click.echo(line, err=True)):
+    if wall_clock:
+        chart = wall_clock_chart(list(run_dirs), target=target)
+        paths = save_chart(chart, out, f"{name or file_stem([Path(d).name for d in run_dirs])}-wall")
+    else:
+        paths = export_plots(list(run_dirs), out, name, on_warning=lambda line: click.echo(line, err=True))
+    for path in paths:
         click.echo(path)
 
 
@@ -657,7 +665,7 @@ def ablation_options(command):
     return command
 
 
-def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, finish=None) -> None:
+def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, finish=None) -> list:
     """The shared shell of the training ablations: base config, variants, progress lines, report.
 
     ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
@@ -687,6 +695,7 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     for path in paths:
         click.echo(path, err=True)
     click.echo(results_markdown(kind, results))
+    return results
 
 
 def int_list(text: str) -> list[int]:
@@ -741,6 +750,51 @@ def ablate_posenc(**options) -> None:
     from minigpt_tui.probes import length_generalisation
 
     run_ablation("posenc", posenc_variants, options, extra_scores=length_generalisation)
+
+
+def seeds_option(default: str):
+    return click.option("--seeds", default=default, show_default=True,
+                        help="Comma-separated seeds; each row runs once per seed.")
+
+
+def echo_summary(results: list, out: Path) -> None:
+    """Rows averaged over seeds (mean ± sd of the whole-split val loss, median times), also in summary.md."""
+    from minigpt_tui.speedrun import summarise, summary_markdown
+    from minigpt_tui.storage import atomic_write_text
+
+    table = summary_markdown(summarise(results))
+    atomic_write_text(Path(out) / "summary.md", table)
+    click.echo(table)
+
+
+@ablate.command(name="sweep")
+@click.option("--grid", required=True, help='Fields and values, e.g. "learning_rate=1e-3,2e-3 muon_lr_scale=5,10".')
+@seeds_option("1337")
+@ablation_options
+def ablate_sweep(grid: str, seeds: str, **options) -> None:
+    """Every combination of the grid over the base config, scored on the whole val split (per seed)."""
+    from minigpt_tui.speedrun import parse_grid, sweep_variants
+
+    values, seed_list = parse_grid(grid), int_list(seeds)
+    echo_summary(run_ablation("sweep", lambda base: sweep_variants(base, values, seed_list), options), options["out"])
+
+
+@ablate.command(name="ladder")
+@click.option("--rows", default=None, help="Comma-separated rungs to run (default: all): baseline, budget, muon, "
+              "rope, qk_norm, relu2, zero_init.")
+@click.option("--top", type=click.Choice(list(PRESETS)), default="speedrun", show_default=True,
+              help="The preset the ladder climbs to.")
+@seeds_option("1,2,3")
+@ablation_options
+def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
+    """The record ladder: nanoGPT's baby config, then the speedrun's changes added one at a time (each
+    rung keeps those above it) up to the preset. Config flags given here apply to every rung."""
+    from minigpt_tui.speedrun import ladder_variants
+
+    seed_list, row_list = int_list(seeds), rows.split(",") if rows else None
+    overrides = given_fields(options)
+    results = run_ablation("ladder", lambda base: ladder_variants(seed_list, top, row_list, overrides), options)
+    echo_summary(results, options["out"])
 
 
 @ablate.command(name="exposure")

@@ -187,8 +187,11 @@ FIELD_HELP = {
     "block_size": "Context length in tokens.",
     "dropout": "Dropout probability in [0, 1).",
     "bias": "Biases in Linear and LayerNorm layers.",
-    "pos_encoding": "Positional encoding: learned or sinusoidal.",
+    "pos_encoding": "Positional encoding: learned, sinusoidal, or rope (rotary, inside attention).",
     "tie_weights": "Share the token embedding with the output projection.",
+    "qk_norm": "RMS-normalise each head's queries and keys before attention.",
+    "activation": "MLP activation: gelu_tanh (GPT-2), gelu (exact) or relu2 (ReLU squared).",
+    "zero_init_proj": "Start the attention and MLP output projections at zero.",
     "tokenizer": "char, or bpe (byte-level BPE trained on the train split).",
     "vocab_size": "BPE vocabulary size (a character vocabulary is whatever the text holds).",
     "batch_size": "Sequences per micro-batch (per process under torchrun).",
@@ -203,6 +206,9 @@ FIELD_HELP = {
     "beta2": "AdamW beta2.",
     "eps": "AdamW epsilon.",
     "grad_clip": "Clip the global gradient norm to this (0: off).",
+    "optimizer": "adamw, or muon (Muon for the block matrices, AdamW for the rest).",
+    "muon_lr_scale": "Muon's learning rate as a multiple of learning_rate (same schedule).",
+    "muon_momentum": "Muon's (Nesterov) momentum.",
     "eval_interval": "Evaluate and checkpoint every N steps.",
     "eval_iters": "Batches per evaluation estimate.",
     "log_interval": "Log a step record every N steps.",
@@ -210,7 +216,8 @@ FIELD_HELP = {
     "backend": "Model backend: torch, numpy, or one from an entry point.",
     "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
     "dtype": "float32, or float64 (slow; for exact checks).",
-    "compile": "torch.compile the training forward (PyTorch backend).",
+    "compile": "torch.compile the training forward (PyTorch backend). Helps on GPUs; on a CPU at the baby "
+    "size it measured slower than eager (issue 11), so leave it off there.",
 }
 
 
@@ -238,6 +245,36 @@ PRESETS: dict[str, dict] = {
     ),
     # nanoGPT's CPU config for tiny Shakespeare (README of karpathy/nanoGPT)
     "baby": dict(),
+    # the baby model trained for speed (issue 11; chosen with `minigpt ablate sweep`, see experiments_log.md):
+    # Muon on the block matrices, rotary positions, QK-norm, ReLU^2, zero-initialised projections, and a
+    # step budget a fraction of baby's
+    "speedrun": dict(
+        pos_encoding="rope",
+        qk_norm=True,
+        activation="relu2",
+        zero_init_proj=True,
+        optimizer="muon",
+        muon_lr_scale=5.0,
+        learning_rate=2e-3,
+        min_lr=2e-4,
+        max_iters=400,
+        warmup_iters=20,
+        eval_interval=200,  # evaluations cost time too; the ladder's runs (every 100) trained the same weights
+    ),
+    # the speedrun recipe given nanoGPT's whole baby wall-time budget
+    "speedrun-long": dict(
+        pos_encoding="rope",
+        qk_norm=True,
+        activation="relu2",
+        zero_init_proj=True,
+        optimizer="muon",
+        muon_lr_scale=5.0,
+        learning_rate=2e-3,
+        min_lr=2e-4,
+        max_iters=1500,
+        warmup_iters=50,
+        eval_interval=250,
+    ),
     # nanoGPT's config/train_shakespeare_char.py: a GPU run
     "shakespeare": dict(
         n_layer=6,

@@ -97,6 +97,20 @@ def run_charts(runs: list[RunCurves]) -> dict[str, Chart]:
     }
 
 
+def wall_clock_chart(run_dirs: list[Path], labels: list[str] | None = None, target: float | None = None) -> Chart:
+    """Val loss (the runs' own estimates) against seconds since each run's first evaluation: the
+    speedrun's measure, where a faster step and a better step both count. ``target`` draws a level."""
+    series = []
+    for i, run_dir in enumerate(run_dirs):
+        curves = load_curves(Path(run_dir), labels[i] if labels else None)
+        start = curves.evals[0].time
+        series.append(Series(curves.label, [r.time - start for r in curves.evals], [r.val_loss for r in curves.evals]))
+    if target is not None and series:
+        end = max(max(s.x) for s in series)
+        series.append(Series(f"val {target}", [0.0, end], [target, target], faint=True))
+    return Chart("Val loss vs wall-clock time", "seconds (evaluations included)", "val loss (nats/token)", series)
+
+
 def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -> Path:
     fig = Figure(figsize=size, dpi=PNG_DPI, layout="constrained")
     ax = fig.add_subplot()

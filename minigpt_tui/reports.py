@@ -15,6 +15,8 @@ COLUMNS = {
     "context": ("variant", "context", "batch", "val bits/char", "train tok/s (run log)", "wall s", "peak RSS MB",
                 "RSS growth MB", "bench train tok/s", "bench generate tok/s"),
     "posenc": ("variant", "pos. encoding", "val bits/char", "bits/char by position span (trained context T)"),
+    "sweep": ("variant", "steps", "batch", "tokens seen", "val loss/token", "train tok/s", "wall s"),
+    "ladder": ("variant", "steps", "batch", "tokens seen", "val loss/token", "train tok/s", "wall s"),
 }
 
 
@@ -27,6 +29,9 @@ def _cells(kind: str, r: VariantResult) -> list[str]:
                 f"{r.wall_s:.0f}", f"{r.peak_rss_mb:.0f}", f"{r.peak_rss_mb - r.rss_before_training_mb:.0f}",
                 f"{r.extra.get('bench_train_tokens_per_s', math.nan):,.0f}",
                 f"{r.extra.get('bench_generate_tokens_per_s', math.nan):,.0f}"]
+    if kind in ("sweep", "ladder"):
+        return [r.name, str(r.max_iters), str(r.batch_size), f"{r.tokens_seen:,}", f"{r.val_loss:.4f}",
+                f"{r.train_tokens_per_s:,.0f}", f"{r.wall_s:.0f}"]
     spans = r.extra.get("bpc_by_span", {})
     return [r.name, r.pos_encoding, f"{r.val_bpc:.4f}", ", ".join(f"{k}: {v:.3f}" for k, v in spans.items())]
 
@@ -66,6 +71,10 @@ def ablation_charts(kind: str, results: list[VariantResult]) -> dict:
                              Series("RSS growth during training", blocks,
                                     [r.peak_rss_mb - r.rss_before_training_mb for r in results])], logx=True),
         }
+    if kind in ("sweep", "ladder"):
+        from minigpt_tui.plots import wall_clock_chart
+
+        return {"wall": wall_clock_chart([Path(r.run_dir) for r in results])}
     curves = [Series(r.name, list(range(len(r.extra["loss_by_position"]))), r.extra["loss_by_position"])
               for r in results]
     return {"position": Chart("Val loss by position in the window", "position", "loss (nats/token)", curves,

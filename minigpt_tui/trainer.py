@@ -42,6 +42,8 @@ from minigpt_tui.tokenizer import build_tokenizer
 
 # what a resumed run cannot change: the network's shape (every model field but dropout) and the tokenizer
 SHAPE_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "dropout") + ("tokenizer",)
+# the optimizer a checkpoint's state was made for (AdamW moments or Muon momentum): switching is not a resume
+FIXED_ON_RESUME = ("optimizer",)
 
 
 @dataclass
@@ -358,6 +360,9 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
     changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != run.config.get(name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
+    changed = [name for name in FIXED_ON_RESUME if name in overrides and overrides[name] != run.config.get(name)]
+    if changed:
+        raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the checkpoint was trained with them)")
     if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides and (
         run.has_checkpoint("latest") and checkpoint_state(run).step > 0
     ):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from backends import numpy_layers as nl
-from backends.base import ModelConfig, OptimConfig, init_weights
+from backends.base import ModelConfig, OptimConfig, init_weights, rope_tables
 from backends.numpy_backend import NumpyBackend
 
 TOLERANCE = 1e-5
@@ -215,11 +215,82 @@ def test_crossentropy(rng):
     assert_grads({"logits": (dlogits, numeric_grad(f, logits))})
 
 
+def test_qknorm(rng):
+    qkv, R = rng.normal(size=(2, 3, 3, 4)), rng.normal(size=(2, 3, 4))  # a strided view, like a head of qkv
+    x = qkv[:, :, 1]
+    out, rstd = np.empty((2, 3, 4)), np.empty((2, 3, 1))
+
+    def f():
+        nl.qknorm_forward(out, rstd, x)
+        return float(np.sum(out * R))
+
+    f()
+    np.testing.assert_allclose(out, x / np.sqrt((x * x).mean(-1, keepdims=True) + nl.QK_NORM_EPS), rtol=1e-12)
+    dqkv = np.zeros_like(qkv)
+    nl.qknorm_backward(dqkv[:, :, 1], R, out, rstd, np.empty_like(out), np.empty_like(rstd))
+    assert_grads({"x": (dqkv, numeric_grad(f, qkv))})  # and nothing written outside the view
+
+
+def test_rope(rng):
+    B, nh, T, hs = 2, 2, 5, 6
+    x, R = rng.normal(size=(B, nh, T, hs)), rng.normal(size=(B, nh, T, hs))
+    cos, sin = rope_tables(8, hs)
+    cos, sin = cos[2 : 2 + T], sin[2 : 2 + T]  # positions 2..6, as for a KV cache holding two tokens
+    out = np.empty_like(x)
+
+    def f():
+        nl.rope_forward(out, x, cos, sin)
+        return float(np.sum(out * R))
+
+    f()
+    # a rotation keeps each channel pair's norm, and q.k depends on the positions only through their gap
+    half = hs // 2
+    np.testing.assert_allclose(out[..., :half] ** 2 + out[..., half:] ** 2, x[..., :half] ** 2 + x[..., half:] ** 2)
+    q = rng.normal(size=hs)
+    c, s = rope_tables(20, hs)
+
+    def rotated(v, pos):
+        o = np.empty((1, hs))
+        nl.rope_forward(o, v[None], c[pos : pos + 1], s[pos : pos + 1])
+        return o[0]
+
+    assert rotated(q, 3) @ rotated(x[0, 0, 0], 1) == pytest.approx(rotated(q, 13) @ rotated(x[0, 0, 0], 11))
+    dx = np.empty_like(x)
+    nl.rope_backward(dx, R, cos, sin)
+    assert_grads({"x": (dx, numeric_grad(f, x))})
+
+
+@pytest.mark.parametrize("kind", ["gelu_tanh", "gelu", "relu2"])
+def test_activations(kind, rng):
+    x, R = rng.normal(size=(3, 8)) * 2, rng.normal(size=(3, 8))
+    x[np.abs(x) < 1e-3] = 0.5  # relu2's kink at 0 has no central difference
+    out, saved = np.empty_like(x), np.empty_like(x)
+    forward, backward = nl.ACTIVATION_LAYERS[kind]
+
+    def f():
+        forward(out, saved, x)
+        return float(np.sum(out * R))
+
+    f()
+    erf = np.vectorize(math.erf)
+    reference = {"gelu_tanh": 0.5 * x * (1 + np.tanh(nl.GELU_K * (x + nl.GELU_A * x**3))),
+                 "gelu": 0.5 * x * (1 + erf(x / math.sqrt(2))), "relu2": np.maximum(x, 0) ** 2}[kind]
+    # the exact GELU goes through a Chebyshev fit of erfc (NumPy has no erf): relative error < 1.2e-7
+    np.testing.assert_allclose(out, reference, rtol=2e-7 if kind == "gelu" else 1e-12, atol=1e-12)
+    dx = np.empty_like(x)
+    backward(dx, R, x, saved, np.empty_like(x))
+    assert_grads({"x": (dx, numeric_grad(f, x))})
+
+
 MODEL_CONFIGS = {
     "bias-untied-learned": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8, bias=True,
                                        tie_weights=False),
     "tied-sinusoidal-dropout": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8,
                                            pos_encoding="sinusoidal", dropout=0.2),
+    "rope-qknorm-relu2-dropout": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8,
+                                             pos_encoding="rope", qk_norm=True, activation="relu2", dropout=0.2),
+    "qknorm-gelu-untied": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8, qk_norm=True,
+                                      activation="gelu", tie_weights=False),
 }
 
 

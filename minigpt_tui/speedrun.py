@@ -1,0 +1,152 @@
+"""The speedrun's experiments: a sweep over a grid of config fields, and the record ladder, which adds
+the speedrun's changes to nanoGPT's baby config one at a time. Both are lists of variants for
+``experiments.run_variants`` (each a normal run folder, scored on the whole validation split); this
+module builds the lists and summarises the results per row over seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from minigpt_tui.config import PRESETS, TrainConfig, field_names, field_type, preset
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.experiments import VariantResult
+from minigpt_tui.runs import METRICS_FILE, read_metrics
+
+SEED_SUFFIX = "-seed"
+TARGET_VAL_LOSS = 1.88  # nanoGPT's baby run ends near here on tiny Shakespeare (issue 11)
+
+# Each rung adds its fields to everything above it. "budget" is the speedrun's step budget and schedule
+# with nothing else changed; the last rung is the speedrun preset itself (a test checks it).
+LADDER: list[tuple[str, tuple[str, ...]]] = [
+    ("baseline", ()),
+    ("budget", ("max_iters", "warmup_iters", "learning_rate", "min_lr", "batch_size", "eval_interval")),
+    ("muon", ("optimizer", "muon_lr_scale")),
+    ("rope", ("pos_encoding",)),
+    ("qk_norm", ("qk_norm",)),
+    ("relu2", ("activation",)),
+    ("zero_init", ("zero_init_proj",)),
+]
+
+
+def parse_grid(text: str) -> dict[str, list]:
+    """``"learning_rate=1e-3,2e-3 muon_lr_scale=5,10"`` -> {field: [values]}, typed like the config."""
+    grid: dict[str, list] = {}
+    for part in text.split():
+        name, sep, values = part.partition("=")
+        if not sep or not values:
+            raise MiniGPTError(f"grid entries look like field=v1,v2; got {part!r}")
+        if name not in field_names():
+            raise MiniGPTError(f"unknown config field {name!r} in the grid")
+        kind = field_type(name)
+        try:
+            if kind is bool:
+                grid[name] = [{"true": True, "false": False}[v.lower()] for v in values.split(",")]
+            else:
+                grid[name] = [kind(v) for v in values.split(",")]
+        except (ValueError, KeyError):
+            raise MiniGPTError(f"{name} takes {kind.__name__} values, got {values!r}") from None
+    if not grid:
+        raise MiniGPTError("the grid is empty")
+    return grid
+
+
+def with_seeds(variants: list[tuple[str, TrainConfig]], seeds: list[int]) -> list[tuple[str, TrainConfig]]:
+    """Every variant once per seed (weights, batches and dropout all follow the seed)."""
+    return [(f"{name}{SEED_SUFFIX}{seed}", config.replace(seed=seed)) for name, config in variants for seed in seeds]
+
+
+def sweep_variants(base: TrainConfig, grid: dict[str, list], seeds: list[int]) -> list[tuple[str, TrainConfig]]:
+    """The cartesian product of the grid over ``base``, named like ``learning_rate=0.002,max_iters=400``."""
+    names = list(grid)
+    variants = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        changes = dict(zip(names, values, strict=True))
+        label = ",".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in changes.items())
+        variants.append((label, base.replace(**changes)))
+    return with_seeds(variants, seeds)
+
+
+def ladder_configs(top: str = "speedrun") -> list[tuple[str, TrainConfig]]:
+    """The rungs from the baby preset up to preset ``top``: each rung takes its fields from ``top``."""
+    target, config, rungs = PRESETS[top], preset("baby"), []
+    for name, fields in LADDER:
+        config = config.replace(**{f: target[f] for f in fields if f in target})
+        rungs.append((name, config))
+    return rungs
+
+
+def ladder_variants(seeds: list[int], top: str = "speedrun", rows: list[str] | None = None,
+                    overrides: dict | None = None) -> list[tuple[str, TrainConfig]]:
+    rungs = [(f"{i}-{name}", config) for i, (name, config) in enumerate(ladder_configs(top))]
+    if rows is not None:
+        unknown = set(rows) - {name for name, _ in LADDER}
+        if unknown:
+            raise MiniGPTError(f"unknown ladder row(s) {', '.join(sorted(unknown))}; rows: "
+                               + ", ".join(name for name, _ in LADDER))
+        rungs = [(label, config) for label, config in rungs if label.split("-", 1)[1] in rows]
+    if overrides:
+        rungs = [(label, config.replace(**overrides)) for label, config in rungs]
+    return with_seeds(rungs, seeds)
+
+
+def time_to_loss(run_dir: Path, target: float = TARGET_VAL_LOSS) -> float:
+    """Seconds from the first evaluation (step 0) to the first whose val estimate is <= target; NaN if
+    none is. The estimate is the run's own (eval_iters random batches), read from metrics.jsonl."""
+    evals = read_metrics(Path(run_dir) / METRICS_FILE).evals
+    if not evals:
+        return math.nan
+    start = evals[0].time
+    return next((r.time - start for r in evals if r.val_loss <= target), math.nan)
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    name: str
+    seeds: int
+    max_iters: int
+    tokens_seen: int
+    val_loss_mean: float  # whole val split, best checkpoint, over seeds
+    val_loss_sd: float  # sample standard deviation over seeds (NaN for one seed)
+    wall_s: float  # median over seeds
+    tokens_per_s: float  # median over seeds
+    time_to_target_s: float  # median over seeds; NaN if any seed never got there
+
+
+def row_name(variant: str) -> str:
+    return variant.rsplit(SEED_SUFFIX, 1)[0]
+
+
+def summarise(results: list[VariantResult], target: float = TARGET_VAL_LOSS) -> list[RowSummary]:
+    rows: dict[str, list[VariantResult]] = {}
+    for r in results:
+        rows.setdefault(row_name(r.name), []).append(r)
+    summaries = []
+    for name, group in rows.items():
+        losses = [r.val_loss for r in group]
+        times = [time_to_loss(Path(r.run_dir), target) for r in group]
+        summaries.append(RowSummary(
+            name=name, seeds=len(group), max_iters=group[0].max_iters, tokens_seen=group[0].tokens_seen,
+            val_loss_mean=statistics.fmean(losses),
+            val_loss_sd=statistics.stdev(losses) if len(losses) > 1 else math.nan,
+            wall_s=statistics.median(r.wall_s for r in group),
+            tokens_per_s=statistics.median(r.train_tokens_per_s for r in group),
+            time_to_target_s=math.nan if any(math.isnan(t) for t in times) else statistics.median(times),
+        ))
+    return summaries
+
+
+def summary_markdown(summaries: list[RowSummary], target: float = TARGET_VAL_LOSS) -> str:
+    columns = ("row", "seeds", "steps", "tokens seen", "val loss (whole split)", "wall s", "train tok/s",
+               f"s to val {target}")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for s in summaries:
+        sd = "" if math.isnan(s.val_loss_sd) else f" ± {s.val_loss_sd:.3f}"
+        reached = "not reached" if math.isnan(s.time_to_target_s) else f"{s.time_to_target_s:.0f}"
+        lines.append(f"| {s.name} | {s.seeds} | {s.max_iters} | {s.tokens_seen:,} | {s.val_loss_mean:.3f}{sd} | "
+                     f"{s.wall_s:.0f} | {s.tokens_per_s:,.0f} | {reached} |")
+    return "\n".join(lines) + "\n"
