@@ -359,13 +359,15 @@ def bench(
 
 @main.command(name="export-plots")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("visualizations"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the files (default: RUN_DIR/plots of the first run; the README's figures: "
+                   "--out visualizations).")
 @click.option("--name", default=None, help="File-name stem (default: the run folder names joined by '+').")
-def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None) -> None:
+def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str | None) -> None:
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
-    from minigpt_tui.plots import export_plots
+    from minigpt_tui.plots import default_plots_dir, export_plots
 
-    for path in export_plots(list(run_dirs), out, name):
+    for path in export_plots(list(run_dirs), out or default_plots_dir(list(run_dirs)), name):
         click.echo(path)
 
 

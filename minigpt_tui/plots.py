@@ -157,6 +157,11 @@ def file_stem(labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(labels))
 
 
+def default_plots_dir(run_dirs: list[Path]) -> Path:
+    """A run's own plots/ folder: exports never land in the repository's tracked visualizations/ by accident."""
+    return Path(run_dirs[0]) / "plots"
+
+
 def export_plots(run_dirs: list[Path], out: Path, name: str | None = None) -> list[Path]:
     """Loss, perplexity and bits/char of the runs (overlaid) as PNG and text; the paths written."""
     if not run_dirs:

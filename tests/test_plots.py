@@ -84,3 +84,16 @@ def test_cli_export_plots_and_its_error(tmp_path):
     result = CliRunner().invoke(main, ["export-plots", str(fresh)])
     assert result.exit_code == 2
     assert "error: run" in result.output and "no evaluations yet" in result.output
+
+
+def test_cli_export_plots_defaults_to_the_run_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from minigpt_tui.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = write_run(tmp_path / "base")
+    result = CliRunner().invoke(main, ["export-plots", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "plots" / "base-loss.png").is_file()
+    assert not (tmp_path / "visualizations").exists()
