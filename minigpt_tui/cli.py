@@ -16,6 +16,7 @@ import click
 from minigpt_tui.config import FIELD_HELP, PRESETS, TrainConfig, field_names, field_type
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.sampling import DEFAULT_TEMPERATURE
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -199,7 +200,7 @@ device_option = click.option("--device", default=None, help="auto, cpu, cuda, cu
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--prompt", default="\n", show_default=True, help="Text to continue.")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=None, help="Keep the k most likely tokens.")
 @click.option("--top-p", type=float, default=None, help="Keep the smallest set with probability >= p.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")

@@ -57,9 +57,13 @@ class Run:
         atomic_write_text(self.path / CONFIG_FILE, json.dumps(document, indent=1))
 
 
+def holds_run(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).exists()
+
+
 def check_free(path: Path) -> None:
     """MiniGPTError when ``path`` already holds a run (a new run never overwrites one)."""
-    if (Path(path) / CONFIG_FILE).exists():
+    if holds_run(path):
         raise MiniGPTError(f"{path} already holds a run; use --resume {path} or another --out")
 
 
