@@ -36,7 +36,7 @@ The status panel shows throughput, learning rate, elapsed time, ETA and the best
 *What is a good loss?* The grey line is **guessing**: a model that gives each of the V tokens the
 same probability scores ln V nats per token (ln 65 = 4.17 for tiny Shakespeare's characters). Any
 learning shows as a drop below it. Knowing only how often each character occurs gets a character
-model to about 3.3 on tiny Shakespeare; everything further down comes from context. The `baby`
+model to 3.35 on tiny Shakespeare's val split; everything further down comes from context. The `baby`
 preset (the default) ends near 1.9 after its 2000 steps; the val loss rising while the train loss
 falls is overfitting.
 
