@@ -197,7 +197,6 @@ async def test_opened_run_shows_its_curves_and_follows_new_records(trained_run: 
         await pilot.pause()
         assert app.pane.curves.eval_steps == [0, 4, 8]
         assert app.pane.status.state == "finished"
-        assert app.pane.status.device == "auto (picked when it trains)"  # not "torch on auto"
         # another process (minigpt train --headless) appends to metrics.jsonl
         with open(trained_run / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"type": "step", "step": 10, "loss": 2.5, "lr": 1e-3, "grad_norm": 1.0,
@@ -217,10 +216,11 @@ async def test_continue_a_finished_run_for_the_steps_asked_in_the_dialog(trained
         await pilot.press("escape")  # cancel: nothing happens
         assert not app.training and not isinstance(app.screen, ContinueDialog)
         await pilot.press("c")
-        await set_input(pilot, "#extra-steps", "0")
+        steps = app.screen.query_one("#extra-steps", Input)
+        steps.value = "0"
         await pilot.press("enter")
         assert "at least 1" in text_of(app.screen.query_one("#continue-error", Static))
-        await set_input(pilot, "#extra-steps", "4")
+        steps.value = "4"
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.pane.status.step == 12 and not app.training)
         assert app.pane.status.state == "finished"
@@ -328,6 +328,17 @@ async def test_several_runs_are_overlaid_and_named(tmp_path: Path, corpus_path: 
         assert [name for name, _ in app.pane.comparisons] == ["lr-low"]
         labels = [line.label for line in app.pane.loss_lines(8)]
         assert "lr-high" in labels and "lr-low" in labels
+
+
+def test_an_opened_run_on_auto_says_the_device_is_picked_when_it_trains(tmp_path: Path, corpus_text: str):
+    from minigpt_tui.runs import create_run
+    from minigpt_tui.tokenizer import build_tokenizer
+    from minigpt_tui.tui.training_pane import status_from_records
+
+    config = tiny_config(device="auto")
+    run = create_run(tmp_path / "run", config, build_tokenizer("char", corpus_text, config.vocab_size), "c.txt", 1.0)
+    status = status_from_records(run, [])
+    assert (status.backend, status.device) == ("torch", "auto (picked when it trains)")  # not "torch on auto"
 
 
 def test_status_labels_keep_their_width_next_to_a_long_state():

@@ -133,11 +133,23 @@ class CurvePlot(PlotextPlot):
             plt.ylim(0, 1)
             plt.yticks([0, 1], [" " * Y_TICK_WIDTH] * 2)
         else:
-            lo, hi = axis_limits(values, log_y)
+            lo, hi = legend_headroom(*axis_limits(values, log_y), legend_rows=len(lines),
+                                     plot_rows=self.size.height - PLOT_FRAME_ROWS, log=log_y)
             plt.ylim(lo, hi)
             y_ticks = value_ticks(lo, hi, log_y)
             plt.yticks(y_ticks, [f"{v:.3g}".rjust(Y_TICK_WIDTH) for v in y_ticks])
         self.refresh()
+
+
+PLOT_FRAME_ROWS = 5  # title, two frame lines, tick labels and the x label: the rest of a plot's rows hold data
+
+
+def legend_headroom(lo: float, hi: float, legend_rows: int, plot_rows: int, log: bool) -> tuple[float, float]:
+    """Raise the top of the y range so the curves start below the legend, which plotext draws top left."""
+    if plot_rows <= legend_rows + 1:  # too small to keep both apart: leave the range as it is
+        return lo, hi
+    share = legend_rows / (plot_rows - legend_rows)
+    return (lo, hi * (hi / lo) ** share) if log else (lo, hi + (hi - lo) * share)
 
 
 @dataclass
