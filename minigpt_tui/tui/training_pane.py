@@ -137,8 +137,14 @@ class CurvePlot(PlotextPlot):
                                      plot_rows=self.size.height - PLOT_FRAME_ROWS, log=log_y)
             plt.ylim(lo, hi)
             y_ticks = value_ticks(lo, hi, log_y)
-            plt.yticks(y_ticks, [f"{v:.3g}".rjust(Y_TICK_WIDTH) for v in y_ticks])
+            plt.yticks(y_ticks, [tick_label(v) for v in y_ticks])
         self.refresh()
+
+
+def tick_label(value: float) -> str:
+    """Three significant digits in a fixed width (small values such as learning rates in e-notation)."""
+    text = f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.3g}"
+    return text.rjust(Y_TICK_WIDTH)
 
 
 PLOT_FRAME_ROWS = 5  # title, two frame lines, tick labels and the x label: the rest of a plot's rows hold data
@@ -284,16 +290,16 @@ class TrainingPane(Horizontal):
 
     def draw_lower(self, x_max: int) -> None:
         plot = self.query_one("#quality-plot", CurvePlot)
-        if self.lower_plot == LEARNING_RATE:
-            lines = [Line(name, *bucket_means(c.steps, c.lrs), RUN_COLORS[i % len(RUN_COLORS)])
-                     for i, (name, c) in enumerate(self.runs())]
-            plot.draw("learning rate", "lr", lines, self.log_y, x_max)
+        if self.lower_plot in (LEARNING_RATE, GRAD_NORM):
+            def values(c: Curves) -> list[float]:
+                return c.lrs if self.lower_plot == LEARNING_RATE else c.grad_norms
+
+            lines = [Line(name if self.comparisons else self.lower_plot, *bucket_means(c.steps, values(c)),
+                          RUN_COLORS[i % len(RUN_COLORS)]) for i, (name, c) in enumerate(self.runs())]
+            title = "learning rate" if self.lower_plot == LEARNING_RATE else "gradient norm (before clipping)"
+            plot.draw(title, "lr" if self.lower_plot == LEARNING_RATE else "norm", lines, self.log_y, x_max)
             return
-        if self.lower_plot == GRAD_NORM:
-            lines = [Line(name, *bucket_means(c.steps, c.grad_norms), RUN_COLORS[i % len(RUN_COLORS)])
-                     for i, (name, c) in enumerate(self.runs())]
-            plot.draw("gradient norm (before clipping)", "norm", lines, self.log_y, x_max)
-            return
+
         def quality(losses: list[float], bpc: list[float]) -> list[float]:
             return [perplexity(v) for v in losses] if self.show_perplexity else bpc
 
