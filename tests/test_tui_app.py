@@ -228,12 +228,14 @@ async def test_continue_a_finished_run_for_the_steps_asked_in_the_dialog(trained
 
 
 @pytest.mark.parametrize("run_dir", ["missing-run", "."])
-async def test_a_bad_run_folder_is_a_notification_not_a_crash(tmp_path: Path, run_dir: str):
+async def test_a_bad_run_folder_is_a_notification_not_a_crash(tmp_path: Path, run_dir: str, caplog):
     app = create_app(tmp_path / run_dir, **FAST)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.pause()
         assert any("run folder not found" in m or "not a minigpt run folder" in m for m in notifications(app))
         assert app.query_one("#train-switcher").current == "form"
+    # every notification is also logged (to --log-file, or a redirected stderr)
+    assert any(r.name == "minigpt_tui" and "cannot open the run" in r.getMessage() for r in caplog.records)
 
 
 def test_train_without_headless_refuses_resume_options_for_the_tui(trained_run: Path):
@@ -366,3 +368,4 @@ def test_help_names_the_measures_the_code_uses():
     from minigpt_tui.tui.help_screen import HELP
 
     assert "3-gram" not in HELP and "word bigrams" in HELP
+    assert "ln V" in HELP and "What is a good loss?" in HELP
