@@ -46,6 +46,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
+            raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +62,17 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a finite number > 0, got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -228,6 +241,23 @@ class Backend(ABC):
 
     def num_parameters(self) -> int:
         return count_parameters(self.config)
+
+    # Data parallelism over processes (torchrun). A backend that supports it overrides all three; the
+    # core sees only a rank, a size and these collectives.
+    @classmethod
+    def join_process_group(cls, device: str | None) -> None:
+        """Join the group torchrun's environment describes; ValueError when this backend or device cannot."""
+        raise ValueError(f"multi-process training needs the torch backend, not {cls.name!r}")
+
+    @classmethod
+    def all_reduce_mean(cls, values: list[float]) -> list[float]:
+        """Each value averaged over the ranks (a collective: every rank calls it, in the same order)."""
+        raise NotImplementedError(f"backend {cls.name!r} has no process group")
+
+    @classmethod
+    def leave_process_group(cls, wait_for_peers: bool) -> None:
+        """Leave the group; without ``wait_for_peers`` after an error only this rank may have hit."""
+        raise NotImplementedError(f"backend {cls.name!r} has no process group")
 
     @staticmethod
     def set_threads(n: int) -> None:

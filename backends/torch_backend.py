@@ -50,6 +50,18 @@ def resolve_device(requested: str | None) -> torch.device:
 class TorchBackend(Backend):
     name = "torch"
 
+    @classmethod
+    def join_process_group(cls, device: str | None) -> None:
+        torch_distributed.init_process_group(device)
+
+    @classmethod
+    def all_reduce_mean(cls, values: list[float]) -> list[float]:
+        return torch_distributed.all_reduce_mean(values)
+
+    @classmethod
+    def leave_process_group(cls, wait_for_peers: bool) -> None:
+        torch_distributed.destroy_process_group(wait_for_peers)
+
     def __init__(
         self,
         config: ModelConfig,

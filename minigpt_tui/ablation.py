@@ -18,7 +18,7 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.sampling import SamplingParams, probabilities, sample_token
+from minigpt_tui.sampling import SamplingParams, probabilities, random_generator, sample_token
 from minigpt_tui.storage import atomic_write_text
 from minigpt_tui.textmetrics import distinct_n, entropy, known_word_share, nll, repeated_ngram_rate, words
 from minigpt_tui.tokenizer import Tokenizer
@@ -52,7 +52,7 @@ class SampleTrace:
 def sample_with_scores(backend: Backend, tokenizer: Tokenizer, prompt_ids: list[int], length: int,
                        params: SamplingParams, seed: int) -> SampleTrace:
     """One sample of ``length`` tokens after the prompt, with the NLL and entropy of every token."""
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     unit = SamplingParams(temperature=1.0)
     session = backend.generation_session()
     logits = session.feed(prompt_ids[-backend.config.block_size :])

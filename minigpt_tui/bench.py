@@ -33,12 +33,13 @@ class BenchResult:
 
 def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_tokens: int = 500,
                   nocache_tokens: int = 100, device: str | None = None) -> BenchResult:
-    model_config = config.model_config(BENCH_VOCAB)
-    backend = build_backend(config, BENCH_VOCAB, init_weights(model_config, config.seed), backend=name, device=device)
+    config = config.with_vocab_size(BENCH_VOCAB)
+    model_config = config.model
+    backend = build_backend(config, init_weights(model_config, config.rng_seed), backend=name, device=device)
     rng = np.random.default_rng(0)
 
     def batch():
-        x = rng.integers(0, BENCH_VOCAB, (config.batch_size, config.block_size + 1))
+        x = rng.integers(0, BENCH_VOCAB, (config.batch_size, model_config.block_size + 1))
         return x[:, :-1], x[:, 1:]
 
     batches = [[batch() for _ in range(config.grad_accum_steps)] for _ in range(train_iters + 3)]
@@ -58,7 +59,7 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
         pass
     gen_tps = gen_tokens / (time.perf_counter() - start)
     start = time.perf_counter()
-    for _ in generate_nocache(backend, [0] * config.block_size, nocache_tokens, params, seed=0):
+    for _ in generate_nocache(backend, [0] * model_config.block_size, nocache_tokens, params, seed=0):
         pass
     nocache_tps = nocache_tokens / (time.perf_counter() - start)
 

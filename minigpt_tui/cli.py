@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 import click
 
-from minigpt_tui.config import FIELD_HELP, PRESETS, TrainConfig, field_names, field_type
+from minigpt_tui.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.datasets import DATASETS
-from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.errors import MiniGPTError, describe_os_error
 from minigpt_tui.sampling import DEFAULT_TEMPERATURE
 
 EXIT_BAD_INPUT = 2
@@ -34,6 +35,12 @@ class FriendlyGroup(click.Group):
         except KeyboardInterrupt:  # Ctrl-C before training started (loading, tokenizing): nothing to save
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except OSError as exc:  # disk full, permission, is-a-directory...: checkpoints are written atomically
+            click.echo(f"error: {describe_os_error(exc)}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except MemoryError:
+            click.echo("error: out of memory (try a smaller --batch-size, --block-size or model)", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
         except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -46,9 +53,9 @@ def config_options(command):
         flag = name.replace("_", "-")
         kind = field_type(name)
         if kind is bool:
-            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=FIELD_HELP[name])
+            option = click.option(f"--{flag}/--no-{flag}", name, default=None, help=field_help(name))
         else:
-            option = click.option(f"--{flag}", name, type=kind, default=None, help=FIELD_HELP[name])
+            option = click.option(f"--{flag}", name, type=kind, default=None, help=field_help(name))
         command = option(command)
     return command
 
@@ -78,6 +85,7 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="A TOML file of config fields.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<timestamp>).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
+@click.option("--overwrite", is_flag=True, help="Start a new run in an --out folder that already holds one.")
 @config_options
 def train(
     headless: bool,
@@ -87,6 +95,7 @@ def train(
     config_file: Path | None,
     out: Path | None,
     resume: Path | None,
+    overwrite: bool,
     **kwargs,
 ) -> None:
     """Train a model (headless), or resume one with --resume RUN_DIR."""
@@ -101,8 +110,8 @@ def train(
         open_tui(data, dataset, preset, config_file, out, resume, overrides)
         return
     if resume is not None:
-        if preset or config_file or out:
-            raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out")
+        if preset or config_file or out or overwrite:
+            raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out/--overwrite")
         run = open_run(resume)
         config = run.config.replace(**overrides)
     else:
@@ -116,7 +125,7 @@ def train(
             corpus, note = resolve_corpus(data, dataset)
             if note and world.is_writer:
                 click.echo(note, err=True)
-            trainer = new_training(config, corpus, out or default_run_dir(), world)
+            trainer = new_training(config, corpus, out or default_run_dir(), world, overwrite=overwrite)
         run_headless(trainer)
     except SystemExit:  # stopped or diverged: decided by all ranks together
         stop_world(world)
@@ -138,14 +147,17 @@ def open_tui(
 ) -> None:
     """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
     from minigpt_tui.config import config_from_sources
+    from minigpt_tui.terminal import check_terminal
     from minigpt_tui.tui.app import create_app
 
     if resume is not None:
         if overrides or preset or config_file or out or data or dataset:
             raise MiniGPTError("the TUI resumes a run as it is (press c); add --headless to resume with options")
+        check_terminal()
         create_app(resume).run()
         return
     config = config_from_sources(preset, config_file, overrides)
+    check_terminal()
     create_app(config=config, data=data, dataset=dataset, out=out).run()
 
 
@@ -153,7 +165,13 @@ def run_headless(trainer) -> None:
     from minigpt_tui.progress import attach_progress
 
     def stop(signum, frame):
+        if trainer.stop_requested:  # the second Ctrl-C: leave now; the last checkpoint on disk is complete
+            sys.stderr.write("\nstopped at once; the last checkpoint is kept\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         trainer.request_stop()
+        sys.stderr.write("\nstopping: saving a checkpoint after this step (Ctrl-C again to quit at once)\n")
+        sys.stderr.flush()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     c, world = trainer.config, trainer.world
@@ -164,7 +182,7 @@ def run_headless(trainer) -> None:
         click.echo(
             f"run {trainer.run_dir.path}: {trainer.backend.name} on {trainer.backend.device}{ranks}, "
             f"{trainer.backend.num_parameters() / 1e6:.2f}M parameters, {trainer.tokens_per_step} tokens/step "
-            f"(batch {c.batch_size} x accum {c.grad_accum_steps}{ranks} x block {c.block_size}), "
+            f"(batch {c.batch_size} x accum {c.grad_accum_steps}{ranks} x block {c.model.block_size}), "
             f"steps {trainer.step} -> {c.max_iters}",
             err=True,
         )
@@ -261,38 +279,17 @@ def eval_command(
 ) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
     from minigpt_tui.corpus import corpus_for_run
-    from minigpt_tui.evaluation import evaluate_tokens
-    from minigpt_tui.runs import load_model, open_run
+    from minigpt_tui.evaluation import evaluate_run
+    from minigpt_tui.runs import open_run
     from minigpt_tui.storage import atomic_write_text
-    from minigpt_tui.trainer import tokenize_corpus
 
     run = open_run(run_dir)
-    tokens = tokenize_corpus(run, corpus_for_run(run, data, dataset).text)
-    model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
-    score = evaluate_tokens(model, tokens.val, run.tokens_per_char, stride=stride)
-    step = ckpt.state.get("step", "?")
-    checkpoint = ckpt.state.get("kind", checkpoint)  # "best" falls back to "latest" before the first best
-    click.echo(
-        f"{run.path} ({checkpoint} checkpoint, step {step}, {model.name}): val loss {score.loss:.4f}  "
-        f"perplexity {score.perplexity:.3f}  bits/char {score.bits_per_char:.4f}  over {score.tokens} tokens"
+    report = evaluate_run(
+        run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride
     )
+    click.echo(report.summary())
     if json_path:
-        atomic_write_text(
-            json_path,
-            json.dumps(
-                {
-                    "step": step,
-                    "checkpoint": checkpoint,
-                    "backend": model.name,
-                    "val_loss": score.loss,
-                    "val_perplexity": score.perplexity,
-                    "val_bpc": score.bits_per_char,
-                    "tokens": score.tokens,
-                    "stride": stride or run.config.block_size,
-                },
-                indent=1,
-            ),
-        )
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1))
 
 
 @main.command()
@@ -368,7 +365,8 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
     from minigpt_tui.plots import default_plots_dir, export_plots
 
-    for path in export_plots(list(run_dirs), out or default_plots_dir(list(run_dirs)), name):
+    for path in export_plots(list(run_dirs), out or default_plots_dir(list(run_dirs)), name,
+                             on_warning=lambda line: click.echo(line, err=True)):
         click.echo(path)
 
 
@@ -426,7 +424,7 @@ def ablate_temperature(
     meta = {
         "run": str(run.path),
         "checkpoint": checkpoint,
-        "step": ckpt.state.get("step"),
+        "step": ckpt.state.step,
         "samples": samples,
         "length": length,
         "seed": seed,
@@ -476,8 +474,8 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
     from minigpt_tui.config import config_from_sources
     from minigpt_tui.corpus import resolve_corpus
-    from minigpt_tui.experiments import run_variants
-    from minigpt_tui.reports import results_markdown, write_ablation_report
+    from minigpt_tui.reports import results_markdown
+    from minigpt_tui.training_ablation import run_training_ablation
 
     out = options["out"]
     base = config_from_sources(options["preset"], options["config_file"], given_fields(options))
@@ -493,17 +491,11 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
             err=True,
         )
 
-    results = run_variants(variants, corpus, out, isolate=options["isolate"], threads=options["threads"],
-                           extra_scores=extra_scores, on_result=report)
-    if finish is not None:
-        results = finish(results, [config for _, config in variants])
-    meta = {
-        "ablation": kind,
-        "base_config": base.to_dict(),
-        "data_source": corpus.source,
-        "variants": [name for name, _ in variants],
-    }
-    for path in write_ablation_report(kind, results, out, meta):
+    results, paths = run_training_ablation(
+        kind, base, variants, corpus, out, isolate=options["isolate"], threads=options["threads"],
+        extra_scores=extra_scores, finish=finish, on_result=report,
+    )
+    for path in paths:
         click.echo(path, err=True)
     click.echo(results_markdown(kind, results))
 

@@ -1,15 +1,26 @@
-"""Run configuration: one flat dataclass, presets, TOML files and validation."""
+"""Run configuration: ``TrainConfig`` nested over the backend's ``ModelConfig`` and ``OptimConfig``.
+
+The sections are the backend's own dataclasses, not copies: a field added to ``ModelConfig`` or
+``OptimConfig`` is at once a config field, a TOML key, a ``--flag`` and a key of config.json. Flags
+and TOML files stay flat (``--n-layer``); ``FLAT_FIELDS`` is the one map from a flat name to its
+place in the nesting. Validation lives with each dataclass (``__post_init__``) and runs whenever a
+config is built; a failure is one MiniGPTError naming the field.
+
+``model.vocab_size`` is the BPE vocabulary asked for until a tokenizer exists; a run's config holds
+the tokenizer's actual size (``with_vocab_size``), which is what the backend is built with.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from backends.base import POS_ENCODINGS, ModelConfig, OptimConfig
+from backends.base import ModelConfig, OptimConfig
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.typed import checked_value, from_fields, scalar_type
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,22 +28,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TOKENIZERS = ("char", "bpe")
+DTYPES = ("float32", "float64")
+MAX_BPE_VOCAB = 2**16  # GPT-2 has 50257; beyond this the merges outnumber what a small corpus can support
+MAX_SEED = 2**63 - 1  # numpy and torch seeds are unsigned 64-bit; a negative seed is folded into this range
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
-    bias: bool = False
-    pos_encoding: str = "learned"
-    tie_weights: bool = True
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=512))
+    # beta2 0.99 rather than AdamW's 0.95: nanoGPT's choice for small models and few tokens per step
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(beta2=0.99))
     # data
     tokenizer: str = "char"
-    vocab_size: int = 512  # BPE only; a character vocabulary is whatever the text holds
     # optimisation
     batch_size: int = 12
     grad_accum_steps: int = 1
@@ -41,10 +48,6 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_iters: int = 100
     lr_decay_iters: int = 0  # 0: decay over max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
     # evaluation and logging
     eval_interval: int = 250
     eval_iters: int = 20
@@ -56,21 +59,24 @@ class TrainConfig:
     dtype: str = "float32"
     compile: bool = False
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            block_size=self.block_size,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            dropout=self.dropout,
-            bias=self.bias,
-            pos_encoding=self.pos_encoding,
-            tie_weights=self.tie_weights,
-        )
-
-    def optim_config(self) -> OptimConfig:
-        return OptimConfig(weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip)
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters"):
+            value = getattr(self, name)
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.tokenizer == "bpe" and self.model.vocab_size > MAX_BPE_VOCAB:
+            raise ValueError(f"vocab_size must be at most {MAX_BPE_VOCAB} for BPE, got {self.model.vocab_size}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not -MAX_SEED <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [-2**63 + 1, 2**63 - 1], got {self.seed}")
 
     @property
     def decay_iters(self) -> int:
@@ -78,13 +84,95 @@ class TrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.block_size * self.grad_accum_steps
+        return self.batch_size * self.model.block_size * self.grad_accum_steps
+
+    @property
+    def rng_seed(self) -> int:
+        """The seed as the generators take it: any integer, negative ones folded into [0, 2**64)."""
+        return self.seed % 2**64
+
+    def with_vocab_size(self, vocab_size: int) -> TrainConfig:
+        """This config for a tokenizer of ``vocab_size`` tokens (what a run's config records)."""
+        return self.replace(vocab_size=vocab_size)
+
+    def get(self, name: str):
+        """A field by its flat name (``n_layer``, ``beta2``, ``max_iters``)."""
+        section, attr = FLAT_FIELDS[name]
+        return getattr(getattr(self, section) if section else self, attr)
 
     def to_dict(self) -> dict:
+        """The nested form, as config.json stores it."""
         return dataclasses.asdict(self)
 
+    def to_flat(self) -> dict:
+        """The flat form, as flags and TOML files give it."""
+        return {name: self.get(name) for name in FLAT_FIELDS}
+
     def replace(self, **changes) -> TrainConfig:
-        return validated(dataclasses.replace(self, **changes))
+        """A copy with fields changed by flat name, validated; MiniGPTError names a bad field."""
+        values = self.to_flat()
+        for name, value in changes.items():
+            if name not in FLAT_FIELDS:
+                raise MiniGPTError(f"unknown config field {name!r}")
+            values[name] = checked_value(field_type(name), value, name)
+        return from_flat(values)
+
+    @classmethod
+    def from_dict(cls, data, where: str = "config") -> TrainConfig:
+        """The nested form back, every field checked (missing ones take their defaults)."""
+        if not isinstance(data, dict):
+            raise MiniGPTError(f"{where} must be a JSON object")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = data.get(name, {})
+            if name == "model" and isinstance(values, dict) and "vocab_size" not in values:
+                values = {**values, "vocab_size": 512}
+            sections[name] = from_fields(section_cls, values, f"{where}: {name}")
+        top = {k: v for k, v in data.items() if k not in SECTIONS}
+        base = from_fields(cls, top, where)
+        return dataclasses.replace(base, **sections)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig}
+
+
+def _flat_fields() -> dict[str, tuple[str | None, str]]:
+    table: dict[str, tuple[str | None, str]] = {}
+    for f in fields(TrainConfig):
+        if f.name in SECTIONS:
+            for sub in fields(SECTIONS[f.name]):
+                assert sub.name not in table, f"{sub.name} is in two config sections"
+                table[sub.name] = (f.name, sub.name)
+        else:
+            assert f.name not in table, f"{f.name} is both a section field and a top-level field"
+            table[f.name] = (None, f.name)
+    return table
+
+
+# flat name -> (section or None, field): the one place where flags meet the nesting
+FLAT_FIELDS = _flat_fields()
+
+
+def field_names() -> list[str]:
+    return list(FLAT_FIELDS)
+
+
+def field_type(name: str) -> type:
+    section, attr = FLAT_FIELDS[name]
+    return scalar_type(SECTIONS[section] if section else TrainConfig, attr) or str
+
+
+def from_flat(values: dict) -> TrainConfig:
+    """A validated config from a complete flat dict of (already type-checked) values."""
+    nested: dict = {name: {} for name in SECTIONS}
+    for name, value in values.items():
+        section, attr = FLAT_FIELDS[name]
+        (nested[section] if section else nested)[attr] = value
+    try:
+        sections = {name: SECTIONS[name](**nested.pop(name)) for name in SECTIONS}
+        return TrainConfig(**nested, **sections)
+    except ValueError as exc:
+        raise MiniGPTError(str(exc)) from None
 
 
 FIELD_HELP = {
@@ -97,7 +185,7 @@ FIELD_HELP = {
     "pos_encoding": "Positional encoding: learned or sinusoidal.",
     "tie_weights": "Share the token embedding with the output projection.",
     "tokenizer": "char, or bpe (byte-level BPE trained on the train split).",
-    "vocab_size": "BPE vocabulary size (ignored for char).",
+    "vocab_size": "BPE vocabulary size (a character vocabulary is whatever the text holds).",
     "batch_size": "Sequences per micro-batch (per process under torchrun).",
     "grad_accum_steps": "Micro-batches accumulated per optimizer step.",
     "max_iters": "Optimizer steps in total.",
@@ -108,16 +196,24 @@ FIELD_HELP = {
     "weight_decay": "AdamW weight decay, matrices only.",
     "beta1": "AdamW beta1.",
     "beta2": "AdamW beta2.",
+    "eps": "AdamW epsilon.",
     "grad_clip": "Clip the global gradient norm to this (0: off).",
     "eval_interval": "Evaluate and checkpoint every N steps.",
     "eval_iters": "Batches per evaluation estimate.",
     "log_interval": "Log a step record every N steps.",
-    "seed": "Seed of the initial weights, batches and dropout.",
+    "seed": "Seed of the initial weights, batches and dropout (any integer).",
     "backend": "Model backend: torch, numpy, or one from an entry point.",
     "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
     "dtype": "float32, or float64 (slow; for exact checks).",
     "compile": "torch.compile the training forward (PyTorch backend).",
 }
+
+
+def field_help(name: str) -> str:
+    """Help of a flat field; a field new to a section gets its section and name until it is described here."""
+    section, attr = FLAT_FIELDS[name]
+    return FIELD_HELP.get(name, f"{SECTIONS[section].__name__}.{attr}" if section else name)
+
 
 PRESETS: dict[str, dict] = {
     # seconds on a laptop CPU: for tests and demos
@@ -153,22 +249,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
-
-
-def field_type(name: str) -> type:
-    return {"int": int, "float": float, "bool": bool, "str": str}[TrainConfig.__dataclass_fields__[name].type]
-
-
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise MiniGPTError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
-    return TrainConfig(**PRESETS[name])
+    return TrainConfig().replace(**PRESETS[name])
 
 
 def load_toml(path: Path) -> dict:
-    """Fields from a TOML file (flat, or under a [train] table); unknown keys are an error."""
+    """Flat fields from a TOML file (flat, or under a [train] table); unknown keys are an error."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -178,7 +266,7 @@ def load_toml(path: Path) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MiniGPTError(f"config file {path} is not valid TOML: {exc}") from None
     data = data.get("train", data)
-    unknown = sorted(set(data) - set(field_names()) - {"preset"})
+    unknown = sorted(set(data) - set(FLAT_FIELDS) - {"preset"})
     if unknown:
         raise MiniGPTError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
     return data
@@ -187,64 +275,13 @@ def load_toml(path: Path) -> dict:
 def build_config(
     preset_name: str = "baby", file_values: dict | None = None, overrides: dict | None = None
 ) -> TrainConfig:
-    """Preset, then the config file, then flags: later sources win."""
+    """Preset, then the config file, then flags (all flat): later sources win."""
     values = dict(file_values or {})
     preset_name = values.pop("preset", preset_name)
-    config = preset(preset_name)
     merged = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    for name, value in merged.items():
-        if name not in TrainConfig.__dataclass_fields__:
-            raise MiniGPTError(f"unknown config field {name!r}")
-        expected = field_type(name)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise MiniGPTError(f"{name} must be a {expected.__name__}, got {value!r}")
-        merged[name] = value
-    return validated(dataclasses.replace(config, **merged))
+    return preset(preset_name).replace(**merged)
 
 
 def config_from_sources(preset_name: str | None, config_file: Path | None, overrides: dict) -> TrainConfig:
     """What the command line describes: ``--preset`` (default baby), then ``--config`` file, then flags."""
     return build_config(preset_name or "baby", load_toml(config_file) if config_file else None, overrides)
-
-
-def validated(config: TrainConfig) -> TrainConfig:
-    """Raise MiniGPTError on an impossible configuration; return the config unchanged otherwise."""
-    for name in (
-        "n_layer",
-        "n_head",
-        "n_embd",
-        "block_size",
-        "batch_size",
-        "grad_accum_steps",
-        "max_iters",
-        "eval_interval",
-        "eval_iters",
-        "log_interval",
-        "vocab_size",
-    ):
-        if getattr(config, name) < 1:
-            raise MiniGPTError(f"{name} must be positive, got {getattr(config, name)}")
-    if config.n_embd % config.n_head:
-        raise MiniGPTError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
-    if config.pos_encoding == "sinusoidal" and config.n_embd % 2:
-        raise MiniGPTError("sinusoidal positions need an even n_embd")
-    if not 0.0 <= config.dropout < 1.0:
-        raise MiniGPTError(f"dropout must be in [0, 1), got {config.dropout}")
-    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
-        value = getattr(config, name)
-        if value < 0 or not math.isfinite(value):
-            raise MiniGPTError(f"{name} must be a finite number >= 0, got {value}")
-    if config.min_lr > config.learning_rate:
-        raise MiniGPTError(f"min_lr ({config.min_lr}) must not exceed learning_rate ({config.learning_rate})")
-    for name in ("beta1", "beta2"):
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise MiniGPTError(f"{name} must be in [0, 1), got {getattr(config, name)}")
-    if config.pos_encoding not in POS_ENCODINGS:
-        raise MiniGPTError(f"pos_encoding must be one of {', '.join(POS_ENCODINGS)}")
-    if config.tokenizer not in TOKENIZERS:
-        raise MiniGPTError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {config.tokenizer!r}")
-    if config.dtype not in ("float32", "float64"):
-        raise MiniGPTError(f"dtype must be float32 or float64, got {config.dtype!r}")
-    return config

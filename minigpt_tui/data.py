@@ -22,6 +22,8 @@ def read_corpus(path: Path) -> Corpus:
             raise MiniGPTError(f"folder {path} holds no .txt files")
     elif path.is_file():
         files = [path]
+    elif path.exists():  # a FIFO, a device such as /dev/null, a socket
+        raise MiniGPTError(f"corpus {path} is not a regular file or folder (a pipe or a device?)")
     else:
         raise MiniGPTError(f"corpus not found: {path}")
     texts = [_read_text(f) for f in files]

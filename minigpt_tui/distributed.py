@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from backends import load_backend
+from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
 
 
@@ -28,6 +30,8 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    # the backend class whose process group this world is (None for a world of one)
+    collectives: type[Backend] | None = field(default=None, compare=False)
 
     @property
     def is_writer(self) -> bool:
@@ -48,9 +52,7 @@ class World:
         """Average each value over all ranks (a collective: every rank must call it, in the same order)."""
         if not self.is_distributed:
             return list(values)
-        from backends.torch_distributed import all_reduce_mean
-
-        return all_reduce_mean(values)
+        return self.collectives.all_reduce_mean(values)
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on at least one (a stop request must stop all ranks together)."""
@@ -75,23 +77,19 @@ def world_from_env(environ: Mapping[str, str] = os.environ) -> World:
 
 
 def start_world(backend: str, device: str) -> World:
-    """Join the process group when started by torchrun with more than one process."""
+    """Join the backend's process group when started by torchrun with more than one process."""
     world = world_from_env()
-    if world.is_distributed:
-        if backend != "torch":
-            raise MiniGPTError(f"multi-process training needs the torch backend, not {backend!r}")
-        from backends.torch_distributed import init_process_group
-
-        try:
-            init_process_group(device)
-        except ValueError as exc:
-            raise MiniGPTError(str(exc)) from None
-    return world
+    if not world.is_distributed:
+        return world
+    try:
+        backend_cls = load_backend(backend)
+        backend_cls.join_process_group(device)
+    except (ValueError, ImportError) as exc:
+        raise MiniGPTError(str(exc)) from None
+    return World(world.rank, world.size, world.local_rank, backend_cls)
 
 
 def stop_world(world: World, wait_for_peers: bool = True) -> None:
     """Leave the process group; after an error only this rank may have hit, do not wait for the others."""
-    if world.is_distributed:
-        from backends.torch_distributed import destroy_process_group
-
-        destroy_process_group(wait_for_peers)
+    if world.collectives is not None:
+        world.collectives.leave_process_group(wait_for_peers)

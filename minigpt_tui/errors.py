@@ -3,3 +3,10 @@
 
 class MiniGPTError(Exception):
     """Bad input or an unusable file: the message is complete and meant for the user."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what failed, and on which path."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(map(str, paths))}" if paths else reason

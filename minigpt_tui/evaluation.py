@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from backends.base import Backend
-from minigpt_tui.data import sequential_windows
+from minigpt_tui.data import sequential_windows, split_text
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.metrics import bits_per_char, perplexity
+from minigpt_tui.runs import Run, load_model
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,40 @@ def _sliding_window_nll(backend: Backend, tokens: np.ndarray, stride: int, batch
                 total += float(nll[row, first:].sum())
                 count += length - first
     return total, count
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What ``minigpt eval`` prints and writes as JSON: one checkpoint scored on a whole val split."""
+
+    run: str
+    checkpoint: str  # "best" or "latest" (best falls back to latest before the first best)
+    step: int
+    backend: str
+    val_loss: float
+    val_perplexity: float
+    val_bits_per_char: float
+    tokens: int
+    stride: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"{self.run} ({self.checkpoint} checkpoint, step {self.step}, {self.backend}): val loss "
+            f"{self.val_loss:.4f}  perplexity {self.val_perplexity:.3f}  bits/char {self.val_bits_per_char:.4f}  "
+            f"over {self.tokens} tokens"
+        )
+
+
+def evaluate_run(run: Run, text: str, *, which: str = "best", backend: str | None = None, device: str | None = None,
+                 stride: int | None = None) -> EvalReport:
+    """Score a run's checkpoint on the val split of ``text``; MiniGPTError when the split is too short."""
+    val = run.tokenizer.encode_array(split_text(text)[1])
+    if len(val) < 2:
+        raise MiniGPTError(f"the val split has {len(val)} token(s): too short to evaluate (give a longer text)")
+    model, checkpoint = load_model(run, which=which, backend=backend, device=device)
+    score = evaluate_tokens(model, val, run.tokens_per_char, stride=stride)
+    return EvalReport(str(run.path), checkpoint.state.kind, checkpoint.state.step, model.name, score.loss,
+                      score.perplexity, score.bits_per_char, score.tokens, stride or run.config.model.block_size)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from backends.base import Backend
-from minigpt_tui.config import TrainConfig, build_config
+from minigpt_tui.config import TrainConfig
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.evaluation import evaluate_tokens
-from minigpt_tui.runs import load_backend_class, load_model, open_run, read_metrics
+from minigpt_tui.runs import METRICS_FILE, load_backend_class, load_model, open_run, read_metrics
 from minigpt_tui.sampling import SamplingParams, generate_text
 from minigpt_tui.storage import atomic_write_text
 
@@ -68,7 +68,7 @@ def peak_rss_mb() -> float:
 
 
 def median_throughput(run_dir: Path) -> float:
-    speeds = [r["tokens_per_s"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("type") == "step"]
+    speeds = [r.tokens_per_s for r in read_metrics(Path(run_dir) / METRICS_FILE).steps]
     return float(np.median(speeds[1:] if len(speeds) > 1 else speeds)) if speeds else math.nan
 
 
@@ -95,7 +95,8 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
     tokens_seen = c.max_iters * c.tokens_per_step
     result = VariantResult(
         name=name, run_dir=str(run_dir), tokenizer=c.tokenizer, vocab_size=run.tokenizer.vocab_size,
-        block_size=c.block_size, batch_size=c.batch_size, pos_encoding=c.pos_encoding, max_iters=c.max_iters,
+        block_size=c.model.block_size, batch_size=c.batch_size, pos_encoding=c.model.pos_encoding,
+        max_iters=c.max_iters,
         tokens_seen=tokens_seen, chars_seen=tokens_seen / run.tokens_per_char, tokens_per_char=run.tokens_per_char,
         val_loss=score.loss, val_bpc=score.bits_per_char, train_tokens_per_s=median_throughput(run_dir),
         wall_s=wall, peak_rss_mb=rss_peak, rss_before_training_mb=rss_before, sample=sample[:SAMPLE_CHARS],
@@ -108,7 +109,7 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
 def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores, threads: int | None):
     if threads:
         load_backend_class(config["backend"]).set_threads(threads)
-    return train_variant(name, build_config("baby", config), Corpus(text, source), Path(out), extra_scores).to_dict()
+    return train_variant(name, TrainConfig.from_dict(config), Corpus(text, source), Path(out), extra_scores).to_dict()
 
 
 def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: Path, *, isolate: bool = True,
@@ -156,6 +157,8 @@ def context_variants(base: TrainConfig, block_sizes: list[int], tokens_per_step:
     training tokens and optimizer steps for every context, so only the window differs."""
     variants = []
     for block in block_sizes:
+        if block < 1:
+            raise MiniGPTError(f"context lengths must be positive, got {block}")
         if tokens_per_step % block:
             raise MiniGPTError(f"tokens per step ({tokens_per_step}) must be a multiple of the context {block}")
         variants.append((f"ctx{block}", base.replace(block_size=block, batch_size=tokens_per_step // block)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from plotext._figure import _figure_class as TextFigure
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.events import EvalEvent, StepEvent
 from minigpt_tui.runs import METRICS_FILE, read_metrics
 from minigpt_tui.storage import atomic_write_text
 
@@ -48,25 +50,30 @@ class Chart:
 @dataclass(frozen=True)
 class RunCurves:
     label: str
-    evals: list[dict]  # records of type "eval", in step order
-    steps: list[dict]  # records of type "step"
+    evals: list[EvalEvent]  # in step order
+    steps: list[StepEvent]
+    warning: str | None = None  # about damaged metrics lines that were skipped
 
 
 def load_curves(run_dir: Path, label: str | None = None) -> RunCurves:
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise MiniGPTError(f"{run_dir} is not a run folder (no {METRICS_FILE})")
-    records = read_metrics(run_dir / METRICS_FILE)
-    evals = sorted((r for r in records if r.get("type") == "eval"), key=lambda r: r["step"])
-    if not evals:
+    metrics = read_metrics(run_dir / METRICS_FILE)
+    if not metrics.evals:
         raise MiniGPTError(f"run {run_dir} has no evaluations yet: nothing to plot (train past the first eval)")
-    steps = sorted((r for r in records if r.get("type") == "step"), key=lambda r: r["step"])
-    return RunCurves(label or run_dir.name, evals, steps)
+    return RunCurves(label or run_dir.name, metrics.evals, metrics.steps, metrics.warning(run_dir / METRICS_FILE))
 
 
-def _column(records: list[dict], key: str) -> tuple[list[float], list[float]]:
-    kept = [r for r in records if r.get(key) is not None]
-    return [r["step"] for r in kept], [float(r[key]) for r in kept]
+def _column(records: list[StepEvent] | list[EvalEvent], name: str) -> tuple[list[float], list[float]]:
+    """Steps and values of one field; a non-finite value (a diverged loss, an infinite perplexity) is a gap."""
+    values = [float(getattr(r, name)) for r in records]
+    return [r.step for r in records], [v if math.isfinite(v) else math.nan for v in values]
+
+
+def _finite_points(series: Series) -> tuple[list[float], list[float]]:
+    kept = [(x, y) for x, y in zip(series.x, series.y, strict=True) if math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
 
 
 def run_charts(runs: list[RunCurves]) -> dict[str, Chart]:
@@ -80,9 +87,9 @@ def run_charts(runs: list[RunCurves]) -> dict[str, Chart]:
         loss.append(Series(f"{prefix}train", *_column(run.evals, "train_loss")))
         loss.append(Series(f"{prefix}val", *_column(run.evals, "val_loss")))
         ppl.append(Series(f"{prefix}val", *_column(run.evals, "val_perplexity")))
-        bpc.append(Series(f"{prefix}val", *_column(run.evals, "val_bpc")))
+        bpc.append(Series(f"{prefix}val", *_column(run.evals, "val_bits_per_char")))
         if single:
-            bpc.append(Series("train", *_column(run.evals, "train_bpc")))
+            bpc.append(Series("train", *_column(run.evals, "train_bits_per_char")))
     return {
         "loss": Chart("Cross-entropy loss", "step", "loss (nats/token)", loss),
         "perplexity": Chart("Validation perplexity", "step", "perplexity (per token, log scale)", ppl, logy=True),
@@ -130,9 +137,10 @@ def render_text(chart: Chart, size: tuple[int, int] = TEXT_SIZE, color: bool = F
     fig.plotsize(*size)
     fig.theme("clear")
     for i, s in enumerate(chart.series):
-        if s.faint:
+        xs, ys = _finite_points(s)  # plotext has no gaps: a non-finite point is left out
+        if s.faint or not xs:
             continue
-        fig.plot(s.x, s.y, label=s.label, marker="braille" if color else TEXT_MARKERS[i % len(TEXT_MARKERS)])
+        fig.plot(xs, ys, label=s.label, marker="braille" if color else TEXT_MARKERS[i % len(TEXT_MARKERS)])
     if chart.vline is not None:
         fig.vertical_line(chart.vline)
     if chart.logy:
@@ -163,11 +171,18 @@ def default_plots_dir(run_dirs: list[Path]) -> Path:
     return Path(run_dirs[0]) / "plots"
 
 
-def export_plots(run_dirs: list[Path], out: Path, name: str | None = None) -> list[Path]:
-    """Loss, perplexity and bits/char of the runs (overlaid) as PNG and text; the paths written."""
+def export_plots(
+    run_dirs: list[Path], out: Path, name: str | None = None, on_warning: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Loss, perplexity and bits/char of the runs (overlaid) as PNG and text; the paths written.
+
+    ``on_warning`` hears about damaged metrics lines, which are skipped."""
     if not run_dirs:
         raise MiniGPTError("give at least one run folder")
     runs = [load_curves(Path(d)) for d in run_dirs]
+    for run in runs:
+        if run.warning and on_warning is not None:
+            on_warning(run.warning)
     labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):  # two runs/<x>/baseline folders: tell them apart by their parent
         runs = [load_curves(Path(d), f"{Path(d).parent.name}/{Path(d).name}") for d in run_dirs]

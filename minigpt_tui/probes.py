@@ -10,7 +10,7 @@ import numpy as np
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.evaluation import window_nll
-from minigpt_tui.sampling import SamplingParams
+from minigpt_tui.sampling import SamplingParams, random_generator
 
 
 def position_losses(backend: Backend, tokens: np.ndarray, window: int, max_windows: int = 64,
@@ -53,7 +53,7 @@ def exposure_bias(backend: Backend, tokenizer, val_tokens: np.ndarray, *, sample
 
     block = backend.config.block_size
     teacher = position_losses(backend, val_tokens, block)
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     free = []
     for i in range(samples):
         start = int(rng.integers(0, len(val_tokens) - 1))

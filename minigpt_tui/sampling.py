@@ -65,6 +65,11 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     return min(index, len(probs) - 1)
 
 
+def random_generator(seed: int | None) -> np.random.Generator:
+    """A generator for any integer seed (NumPy takes only non-negative ones: a negative seed is folded in)."""
+    return np.random.default_rng(None if seed is None else seed % 2**64)
+
+
 def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
              seed: int | None = None) -> Iterator[int]:
     """Yield ``max_new_tokens`` token ids one at a time, decoding with the backend's KV cache.
@@ -73,7 +78,7 @@ def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, param
     """
     if not prompt_ids:
         raise MiniGPTError("the prompt is empty (give at least one character)")
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     session = backend.generation_session()
     logits = session.feed(prompt_ids[-backend.config.block_size :])
     for i in range(max_new_tokens):
@@ -86,7 +91,7 @@ def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, param
 def generate_nocache(backend: Backend, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
                      seed: int | None = None) -> Iterator[int]:
     """The same loop without a cache: the whole (cropped) context runs through the model every token."""
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     context = list(prompt_ids)
     for _ in range(max_new_tokens):
         window = np.asarray([context[-backend.config.block_size :]], dtype=np.int64)

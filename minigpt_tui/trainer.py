@@ -11,36 +11,36 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from backends.base import Backend, StepResult, init_weights
-from minigpt_tui.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from backends.base import Backend, ModelConfig, StepResult, init_weights
+from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.config import TrainConfig
 from minigpt_tui.data import BatchSampler, TokenData, split_text
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.distributed import SINGLE_PROCESS, World
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.memory import check_fits_in_memory
 from minigpt_tui.metrics import bits_per_char, perplexity
-from minigpt_tui.runs import MetricsWriter, Run, build_backend, check_free, create_run, open_run
+from minigpt_tui.runs import (
+    MetricsWriter,
+    Run,
+    RunLock,
+    build_backend,
+    check_free,
+    corpus_fingerprint,
+    create_run,
+    open_run,
+)
 from minigpt_tui.schedule import learning_rate
 from minigpt_tui.tokenizer import build_tokenizer
 
-# fields that change the network's shape: a resumed run cannot change them
-SHAPE_FIELDS = (
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "block_size",
-    "bias",
-    "pos_encoding",
-    "tie_weights",
-    "tokenizer",
-    "vocab_size",
-)
+# what a resumed run cannot change: the network's shape (every model field but dropout) and the tokenizer
+SHAPE_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "dropout") + ("tokenizer",)
 
 
 @dataclass
@@ -54,7 +54,14 @@ class Samplers:
 
     def set_state(self, state: dict) -> None:
         for name, value in state.items():
-            getattr(self, name).set_state(value)
+            try:
+                getattr(self, name).set_state(value)
+            except (ValueError, TypeError, KeyError):
+                raise MiniGPTError(f"checkpoint state.json: field samplers.{name} is not a generator state") from None
+
+
+class EvaluationInterrupted(Exception):
+    """A stop request arrived in the middle of an evaluation."""
 
 
 class NoMetrics:
@@ -78,8 +85,10 @@ class Trainer:
         best_val_loss: float = math.inf,
         sampler_state: dict | None = None,
         world: World = SINGLE_PROCESS,
+        lock: RunLock | None = None,
     ) -> None:
         self.run_dir = run
+        self.lock = lock  # held by the writer from creation or resume until ``run`` returns
         self.world = world
         self.config = run.config
         self.backend = backend
@@ -92,9 +101,9 @@ class Trainer:
         global_batch = c.batch_size * world.size
         self.tokens_per_step = c.tokens_per_step * world.size
         self.samplers = Samplers(
-            BatchSampler(data.train, global_batch, c.block_size, c.seed),
-            BatchSampler(data.train, global_batch, c.block_size, c.seed + 1),
-            BatchSampler(data.val, global_batch, c.block_size, c.seed + 2),
+            BatchSampler(data.train, global_batch, c.model.block_size, c.rng_seed),
+            BatchSampler(data.train, global_batch, c.model.block_size, c.rng_seed + 1),
+            BatchSampler(data.val, global_batch, c.model.block_size, c.rng_seed + 2),
         )
         if sampler_state:
             self.samplers.set_state(sampler_state)
@@ -109,6 +118,10 @@ class Trainer:
     def request_stop(self) -> None:
         self._stop.set()
         self._running.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     def pause(self) -> None:
         self._running.clear()
@@ -138,8 +151,13 @@ class Trainer:
     def estimate_loss(self) -> tuple[float, float]:
         losses = []
         for sampler in (self.samplers.eval_train, self.samplers.eval_val):
-            batches = [self.world.shard(sampler.next()) for _ in range(self.config.eval_iters)]
-            losses.append(float(np.mean([self.backend.eval_loss(*batch) for batch in batches])))
+            total = 0.0
+            for _ in range(self.config.eval_iters):
+                # a stop request ends a long evaluation at once (one process: ranks must agree, so they finish it)
+                if self._stop.is_set() and not self.world.is_distributed:
+                    raise EvaluationInterrupted
+                total += self.backend.eval_loss(*self.world.shard(sampler.next()))
+            losses.append(total / self.config.eval_iters)
         train_loss, val_loss = self.world.mean(losses)
         return train_loss, val_loss
 
@@ -149,27 +167,17 @@ class Trainer:
         self.best_val_loss = min(self.best_val_loss, val_loss)
         tpc = self.run_dir.tokens_per_char
         event = EvalEvent(
-            self.step,
-            train_loss,
-            val_loss,
-            perplexity(val_loss),
-            bits_per_char(val_loss, tpc),
-            bits_per_char(train_loss, tpc),
-            self.best_val_loss,
-            is_best,
+            step=self.step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_perplexity=perplexity(val_loss),
+            val_bits_per_char=bits_per_char(val_loss, tpc),
+            train_bits_per_char=bits_per_char(train_loss, tpc),
+            best_val_loss=self.best_val_loss,
+            is_best=is_best,
+            time=time.time(),
         )
-        metrics.write(
-            {
-                "type": "eval",
-                "step": self.step,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_perplexity": event.val_perplexity,
-                "val_bpc": event.val_bits_per_char,
-                "train_bpc": event.train_bits_per_char,
-                "time": time.time(),
-            }
-        )
+        metrics.write(event)
         self.last_eval = event
         self.emit(event)
         return event
@@ -177,19 +185,23 @@ class Trainer:
     def save(self, kind: str) -> None:
         if not self.world.is_writer:
             return
-        state = {
-            "step": self.step,
-            "best_val_loss": self.best_val_loss,
-            "samplers": self.samplers.get_state(),
-            "backend": self.backend.name,
-            "kind": kind,
-        }
-        optimizer = {
-            **self.backend.get_optimizer_state(),
-            **{f"rng.{k}": v for k, v in self.backend.get_rng_state().items()},
-        }
+        state = TrainingState(
+            step=self.step,
+            kind=kind,
+            backend=self.backend.name,
+            best_val_loss=self.best_val_loss,
+            samplers=self.samplers.get_state(),
+        )
+        checkpoint = Checkpoint(
+            self.backend.get_weights(), self.backend.get_optimizer_state(), self.backend.get_rng_state(), state
+        )
         folder = self.run_dir.checkpoint_dir(kind)
-        save_checkpoint(folder, Checkpoint(self.backend.get_weights(), optimizer, state))
+        try:
+            save_checkpoint(folder, checkpoint)
+        except OSError as exc:  # disk full, permissions: the save is atomic, so the previous one is intact
+            raise MiniGPTError(
+                f"cannot save the {kind} checkpoint in {folder}: {exc.strerror or exc}; the previous one is kept"
+            ) from None
         self.emit(CheckpointEvent(self.step, str(folder), kind))
 
     def checkpoint_after_eval(self, event: EvalEvent) -> None:
@@ -235,28 +247,19 @@ class Trainer:
                 if self.step % c.log_interval == 0 or self.step == c.max_iters:
                     now = time.perf_counter()
                     tokens_per_s = interval_steps * self.tokens_per_step / max(now - interval_start, 1e-9)
-                    metrics.write(
-                        {
-                            "type": "step",
-                            "step": self.step,
-                            "loss": result.loss,
-                            "lr": lr,
-                            "grad_norm": result.grad_norm,
-                            "tokens_per_s": tokens_per_s,
-                            "time": time.time(),
-                        }
-                    )
-                self.emit(
-                    StepEvent(
-                        self.step,
-                        c.max_iters,
-                        result.loss,
-                        lr,
-                        result.grad_norm,
-                        tokens_per_s,
-                        time.perf_counter() - started,
-                    )
+                event = StepEvent(
+                    step=self.step,
+                    max_iters=c.max_iters,
+                    loss=result.loss,
+                    lr=lr,
+                    grad_norm=result.grad_norm,
+                    tokens_per_s=tokens_per_s,
+                    elapsed_s=time.perf_counter() - started,
+                    time=time.time(),
                 )
+                if self.step % c.log_interval == 0 or self.step == c.max_iters:
+                    metrics.write(event)
+                self.emit(event)
                 if self.step % c.log_interval == 0:
                     interval_start, interval_steps = time.perf_counter(), 0
                 if self.step % c.eval_interval == 0 or self.step == c.max_iters:
@@ -272,8 +275,18 @@ class Trainer:
                     self.checkpoint_after_eval(event)
                     interval_start, interval_steps = time.perf_counter(), 0
             return self._done("finished", f"finished {self.step} steps; best val loss {self.best_val_loss:.4f}")
+        except EvaluationInterrupted:
+            self.save("latest")
+            return self._done(
+                "stopped",
+                f"stopped at step {self.step} during an evaluation; "
+                f"resume with: minigpt train --headless --resume {self.run_dir.path}",
+            )
         finally:
             metrics.close()
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def _done(self, reason: str, message: str) -> DoneEvent:
         event = DoneEvent(self.step, reason, message, self.best_val_loss)
@@ -281,71 +294,98 @@ class Trainer:
         return event
 
 
+def continuation_target(config: TrainConfig, steps_done: int) -> int:
+    """Where "continue training" goes: an unfinished run to its max_iters, a finished one as many steps again."""
+    return config.max_iters if steps_done < config.max_iters else steps_done + config.max_iters
+
+
 def tokenize_corpus(run: Run, text: str) -> TokenData:
     train_text, val_text = split_text(text)
     return TokenData(run.tokenizer.encode_array(train_text), run.tokenizer.encode_array(val_text))
 
 
-def new_training(config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS) -> Trainer:
+def new_training(
+    config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS, *, overwrite: bool = False
+) -> Trainer:
     """A fresh run in ``out``: a tokenizer for the corpus, initial weights from the seed.
 
     Every rank builds the same tokenizer and weights from the same text and seed; only rank 0 writes
-    the run folder, the others hold the same ``Run`` in memory.
+    the run folder (holding its lock), the others hold the same ``Run`` in memory.
     """
     # every rank checks, so that all fail together; none can have written yet, since rank 0 writes
     # only after the backend is built and DDP's construction waits for all ranks
-    check_free(out)
+    check_free(out, overwrite=overwrite)
+    check_fits_in_memory(config)  # before the tokenizer (BPE training) and the weights allocate anything
     train_text, val_text = split_text(corpus.text)
     # characters are the alphabet, taken from the whole text (a character seen only in the val split
     # must still be encodable); BPE merges are learned, so from the train split only
     vocabulary_text = corpus.text if config.tokenizer == "char" else train_text
-    tokenizer = build_tokenizer(config.tokenizer, vocabulary_text, config.vocab_size)
+    tokenizer = build_tokenizer(config.tokenizer, vocabulary_text, config.model.vocab_size)
+    config = config.with_vocab_size(tokenizer.vocab_size)
     val_tokens = tokenizer.encode_array(val_text)
     data = TokenData(tokenizer.encode_array(train_text), val_tokens)
-    data.check_fits(config.block_size)
-    model_config = config.model_config(tokenizer.vocab_size)
-    backend = build_backend(config, tokenizer.vocab_size, init_weights(model_config, config.seed))
+    data.check_fits(config.model.block_size)
+    backend = build_backend(config, init_weights(config.model, config.rng_seed))
     tokens_per_char = len(val_tokens) / max(1, len(val_text))
-    if world.is_writer:
-        run = create_run(out, config, tokenizer, corpus.source, tokens_per_char, world.size)
-    else:
-        run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size)
-    return Trainer(run, backend, data, world=world)
+    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus))
+    lock = create_run(out, run, overwrite=overwrite) if world.is_writer else None
+    return Trainer(run, backend, data, world=world, lock=lock)
 
 
 def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World = SINGLE_PROCESS) -> Trainer:
     """Continue a run from its latest checkpoint; ``overrides`` may extend max_iters, change backend...
 
-    Any world size can resume any checkpoint: all ranks read it, rank 0 alone rewrites the config.
+    Any world size can resume any checkpoint: all ranks read it, rank 0 alone locks the run and
+    rewrites the config.
     """
     run = open_run(run_dir)
+    lock = RunLock(run.path).acquire() if world.is_writer else None
+    try:
+        trainer = _resumed_trainer(run, corpus, overrides, world)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.lock = lock
+    return trainer
+
+
+def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) -> Trainer:
     run.world_size = world.size
-    changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != getattr(run.config, name)]
+    changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != run.config.get(name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
     if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides:
         # the cosine was laid out over the original max_iters: extending the run must not reshape it
         overrides = {**overrides, "lr_decay_iters": run.config.max_iters}
     run.config = run.config.replace(**overrides)
+    check_fits_in_memory(run.config)
+    if run.data_sha256 and corpus_fingerprint(corpus) != run.data_sha256:
+        raise MiniGPTError(
+            f"{corpus.source} is not the corpus run {run.path} was trained on ({run.data_source}); "
+            "resume with that corpus, or start a new run on this one"
+        )
     if not run.has_checkpoint("latest"):
-        raise MiniGPTError(f"run {run_dir} has no checkpoint to resume from")
+        raise MiniGPTError(f"run {run.path} has no checkpoint to resume from; start it afresh with --out {run.path}")
     checkpoint = load_checkpoint(run.checkpoint_dir("latest"))
     data = tokenize_corpus(run, corpus.text)
-    data.check_fits(run.config.block_size)
-    backend = build_backend(run.config, run.tokenizer.vocab_size, checkpoint.weights)
-    if world.is_writer:  # only once the overrides are proven usable: a failed resume leaves the run as it was
-        run.write_config()
-    optimizer = {k: v for k, v in checkpoint.optimizer.items() if not k.startswith("rng.")}
-    backend.set_optimizer_state(optimizer)
-    if checkpoint.state.get("backend") == backend.name:
-        backend.set_rng_state({k[4:]: v for k, v in checkpoint.optimizer.items() if k.startswith("rng.")})
-    state = checkpoint.state
-    return Trainer(
+    data.check_fits(run.config.model.block_size)
+    backend = build_backend(run.config, checkpoint.weights)
+    try:
+        backend.set_optimizer_state(checkpoint.optimizer)
+    except (ValueError, KeyError) as exc:
+        raise MiniGPTError(f"checkpoint {run.checkpoint_dir('latest')}: optimizer state does not fit: {exc}") from None
+    if checkpoint.state.backend == backend.name:
+        backend.set_rng_state(checkpoint.rng)
+    trainer = Trainer(
         run,
         backend,
         data,
-        start_step=int(state["step"]),
-        best_val_loss=float(state.get("best_val_loss", math.inf)),
-        sampler_state=state.get("samplers"),
+        start_step=checkpoint.state.step,
+        best_val_loss=checkpoint.state.best_val_loss,
+        sampler_state=checkpoint.state.samplers,
         world=world,
     )
+    if world.is_writer:  # only once the overrides are proven usable: a failed resume leaves the run as it was
+        run.write_config()
+    return trainer

@@ -6,6 +6,7 @@ import os
 import random
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
@@ -103,3 +104,23 @@ def trained_run(tmp_path: Path, corpus_path: Path) -> Path:
     out = tmp_path / "run"
     train_tiny(out, corpus_path)
     return out
+
+
+TINY = ["--preset", "tiny", "--device", "cpu", "--batch-size", "4", "--block-size", "16", "--eval-iters", "1"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """One corpus and one tiny run trained by the CLI, shared by a test module (copy it before damaging it)."""
+    from click.testing import CliRunner
+
+    from minigpt_tui.cli import main
+
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text(make_corpus_text(), encoding="utf-8")
+    args = ["train", "--headless", *TINY, "--max-iters", "4", "--eval-interval", "2", "--data", str(corpus),
+            "--out", str(root / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return SimpleNamespace(root=root, corpus=corpus, run=root / "run")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from conftest import make_corpus_text
+from conftest import TINY
 
 from minigpt_tui.checkpoint import MODEL_FILE
 from minigpt_tui.cli import main
@@ -23,7 +23,6 @@ from minigpt_tui.config import field_names
 from minigpt_tui.data import split_text
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--device", "cpu", "--batch-size", "4", "--block-size", "16", "--eval-iters", "1"]
 
 
 def invoke(*args) -> Result:
@@ -37,18 +36,6 @@ def assert_one_line_error(result, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert re.search(fragment, lines[0]), (fragment, lines[0])
     assert "Traceback" not in result.output + result.stderr
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """One corpus and one trained tiny run shared by the tests of this file (copied before damaging it)."""
-    root = tmp_path_factory.mktemp("cli")
-    corpus = root / "corpus.txt"
-    corpus.write_text(make_corpus_text(), encoding="utf-8")
-    result = invoke("train", "--headless", *TINY, "--max-iters", "4", "--eval-interval", "2", "--data", corpus,
-                    "--out", root / "run")
-    assert result.exit_code == 0, (result.output, result.stderr)
-    return SimpleNamespace(root=root, corpus=corpus, run=root / "run")
 
 
 @pytest.fixture
@@ -97,7 +84,7 @@ TRAIN_BAD_INPUTS = {
     "missing config file": (lambda p: ["--data", p.corpus, "--config", p.tmp / "absent.toml"], "not found"),
     "data and dataset": (lambda p: ["--data", p.corpus, "--dataset", "python-docs"], "not both"),
     "out already holds a run": (lambda p: ["--data", p.corpus, "--out", p.run], "already holds a run"),
-    "out is a file": (lambda p: ["--data", p.corpus, "--out", p.tmp / "short.txt"], "cannot create the run folder"),
+    "out is a file": (lambda p: ["--data", p.corpus, "--out", p.tmp / "short.txt"], "is a file, not a folder"),
     "out inside a file": (lambda p: ["--data", p.corpus, "--out", p.tmp / "short.txt" / "run"],
                           "cannot create the run folder"),
     "config file is a folder": (lambda p: ["--data", p.corpus, "--config", p.tmp], "cannot read config file"),
@@ -178,13 +165,14 @@ def test_sample_bad_input(paths, case):
 def test_a_folder_that_is_not_a_run(paths, command):
     assert_one_line_error(invoke(command, paths.tmp / "not_a_run"), "not a minigpt run folder")
     assert_one_line_error(invoke(command, paths.tmp / "nowhere"), "run folder not found")
-    assert_one_line_error(invoke(command, paths.corpus), "run folder not found")
+    assert_one_line_error(invoke(command, paths.corpus), "is not a folder")
 
 
 @pytest.mark.parametrize("file, content, fragment", [
     ("config.json", "{not json", "config.json is corrupt"),
-    ("config.json", "{}", "config.json is corrupt"),
-    ("config.json", '{"train": "tiny"}', "config.json is corrupt"),
+    ("config.json", "{}", "config.json: field config is missing"),
+    ("config.json", '{"config": "tiny"}', "config.json: config must be an? dict"),
+    ("config.json", '{"config": {"model": {"n_head": 3.5}}}', "config.json: config: model: n_head must be an int"),
     ("tokenizer.json", None, "cannot read tokenizer"),
     ("tokenizer.json", '{"type": "words"}', "not a minigpt tokenizer"),
 ])
@@ -223,8 +211,9 @@ def test_train_sample_eval(tmp_path, workspace):
     assert result.exit_code == 0, (result.output, result.stderr)
     assert "step 6/6: loss" in result.stdout and "eval step 6:" in result.stdout  # plain lines: not a terminal
     assert "finished 6 steps" in result.stdout
-    train = json.loads((out / "config.json").read_text())["train"]
-    assert (train["max_iters"], train["learning_rate"], train["n_layer"], train["batch_size"]) == (6, 5e-3, 2, 4)
+    train = json.loads((out / "config.json").read_text())["config"]
+    assert (train["max_iters"], train["learning_rate"], train["batch_size"]) == (6, 5e-3, 4)
+    assert train["model"]["n_layer"] == 2
 
     sampled = invoke("sample", out, "--prompt", "The ", "--max-new-tokens", "40", "--seed", "3", "--top-k", "5")
     assert sampled.exit_code == 0, sampled.stderr
@@ -243,7 +232,7 @@ def test_train_sample_eval(tmp_path, workspace):
     val_text = split_text(workspace.corpus.read_text())[1]
     assert numbers["tokens"] == len(val_text) - 1  # every val token predicted once
     assert f"val loss {numbers['val_loss']:.4f}" in evaluated.stdout
-    assert numbers["val_bpc"] == pytest.approx(numbers["val_loss"] / 0.6931471805599453)
+    assert numbers["val_bits_per_char"] == pytest.approx(numbers["val_loss"] / 0.6931471805599453)
 
 
 def test_resume_from_the_cli(paths):

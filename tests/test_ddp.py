@@ -57,18 +57,18 @@ def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, 
     for name, value in single_weights.items():
         np.testing.assert_allclose(ddp_weights[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
     # the steps moved the weights far more than the tolerance: the comparison is not vacuous
-    initial = init_weights(single_config.model_config(len(single_weights["wte.weight"])), single_config.seed)
+    initial = init_weights(single_config.with_vocab_size(len(single_weights["wte.weight"])).model, single_config.seed)
     assert np.abs(initial["h.0.mlp.c_fc.weight"] - single_weights["h.0.mlp.c_fc.weight"]).max() > 1e-3
 
     # rank 0 alone wrote: one metrics file, every record once, the global losses of the single run
     assert [p.relative_to(workdir) for p in workdir.rglob("*.jsonl")] == [Path("run/metrics.jsonl")]
     ddp_records, single_records = read_metrics(ddp_run / "metrics.jsonl"), read_metrics(single_run / "metrics.jsonl")
-    assert [(r["type"], r["step"]) for r in ddp_records] == [(r["type"], r["step"]) for r in single_records]
-    assert [r["step"] for r in ddp_records if r["type"] == "step"] == list(range(1, STEPS + 1))
-    for ddp_record, single_record in zip(ddp_records, single_records, strict=True):
+    assert [(r.kind, r.step) for r in ddp_records.records] == [(r.kind, r.step) for r in single_records.records]
+    assert [r.step for r in ddp_records.steps] == list(range(1, STEPS + 1))
+    for ddp_record, single_record in zip(ddp_records.records, single_records.records, strict=True):
         for key in ("loss", "train_loss", "val_loss"):
-            if key in single_record:
-                assert ddp_record[key] == pytest.approx(single_record[key], rel=1e-5)
+            if hasattr(single_record, key):
+                assert getattr(ddp_record, key) == pytest.approx(getattr(single_record, key), rel=1e-5)
     output = result.stdout + result.stderr
     assert output.count(f"finished {STEPS} steps") == 1
     global_tokens = RANKS * RANK_BATCH * ACCUM * 16

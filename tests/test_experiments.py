@@ -17,7 +17,7 @@ TEXT = "to be or not to be, that is the question.\nwhether tis nobler in the min
 def test_context_variants_keep_tokens_per_step():
     base = build_config("tiny")
     variants = context_variants(base, [16, 32, 64], 256)
-    shapes = [(n, c.block_size, c.batch_size) for n, c in variants]
+    shapes = [(n, c.model.block_size, c.batch_size) for n, c in variants]
     assert shapes == [("ctx16", 16, 16), ("ctx32", 32, 8), ("ctx64", 64, 4)]
     assert {c.tokens_per_step for _, c in variants} == {256}
     with pytest.raises(MiniGPTError, match="multiple"):
@@ -27,10 +27,10 @@ def test_context_variants_keep_tokens_per_step():
 def test_tokenizer_variants_change_only_the_tokenizer():
     base = build_config("tiny")
     variants = tokenizer_variants(base, [256, 512])
-    assert [(n, c.tokenizer, c.vocab_size) for n, c in variants] == [
-        ("char", "char", base.vocab_size), ("bpe256", "bpe", 256), ("bpe512", "bpe", 512)]
-    assert {(c.max_iters, c.tokens_per_step, c.n_layer) for _, c in variants} == {
-        (base.max_iters, base.tokens_per_step, base.n_layer)}
+    assert [(n, c.tokenizer, c.model.vocab_size) for n, c in variants] == [
+        ("char", "char", base.model.vocab_size), ("bpe256", "bpe", 256), ("bpe512", "bpe", 512)]
+    assert {(c.max_iters, c.tokens_per_step, c.model.n_layer) for _, c in variants} == {
+        (base.max_iters, base.tokens_per_step, base.model.n_layer)}
 
 
 def test_position_losses_of_a_uniform_model_are_log_vocab():

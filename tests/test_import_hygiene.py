@@ -72,3 +72,9 @@ APP_FILES = sorted((ROOT / "minigpt_tui").rglob("*.py"))
 def test_only_backends_touch_the_tensor_library(path):
     """Everything torch-specific (devices, threads, peak FLOP/s) lives behind the Backend interface."""
     assert "torch" not in imported_roots(path)
+
+
+@pytest.mark.parametrize("path", APP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_core_leaves_process_groups_to_the_backend(path):
+    """torch.distributed set-up is the backend's; the core sees a rank, a size and the backend's collectives."""
+    assert "torch_distributed" not in path.read_text(encoding="utf-8")

@@ -233,7 +233,7 @@ def test_bad_device_or_dtype_is_a_clear_error():
         NumpyBackend(config, init_weights(config, 0), OPTIM, dtype="float16")
     train_config = tiny_config(backend="numpy", device="mps")
     with pytest.raises(MiniGPTError, match="CPU"):
-        build_backend(train_config, 11, init_weights(train_config.model_config(11), 0))
+        build_backend(train_config.with_vocab_size(11), init_weights(train_config.with_vocab_size(11).model, 0))
 
 
 NO_TORCH = """

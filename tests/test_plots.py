@@ -4,6 +4,7 @@ import matplotlib.image
 import pytest
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.events import EvalEvent, StepEvent
 from minigpt_tui.plots import Chart, Series, export_plots, file_stem, render_text, save_sample_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -11,13 +12,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def write_run(folder, evals=True, scale=1.0):
     folder.mkdir(parents=True)
-    records = [{"type": "step", "step": s, "loss": 4.0 * scale - s / 100, "lr": 1e-3, "tokens_per_s": 1000.0}
-               for s in range(10, 110, 10)]
+    records = [StepEvent(step=s, max_iters=100, loss=4.0 * scale - s / 100, lr=1e-3, grad_norm=1.0,
+                         tokens_per_s=1000.0, elapsed_s=s / 10, time=float(s)) for s in range(10, 110, 10)]
     if evals:
-        records += [{"type": "eval", "step": s, "train_loss": 4.0 * scale - s / 50, "val_loss": 4.1 * scale - s / 50,
-                     "val_perplexity": 60.0 - s / 5, "val_bpc": 5.9 - s / 40, "train_bpc": 5.8 - s / 40}
+        records += [EvalEvent(step=s, train_loss=4.0 * scale - s / 50, val_loss=4.1 * scale - s / 50,
+                              val_perplexity=60.0 - s / 5, val_bits_per_char=5.9 - s / 40,
+                              train_bits_per_char=5.8 - s / 40, best_val_loss=1.0, is_best=True, time=float(s))
                     for s in (0, 50, 100)]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"type": "ev')
+    text = "".join(json.dumps(r.to_record()) + "\n" for r in records) + '{"type": "ev'
+    (folder / "metrics.jsonl").write_text(text)
     return folder
 
 

@@ -171,7 +171,8 @@ def test_generation_streams_and_kv_cache_matches_full_recompute(tiny):
 
     tokenizer = CharTokenizer.from_text("abcdefgh ")
     config = tiny.replace(block_size=16)
-    backend = build_backend(config, tokenizer.vocab_size, init_weights(config.model_config(tokenizer.vocab_size), 3))
+    config = config.with_vocab_size(tokenizer.vocab_size)
+    backend = build_backend(config, init_weights(config.model, 3))
     prompt = tokenizer.encode("abc")
     # within one context window the cached and uncached loops must pick the same tokens
     for params in (SamplingParams(0.0), SamplingParams(1.0, top_k=4)):

@@ -33,14 +33,17 @@ def test_events_and_run_folder(tmp_path, corpus_path):
     assert {(0, "latest"), (4, "latest"), (6, "latest"), (0, "best")} <= saved
 
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", ".lock",
+                                             ".lock.owner"}
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"latest", "best"}
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["max_iters"] == 6 and config["model"]["vocab_size"] == trainer.backend.config.vocab_size
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["type"] == "eval"] == [0, 4, 6]
-    assert [r["step"] for r in records if r["type"] == "step"] == [2, 4, 6]
-    assert load_checkpoint(run / "checkpoints" / "latest").state["step"] == 6
+    assert config["config"]["max_iters"] == 6
+    assert config["config"]["model"]["vocab_size"] == trainer.backend.config.vocab_size
+    records = read_metrics(run / "metrics.jsonl")
+    assert records.evals == evals  # the metrics records are the events, field for field
+    assert [r.step for r in records.evals] == [0, 4, 6]
+    assert [r.step for r in records.steps] == [2, 4, 6]
+    assert load_checkpoint(run / "checkpoints" / "latest").state.step == 6
 
 
 def test_same_seed_same_weights(tmp_path, corpus_path):
@@ -90,7 +93,7 @@ def test_resume_continues_exactly(tmp_path, corpus_path):
 
     def losses(run):
         records = read_metrics(tmp_path / run / "metrics.jsonl")
-        return [(r["type"], r["step"], r.get("loss"), r.get("val_loss")) for r in records]
+        return [(r.kind, r.step, getattr(r, "loss", None), getattr(r, "val_loss", None)) for r in records.records]
 
     assert losses("resumed") == losses("straight")
 
@@ -122,7 +125,7 @@ def test_resume_can_extend_training(trained_run, corpus_path):
     assert trainer.step == 8
     done = trainer.run()
     assert done.step == 11 and done.reason == "finished"
-    assert json.loads((trained_run / "config.json").read_text())["train"]["max_iters"] == 11
+    assert json.loads((trained_run / "config.json").read_text())["config"]["max_iters"] == 11
 
 
 def unigram_entropy(text: str) -> float:
@@ -162,7 +165,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_path
     assert done.reason == "diverged" and done.step == 4
     assert "loss became nan at step 5" in done.message and "last good checkpoint" in done.message
     assert isinstance(events[-1], DoneEvent)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest").state["step"] == 4
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest").state.step == 4
     assert max(e.step for e in events if isinstance(e, StepEvent)) == 4
 
 
@@ -173,7 +176,7 @@ def test_huge_learning_rate_diverges_and_the_kept_checkpoint_still_works(tmp_pat
     assert done.reason == "diverged"
     assert "became nan" in done.message and "last good checkpoint" in done.message
     model, ckpt = load_model(open_run(tmp_path / "run"), which="latest")
-    assert ckpt.state["step"] < config.max_iters
+    assert ckpt.state.step < config.max_iters
     inputs, targets = trainer.samplers.eval_val.next()
     assert math.isfinite(model.eval_loss(inputs, targets))
     assert math.isfinite(done.best_val_loss)

@@ -111,7 +111,7 @@ async def test_pause_resume_and_stop(tmp_path: Path, corpus_path: Path):
         await wait_until(pilot, lambda: not app.training)
         assert app.pane.status.state.startswith("stopped")
     state = load_checkpoint(out / "checkpoints" / "latest", with_optimizer=False).state
-    assert state["step"] > held
+    assert state.step > held
 
 
 async def test_quit_during_training_saves_a_checkpoint(tmp_path: Path, corpus_path: Path):
@@ -124,7 +124,7 @@ async def test_quit_during_training_saves_a_checkpoint(tmp_path: Path, corpus_pa
         await wait_until(pilot, lambda: app.return_code is not None)
     # the only checkpoints are step 0's and the one written on the way out
     state = load_checkpoint(out / "checkpoints" / "latest", with_optimizer=False).state
-    assert state["step"] > 3
+    assert state.step > 3
 
 
 async def test_generation_streams_tokens_from_an_opened_run(trained_run: Path):
@@ -199,8 +199,8 @@ async def test_opened_run_shows_its_curves_and_follows_new_records(trained_run: 
         assert app.pane.status.state == "finished"
         # another process (minigpt train --headless) appends to metrics.jsonl
         with open(trained_run / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"type": "step", "step": 10, "loss": 2.5, "lr": 1e-3, "grad_norm": 1.0,
-                                "tokens_per_s": 1234.0, "time": 0.0}) + "\n")
+            f.write(json.dumps({"type": "step", "step": 10, "max_iters": 10, "loss": 2.5, "lr": 1e-3,
+                                "grad_norm": 1.0, "tokens_per_s": 1234.0, "elapsed_s": 1.0, "time": 0.0}) + "\n")
         await wait_until(pilot, lambda: app.pane.status.step == 10)
         assert app.pane.curves.steps[-1] == 10
         assert app.pane.status.state.startswith("following")
@@ -224,7 +224,7 @@ async def test_continue_a_finished_run_for_the_steps_asked_in_the_dialog(trained
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.pane.status.step == 12 and not app.training)
         assert app.pane.status.state == "finished"
-    assert max(r["step"] for r in read_metrics(trained_run / "metrics.jsonl")) == 12
+    assert max(r.step for r in read_metrics(trained_run / "metrics.jsonl").records) == 12
 
 
 @pytest.mark.parametrize("run_dir", ["missing-run", "."])
@@ -278,7 +278,7 @@ async def test_a_new_run_that_fails_returns_to_the_form_and_leaves_the_open_run_
         trained_run: Path, corpus_path: Path, monkeypatch):
     from minigpt_tui.tui import run_form
 
-    monkeypatch.setattr(run_form, "holds_run", lambda path: False)  # the folder appears after the form checked
+    monkeypatch.setattr(run_form, "holds_checkpoints", lambda path: False)  # the folder appears after the form checked
     app = create_app(trained_run, **FAST)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("n")
@@ -333,13 +333,13 @@ async def test_several_runs_are_overlaid_and_named(tmp_path: Path, corpus_path: 
 
 
 def test_an_opened_run_on_auto_says_the_device_is_picked_when_it_trains(tmp_path: Path, corpus_text: str):
-    from minigpt_tui.runs import create_run
+    from minigpt_tui.runs import Metrics, Run
     from minigpt_tui.tokenizer import build_tokenizer
-    from minigpt_tui.tui.training_pane import status_from_records
+    from minigpt_tui.tui.training_pane import status_from_metrics
 
-    config = tiny_config(device="auto")
-    run = create_run(tmp_path / "run", config, build_tokenizer("char", corpus_text, config.vocab_size), "c.txt", 1.0)
-    status = status_from_records(run, [])
+    tokenizer = build_tokenizer("char", corpus_text, 64)
+    config = tiny_config(device="auto").with_vocab_size(tokenizer.vocab_size)
+    status = status_from_metrics(Run(tmp_path / "run", config, tokenizer, "c.txt", 1.0), Metrics())
     assert (status.backend, status.device) == ("torch", "auto (picked when it trains)")  # not "torch on auto"
 
 

@@ -14,7 +14,8 @@ import pytest
 from conftest import make_corpus_text, tiny_config
 
 from minigpt_tui.ablation import TemperatureRow
-from minigpt_tui.runs import create_run
+from minigpt_tui.events import EvalEvent, StepEvent
+from minigpt_tui.runs import Run, create_run
 from minigpt_tui.tokenizer import build_tokenizer
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.app import create_app
@@ -27,20 +28,22 @@ def synthetic_run(root: Path, name: str = "demo-run", last_step: int = 200, scal
     time constant ``scale`` (no training: the numbers are fixed)."""
     path = root / name
     config = tiny_config(max_iters=200, eval_interval=50)
-    tokenizer = build_tokenizer("char", make_corpus_text(), config.vocab_size)
-    create_run(path, config, tokenizer, "corpus.txt", 1.0)
+    tokenizer = build_tokenizer("char", make_corpus_text(), config.model.vocab_size)
+    config = config.with_vocab_size(tokenizer.vocab_size)
+    create_run(path, Run(path, config, tokenizer, "corpus.txt", 1.0)).release()
     records = []
     for step in range(10, last_step + 1, 10):
-        records.append({"type": "step", "step": step, "loss": 1.4 + 2.8 * math.exp(-step / scale),
-                        "lr": 3e-3 * (1 - step / 400), "grad_norm": 1.0 + 0.5 * math.exp(-step / 40),
-                        "tokens_per_s": 25_000.0, "time": 1000.0 + step * 0.05})
+        records.append(StepEvent(step=step, max_iters=200, loss=1.4 + 2.8 * math.exp(-step / scale),
+                                 lr=3e-3 * (1 - step / 400), grad_norm=1.0 + 0.5 * math.exp(-step / 40),
+                                 tokens_per_s=25_000.0, elapsed_s=step * 0.05, time=1000.0 + step * 0.05))
     for step in range(0, last_step + 1, 50):
         val = 1.5 + 2.7 * math.exp(-step / scale)
-        records.append({"type": "eval", "step": step, "train_loss": val - 0.05, "val_loss": val,
-                        "val_perplexity": math.exp(val), "val_bpc": val / math.log(2),
-                        "train_bpc": (val - 0.05) / math.log(2), "time": 1000.0 + step * 0.05})
-    records.sort(key=lambda r: (r["step"], r["type"] == "step"))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        records.append(EvalEvent(step=step, train_loss=val - 0.05, val_loss=val, val_perplexity=math.exp(val),
+                                 val_bits_per_char=val / math.log(2), train_bits_per_char=(val - 0.05) / math.log(2),
+                                 best_val_loss=val, is_best=True, time=1000.0 + step * 0.05))
+    records.sort(key=lambda r: (r.step, r.kind == "step"))
+    text = "".join(json.dumps(r.to_record()) + "\n" for r in records)
+    (path / "metrics.jsonl").write_text(text, encoding="utf-8")
     return path
 
 

@@ -8,6 +8,7 @@ the UI costs the training loop almost nothing.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,9 +30,10 @@ from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
 from minigpt_tui.keepsakes import save_sample, save_temperature_table
-from minigpt_tui.runs import Run, build_backend, default_run_dir, load_model, open_run, read_metrics
+from minigpt_tui.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
 from minigpt_tui.sampling import generate_text
-from minigpt_tui.trainer import new_training, resume_training
+from minigpt_tui.terminal import check_terminal
+from minigpt_tui.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.continue_dialog import ContinueDialog
 from minigpt_tui.tui.generation_pane import GenerationPane
@@ -55,7 +57,7 @@ from minigpt_tui.tui.messages import (
 )
 from minigpt_tui.tui.output import log, set_up_output
 from minigpt_tui.tui.run_form import RunForm
-from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_records
+from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
 
@@ -127,6 +129,7 @@ class MiniGPTApp(App):
         self.following = False  # another process is appending to the opened run's metrics
         self.train_text: str | None = None
         self.metrics_stamp: tuple[int, float] | None = None
+        self.metrics_warned: list[int] = []  # damaged metrics lines already reported
         self.dirty = False
         self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
         self.starting_new_run = False  # the training worker is preparing a new run (not continuing one)
@@ -156,7 +159,7 @@ class MiniGPTApp(App):
         if self.run_dir is not None:
             try:
                 self.open_existing(self.run_dir)
-                self.pane.comparisons = [(path.name, Curves.from_records(read_metrics(open_run(path).metrics_path)))
+                self.pane.comparisons = [(path.name, Curves.from_metrics(read_metrics(open_run(path).metrics_path)))
                                          for path in self.compare]
             except MiniGPTError as exc:
                 self.notify(str(exc), title="cannot open the run", severity="error")
@@ -198,7 +201,8 @@ class MiniGPTApp(App):
 
     def open_existing(self, path: Path) -> None:
         run = open_run(path)
-        self.run_info, self.train_text, self.following = run, None, False
+        # a run another process trains (it holds the lock) is followed read-only
+        self.run_info, self.train_text, self.following = run, None, is_locked(run.path)
         self.sub_title = run.path.name
         self.reload_metrics()
         self.query_one("#train-switcher", ContentSwitcher).current = "training"
@@ -207,10 +211,13 @@ class MiniGPTApp(App):
 
     def reload_metrics(self) -> None:
         run = self.run_info
-        records = read_metrics(run.metrics_path)
-        self.pane.curves = Curves.from_records(records)
+        metrics = read_metrics(run.metrics_path)
+        if metrics.damaged_lines and self.metrics_warned != metrics.damaged_lines:
+            self.metrics_warned = metrics.damaged_lines
+            self.notify(metrics.warning(run.metrics_path), severity="warning")
+        self.pane.curves = Curves.from_metrics(metrics)
         note = self.pane.status.note if self.following else ""
-        self.pane.status = status_from_records(run, records)
+        self.pane.status = status_from_metrics(run, metrics)
         if self.following:
             self.pane.status.state = f"following: another process trains it (step {self.pane.status.step})"
         self.pane.status.note = note
@@ -287,8 +294,7 @@ class MiniGPTApp(App):
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
         if trainer.step > 0:
-            kept = [r for r in read_metrics(trainer.run_dir.metrics_path) if r.get("step", 0) <= trainer.step]
-            self.pane.curves = Curves.from_records(kept)
+            self.pane.curves = Curves.from_metrics(read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step))
         s = self.pane.status
         c = trainer.config
         s.run, s.state = trainer.run_dir.path.name, "training"
@@ -363,13 +369,14 @@ class MiniGPTApp(App):
     def action_continue_training(self) -> None:
         if self.training or self.run_info is None:
             return
-        if self.following:
+        if self.following or is_locked(self.run_info.path):
             self.notify("another process is training this run; continue it when that one stops", severity="warning")
             return
         run = self.run_info
         done = self.pane.status.step
-        # offered: the rest of a stopped run, or as many steps again for a finished one; the user decides
-        suggested = run.config.max_iters - done if done < run.config.max_iters else run.config.max_iters
+        # offered: the core's policy (the rest of a stopped run, as many steps again for a finished one); the
+        # user decides
+        suggested = continuation_target(run.config, done) - done
 
         def chosen(extra: int | None) -> None:
             if extra is not None:
@@ -457,12 +464,12 @@ class MiniGPTApp(App):
         trainer = self.trainer
         if trainer is not None:
             step = trainer.step
-            backend = build_backend(trainer.config, trainer.run_dir.tokenizer.vocab_size, trainer.snapshot_weights())
+            backend = build_backend(trainer.config, trainer.snapshot_weights())
             return backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})"
         if self.run_info is None:
             raise MiniGPTError("no model yet: start a run (n) or open one with `minigpt-tui RUN_DIR`")
         backend, checkpoint = load_model(self.run_info, which="latest")
-        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.get('step', '?')})"
+        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.step})"
 
     def training_text(self) -> str:
         if self.train_text is None:
@@ -598,5 +605,10 @@ def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out
          log_file: Path | None) -> None:
     """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run; with more run folders,
     their curves are drawn over the first's, each named in the legend."""
+    try:
+        check_terminal()
+    except MiniGPTError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     set_up_output(log_file)
     create_app(*run_dirs, data=data, dataset=dataset, out=out).run()

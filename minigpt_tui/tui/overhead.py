@@ -36,7 +36,7 @@ KEY_EVERY_S = 0.3
 
 def mean_tokens_per_s(run_dir: Path) -> float:
     # the first logged interval includes warm-up (allocator, first kernels): left out on both sides
-    rates = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("type") == "step"]
+    rates = [r.tokens_per_s for r in read_metrics(run_dir / "metrics.jsonl").steps]
     return statistics.mean(rates[1:] or rates)
 
 

@@ -14,7 +14,7 @@ from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_type
 from minigpt_tui.data import read_corpus
 from minigpt_tui.datasets import load_dataset
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import holds_run
+from minigpt_tui.runs import holds_checkpoints
 from minigpt_tui.tui.messages import StartRun
 
 CUSTOM = "custom"  # the preset shown when the app was handed a ready config
@@ -34,7 +34,7 @@ class RunForm(VerticalScroll):
         super().__init__(id=id)
         self.presets = {name: dict(values) for name, values in PRESETS.items()}
         if config is not None:
-            self.presets[CUSTOM] = config.to_dict()
+            self.presets[CUSTOM] = config.to_flat()
         self.initial_preset = CUSTOM if config is not None else "baby"
         self.initial_corpus = FROM_PATH if data is not None else (dataset or "shakespeare")
         self.initial_path = str(data) if data is not None else ""
@@ -71,7 +71,7 @@ class RunForm(VerticalScroll):
         return Select([(option, option) for option in names], value=value, allow_blank=False, compact=True, id=name)
 
     def preset_value(self, preset: str, name: str) -> str:
-        value = self.presets[preset].get(name, getattr(TrainConfig(), name))
+        value = self.presets[preset].get(name, TrainConfig().get(name))
         return repr(value) if isinstance(value, float) else str(value)
 
     def on_mount(self) -> None:
@@ -132,7 +132,7 @@ class RunForm(VerticalScroll):
         if self.query_one("#corpus", Select).value == FROM_PATH and not self.query_one("#path", Input).value.strip():
             problems.append("give the path of a text file or folder")
         out = self.query_one("#out", Input).value.strip()
-        if out and holds_run(Path(out)):  # checked here, so the form stays open and nothing is touched
+        if out and holds_checkpoints(Path(out)):  # checked here, so the form stays open and nothing is touched
             problems.append(f"{out} already holds a run: choose another run folder, or open that run "
                             f"(minigpt-tui {out}) and press c to continue it")
         if problems:

@@ -20,7 +20,7 @@ from minigpt_tui.config import TrainConfig
 from minigpt_tui.events import EvalEvent, StepEvent
 from minigpt_tui.metrics import perplexity
 from minigpt_tui.plots import axis_limits, step_ticks, value_ticks
-from minigpt_tui.runs import Run
+from minigpt_tui.runs import Metrics, Run
 
 MAX_PLOTTED = 400  # per-step losses beyond this are averaged in buckets: cheap redraws on long runs
 
@@ -62,20 +62,11 @@ class Curves:
         return max(self.steps[-1:] + self.eval_steps[-1:], default=0)
 
     @classmethod
-    def from_records(cls, records: list[dict]) -> Curves:
+    def from_metrics(cls, metrics: Metrics) -> Curves:
         curves = cls()
-        for r in records:
-            if r.get("type") == "step":
-                curves.steps.append(r["step"])
-                curves.losses.append(r["loss"])
-                curves.lrs.append(r["lr"])
-                curves.grad_norms.append(r["grad_norm"])
-            elif r.get("type") == "eval":
-                curves.eval_steps.append(r["step"])
-                curves.train_eval_loss.append(r["train_loss"])
-                curves.val_loss.append(r["val_loss"])
-                curves.train_bpc.append(r["train_bpc"])
-                curves.val_bpc.append(r["val_bpc"])
+        curves.add_steps(metrics.steps)
+        for event in metrics.evals:
+            curves.add_eval(event)
         return curves
 
 
@@ -320,20 +311,20 @@ class TrainingPane(Horizontal):
 def describe(status: Status, config: TrainConfig, vocab_size: int) -> None:
     """Fill the run's fixed facts: shape, batch, parameter count and vocabulary size."""
     c = config
-    status.model = f"{c.n_layer}L {c.n_head}H {c.n_embd}d ctx {c.block_size}"
+    m = c.model
+    status.model = f"{m.n_layer}L {m.n_head}H {m.n_embd}d ctx {m.block_size}"
     status.batch = f"{c.batch_size}×{c.grad_accum_steps}, lr {c.learning_rate:g}"
-    status.parameters = count_parameters(c.model_config(vocab_size))
+    status.parameters = count_parameters(c.with_vocab_size(vocab_size).model)
     status.vocab_size = vocab_size
     status.max_iters = c.max_iters
 
 
-def status_from_records(run: Run, records: list[dict]) -> Status:
+def status_from_metrics(run: Run, metrics: Metrics) -> Status:
     """The status of a run read from disk: its config and the last records of its metrics.jsonl."""
     c = run.config
-    steps = [r for r in records if r.get("type") == "step"]
-    evals = [r for r in records if r.get("type") == "eval"]
-    step = max((r["step"] for r in steps + evals), default=0)
-    times = [r["time"] for r in records if "time" in r]
+    records, steps, evals = metrics.records, metrics.steps, metrics.evals
+    step = max((r.step for r in records), default=0)
+    times = [r.time for r in records]
     # the run folder does not record which device "auto" chose: say so rather than print "auto" as a device
     device = f"{c.device} (picked when it trains)" if c.device == "auto" else c.device
     status = Status(run=run.path.name, backend=c.backend, device=device, corpus=Path(run.data_source).name,
@@ -341,10 +332,10 @@ def status_from_records(run: Run, records: list[dict]) -> Status:
     describe(status, c, run.tokenizer.vocab_size)
     status.state = "finished" if step >= c.max_iters else ("not started" if not records else f"stopped at {step}")
     if steps:
-        status.tokens_per_s = steps[-1]["tokens_per_s"]
-        status.lr = steps[-1]["lr"]
+        status.tokens_per_s = steps[-1].tokens_per_s
+        status.lr = steps[-1].lr
     if len(times) > 1:
         status.elapsed_s = times[-1] - times[0]
     if evals:
-        status.best_val_loss = min(r["val_loss"] for r in evals)
+        status.best_val_loss = min(r.val_loss for r in evals)
     return status
