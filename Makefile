@@ -4,7 +4,8 @@
 # On a GPU machine pick the torch build for your CUDA, e.g.  make run TORCH_SPEC=torch
 PYTHON ?= python3
 VENV ?= .venv
-# the local CPU build: an unpinned torch would pull gigabytes of CUDA libraries onto a CPU machine
+# the local CPU build: an unpinned torch would pull gigabytes of CUDA libraries onto a CPU machine.
+# Handed to pip as its arguments, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"
 TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/quickstart
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
