@@ -71,6 +71,7 @@ def test_ablation_table(snap_compare, tmp_path: Path):
 
     async def fill(pilot):
         await pilot.press("a")
+        pilot.app.query_one("#temperatures").cursor_blink = False  # a blinking cursor made the snapshot flaky
         pane = pilot.app.query_one(AblationPane)
         for row in rows:
             pane.add_row(row)
