@@ -13,7 +13,7 @@ from minigpt_tui.errors import MiniGPTError
 # default corpus, and every figure in the README, is the same on every machine, with or without a network
 SHAKESPEARE_RESOURCE = "corpora/tinyshakespeare.txt.xz"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"  # of the decompressed text
-SHAKESPEARE_SOURCE = "shakespeare (bundled tiny Shakespeare)"
+SHAKESPEARE_SOURCE = "shakespeare (bundled)"
 PYTHON_DOCS_SOURCE = "python-docs (pydoc_data.topics)"
 DATASETS = ("shakespeare", "python-docs")
 

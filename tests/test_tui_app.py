@@ -332,7 +332,7 @@ async def test_several_runs_are_overlaid_and_named(tmp_path: Path, corpus_path: 
         assert "lr-high" in labels and "lr-low" in labels
 
 
-def test_an_opened_run_on_auto_says_the_device_is_picked_when_it_trains(tmp_path: Path, corpus_text: str):
+def test_an_opened_run_on_auto_says_its_device_is_not_recorded(tmp_path: Path, corpus_text: str):
     from minigpt_tui.runs import Metrics, Run
     from minigpt_tui.tokenizer import build_tokenizer
     from minigpt_tui.tui.training_pane import status_from_metrics
@@ -340,7 +340,7 @@ def test_an_opened_run_on_auto_says_the_device_is_picked_when_it_trains(tmp_path
     tokenizer = build_tokenizer("char", corpus_text, 64)
     config = tiny_config(device="auto").with_vocab_size(tokenizer.vocab_size)
     status = status_from_metrics(Run(tmp_path / "run", config, tokenizer, "c.txt", 1.0), Metrics())
-    assert (status.backend, status.device) == ("torch", "auto (picked when it trains)")  # not "torch on auto"
+    assert (status.backend, status.device) == ("torch", "auto (not recorded)")  # not "torch on auto"
 
 
 def test_status_labels_keep_their_width_next_to_a_long_state():

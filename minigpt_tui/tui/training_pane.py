@@ -326,7 +326,7 @@ def status_from_metrics(run: Run, metrics: Metrics) -> Status:
     step = max((r.step for r in records), default=0)
     times = [r.time for r in records]
     # the run folder does not record which device "auto" chose: say so rather than print "auto" as a device
-    device = f"{c.device} (picked when it trains)" if c.device == "auto" else c.device
+    device = f"{c.device} (not recorded)" if c.device == "auto" else c.device
     status = Status(run=run.path.name, backend=c.backend, device=device, corpus=Path(run.data_source).name,
                     step=step)
     describe(status, c, run.tokenizer.vocab_size)
