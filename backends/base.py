@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 POS_ENCODINGS = ("learned", "sinusoidal")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # hyperparameters reach float32 kernels: larger ones overflow
 SINUSOID_SCALE = 0.02 * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2); this gives RMS 0.02
 
 
@@ -66,13 +67,13 @@ class OptimConfig:
     def __post_init__(self) -> None:
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            if not 0 <= value <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be a number in [0, {FLOAT32_MAX:.3g}], got {value}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be a finite number > 0, got {self.eps}")
+        if not 0 < self.eps <= FLOAT32_MAX:
+            raise ValueError(f"eps must be a number in (0, {FLOAT32_MAX:.3g}], got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,14 @@ def is_decayed(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) >= 2
 
 
+@dataclass(frozen=True)
+class ForwardTrace:
+    """One sequence through the model, kept whole for inspection (in the backend's compute dtype)."""
+
+    logits: np.ndarray  # (T, vocab_size): the next-token logits at every position
+    attention: np.ndarray  # (n_layer, n_head, T, T): softmax rows, query i over keys 0..i (zero above)
+
+
 class GenerationSession(ABC):
     """Incremental decoding with a KV cache.
 
@@ -210,6 +219,11 @@ class Backend(ABC):
     @abstractmethod
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """Float32 logits of shape (B, T, vocab_size), without dropout."""
+
+    @abstractmethod
+    def trace(self, tokens: np.ndarray) -> ForwardTrace:
+        """Logits and every layer's attention probabilities for one (1, T) sequence, without dropout.
+        For inspection only: the training path never materialises the probabilities."""
 
     @abstractmethod
     def generation_session(self) -> GenerationSession:

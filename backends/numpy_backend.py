@@ -16,6 +16,7 @@ import numpy as np
 
 from backends.base import (
     Backend,
+    ForwardTrace,
     GenerationSession,
     ModelConfig,
     OptimConfig,
@@ -174,6 +175,14 @@ class NumpyBackend(Backend):
         ws = self.workspace(idx.shape)
         self.model.forward(ws, idx)
         return ws.logits.astype(np.float32)  # a copy: the workspace is reused
+
+    def trace(self, tokens: np.ndarray) -> ForwardTrace:
+        idx = self._ids(tokens)
+        if idx.shape[0] != 1:
+            raise ValueError(f"trace takes one sequence, shape (1, T), got {idx.shape}")
+        ws = self.workspace(idx.shape)
+        self.model.forward(ws, idx)  # the training forward keeps the probabilities for its backward
+        return ForwardTrace(ws.logits[0].copy(), ws.att[:, 0].copy())  # copies: the workspace is reused
 
     def generation_session(self) -> GenerationSession:
         return NumpyGenerationSession(self.model)

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from backends import torch_distributed
 from backends.base import (
     Backend,
+    ForwardTrace,
     GenerationSession,
     ModelConfig,
     OptimConfig,
@@ -153,6 +154,18 @@ class TorchBackend(Backend):
         with self._autocast:
             out = self.model(self._tensor(inputs))
         return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def trace(self, tokens: np.ndarray) -> ForwardTrace:
+        if tokens.ndim != 2 or tokens.shape[0] != 1:
+            raise ValueError(f"trace takes one sequence, shape (1, T), got {tokens.shape}")
+        self.model.eval()
+        probs: list[torch.Tensor] = []
+        with self._autocast:
+            logits = self.model(self._tensor(tokens), probs=probs)
+        attention = torch.cat(probs)  # n_layer x (1, nh, T, T) -> (n_layer, nh, T, T)
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 under autocast is upcast
+        return ForwardTrace(logits[0].to(dtype).cpu().numpy(), attention.to(dtype).cpu().numpy())
 
     def generation_session(self) -> GenerationSession:
         return TorchGenerationSession(self)

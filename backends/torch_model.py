@@ -30,12 +30,22 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, probs: list | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         # (B, T, 3C) -> three (B, nh, T, hs): heads become a batch dimension
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is None:
+        if probs is not None:
+            # inspection only: SDPA never materialises the probabilities, so compute them explicitly
+            # from the same q, k, v (whatever the lines above do to them) and record them
+            att = (q @ k.transpose(-2, -1)) * (C // self.n_head) ** -0.5
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            probs.append(att)
+            y = att @ v
+        elif cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
@@ -71,8 +81,10 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, probs: list | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, probs)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -98,12 +110,13 @@ class GPT(nn.Module):
             return self.wpe(torch.arange(start, start + length, device=device))
         return self.sinusoids[start : start + length]
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) logits."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, probs: list | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits. A ``probs`` list receives each layer's attention
+        probabilities, (B, nh, T, T), computed explicitly instead of by SDPA (for inspection)."""
         start = cache.length if cache is not None else 0
         x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1], idx.device))
         for layer, block in enumerate(self.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, probs)
         x = self.ln_f(x)
         head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
         return F.linear(x, head)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -9,11 +10,14 @@ import numpy as np
 
 from backends.base import init_weights
 from minigpt_tui.config import TrainConfig
+from minigpt_tui.inspection import inspect_tokens
 from minigpt_tui.metrics import flops_per_token
 from minigpt_tui.runs import build_backend
 from minigpt_tui.sampling import SamplingParams, generate, generate_nocache
+from minigpt_tui.tokenizer import CharTokenizer
 
 BENCH_VOCAB = 65  # tiny Shakespeare's character vocabulary
+INSPECT_TOKENS = 256  # the text the inspect view reads: moving its cursor should feel instant (< 100 ms)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class BenchResult:
     generate_tokens_per_s_nocache: float
     flops_per_token: float
     mfu: float  # achieved training FLOP/s over the measured matmul peak of this machine
+    inspect_ms: float  # median time to inspect INSPECT_TOKENS tokens (logits, surprisal, every attention map)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,4 +70,18 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
 
     fpt = flops_per_token(model_config)
     mfu = train_tps * fpt / backend.matmul_peak_flops()
-    return BenchResult(name, backend.device, train_tps, per_iter * 1000, gen_tps, nocache_tps, fpt, mfu)
+    return BenchResult(name, backend.device, train_tps, per_iter * 1000, gen_tps, nocache_tps, fpt, mfu,
+                       time_inspection(backend))
+
+
+def time_inspection(backend, repeats: int = 7) -> float:
+    """Median milliseconds of ``inspect_tokens`` on INSPECT_TOKENS random tokens, after one warm-up."""
+    tokenizer = CharTokenizer([chr(32 + i) for i in range(BENCH_VOCAB)])
+    tokens = [int(t) for t in np.random.default_rng(1).integers(0, BENCH_VOCAB, INSPECT_TOKENS)]
+    inspect_tokens(backend, tokens, tokenizer)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        inspect_tokens(backend, tokens, tokenizer)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000

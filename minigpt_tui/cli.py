@@ -1,4 +1,4 @@
-"""``minigpt``: the command-line shell over the core (train, sample, eval, bench).
+"""``minigpt``: the command-line shell over the core (train, sample, eval, inspect, bench).
 
 Heavy modules (torch, the trainer) are imported inside commands so that ``--help`` is instant.
 """
@@ -21,6 +21,7 @@ from minigpt_tui.sampling import DEFAULT_TEMPERATURE
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
 
 
 class FriendlyGroup(click.Group):
@@ -44,6 +45,11 @@ class FriendlyGroup(click.Group):
         except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: still one line (checkpoints are atomic), and a way to report it
+            click.echo(f"error: internal error, please report it: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
 
@@ -292,13 +298,159 @@ def eval_command(
         atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1))
 
 
+@main.command(name="inspect")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--text", required=True, help="The text to read (\\n for a newline).")
+@click.option("--position", type=int, default=-1, show_default=True, help="Token whose next-token distribution "
+              "and attention are shown (negative: from the end).")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=int, default=None, help="Keep the k most likely tokens.")
+@click.option("--top-p", type=float, default=None, help="Keep the smallest set with probability >= p.")
+@click.option("--layer", type=int, default=0, show_default=True, help="Layer of the attention head shown.")
+@click.option("--head", type=int, default=0, show_default=True, help="Head shown.")
+@checkpoint_choice()
+@backend_option
+@device_option
+@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write a figure: surprisal, next-token "
+              "bars at T=0.5/1/1.5, every attention map.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the raw numbers as JSON.")
+def inspect_command(
+    run_dir: Path,
+    text: str,
+    position: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    layer: int,
+    head: int,
+    checkpoint: str,
+    backend: str | None,
+    device: str | None,
+    png_path: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Why the model predicts what it does: surprisal per token, next-token table, attention."""
+    from rich.console import Console
+
+    from minigpt_tui.inspection import inspect_text
+    from minigpt_tui.inspection_text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
+    from minigpt_tui.runs import load_model, open_run
+    from minigpt_tui.sampling import SamplingParams
+    from minigpt_tui.storage import atomic_write_text
+
+    params = SamplingParams(temperature, top_k, top_p)
+    text = text.replace("\\n", "\n")
+    run = open_run(run_dir)
+    n_tokens = len(run.tokenizer.encode(text))  # unknown characters fail before the model loads
+    if not -n_tokens <= position < n_tokens:
+        raise MiniGPTError(f"position {position} is outside the text (0..{n_tokens - 1})")
+    shape = run.config.model
+    if not 0 <= layer < shape.n_layer:
+        raise MiniGPTError(f"layer {layer} does not exist (the model has layers 0..{shape.n_layer - 1})")
+    if not 0 <= head < shape.n_head:
+        raise MiniGPTError(f"head {head} does not exist (each layer has heads 0..{shape.n_head - 1})")
+    model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
+    inspection = inspect_text(model, run.tokenizer, text)
+    position %= inspection.length
+    view = inspection.next_tokens(position, params, run.tokenizer)
+    step, kind = ckpt.state.step, ckpt.state.kind
+    console = Console(highlight=False)
+    mean_bits = float(inspection.surprisal_bits[1:].mean()) if inspection.length > 1 else float("nan")
+    console.print(f"{run.path} ({kind} checkpoint, step {step}, {model.name}): {inspection.length} tokens, "
+                  f"mean surprisal {mean_bits:.2f} bits/token")
+    console.print(surprisal_text(inspection, position))
+    console.print(surprisal_legend())
+    piece = label(inspection.pieces[position])
+    console.print(next_tokens_table(view, title=f"next token after position {position} ('{piece}')"))
+    console.print(f"attention of layer {layer} head {head} from position {position} ('{piece}'):")
+    console.print(attention_text(inspection, inspection.attention_from(position, layer, head), position))
+    if png_path:
+        from minigpt_tui.inspection_plots import write_inspection_figure
+
+        title = f"{run.path.name}, {kind} checkpoint step {step}: position {position} ('{piece}')"
+        click.echo(write_inspection_figure(png_path, inspection, run.tokenizer, position, title), err=True)
+    if json_path:
+        document = {"run": str(run.path), "checkpoint": kind, "step": step, "backend": model.name, "text": text,
+                    "position": position, "layer": layer, "head": head, **inspection.to_dict(),
+                    "next_tokens": view.to_dict(),
+                    "attention_from_position": inspection.attention_from(position, layer, head).tolist()}
+        atomic_write_text(json_path, json.dumps(document))
+        click.echo(json_path, err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--windows", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Context-long windows spread evenly over the validation split.")
+@click.option("--weights", type=click.Choice(["best", "latest", "init"]), default="best", show_default=True,
+              help="A checkpoint, or the run's initial weights (its seed, before any training).")
+@data_option
+@dataset_option
+@backend_option
+@device_option
+@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write the table and surprisal as a figure.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
+def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
+          png_path: Path | None, json_path: Path | None) -> None:
+    """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
+    surprisal by word start, word middle and after a newline, over the validation split."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from backends.base import init_weights
+    from minigpt_tui.corpus import corpus_for_run
+    from minigpt_tui.head_roles import TARGET_KINDS, head_roles
+    from minigpt_tui.runs import build_backend, load_model, open_run
+    from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.trainer import tokenize_corpus
+
+    run = open_run(run_dir)
+    val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
+    if weights == "init":  # what the trainer started from
+        initial = init_weights(run.config.model, run.config.rng_seed)
+        model, step = build_backend(run.config, initial, backend=backend, device=device), 0
+    else:
+        model, ckpt = load_model(run, which=weights, backend=backend, device=device)
+        step = ckpt.state.step
+    roles = head_roles(model, run.tokenizer, val, windows=windows)
+    table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
+                        f"{roles.windows} windows of {roles.window_tokens} tokens")
+    table.add_column("head")
+    for kind in TARGET_KINDS:
+        table.add_column(kind, justify="right")
+    for layer in range(roles.mass.shape[0]):
+        for head in range(roles.mass.shape[1]):
+            table.add_row(f"L{layer} H{head}", *(f"{m:.3f}" for m in roles.mass[layer, head]))
+    table.add_row("chance", *(f"{c:.3f}" for c in roles.chance), style="dim")
+    console = Console(highlight=False)
+    console.print(table)
+    for kind in TARGET_KINDS:
+        layer, head, mass = roles.strongest(kind)
+        k = TARGET_KINDS.index(kind)
+        console.print(f"{kind}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
+                      f"{roles.queries[k]} queries)")
+    console.print("surprisal (bits/token): " + ", ".join(
+        f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))
+    if png_path:
+        from minigpt_tui.inspection_plots import head_roles_figure, save_figure
+
+        title = f"{run.path.name}, {weights} weights (step {step}): {roles.windows} val windows of " \
+                f"{roles.window_tokens}"
+        click.echo(save_figure(head_roles_figure(roles, title), png_path), err=True)
+    if json_path:
+        atomic_write_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
+                                                 **roles.to_dict()}, indent=1))
+
+
 @main.command()
 @click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, help="Repeat to compare.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads the backends compute with.")
+@click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="Threads the backends compute with."
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 def bench(
     backends: tuple[str, ...],
@@ -335,6 +487,7 @@ def bench(
         "gen tok/s (no cache)",
         "FLOPs/token",
         "MFU",
+        "inspect 256 (ms)",
     ):
         table.add_column(column, justify="right")
     for r in results:
@@ -347,6 +500,7 @@ def bench(
             f"{r.generate_tokens_per_s_nocache:,.0f}",
             f"{r.flops_per_token / 1e6:.2f}M",
             f"{r.mfu:.1%}",
+            f"{r.inspect_ms:.1f}",
         )
     Console().print(table)
     if json_path:
@@ -368,6 +522,42 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
     for path in export_plots(list(run_dirs), out or default_plots_dir(list(run_dirs)), name,
                              on_warning=lambda line: click.echo(line, err=True)):
         click.echo(path)
+
+
+@main.command(name="export-hf")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@checkpoint_choice()
+def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
+    """Write a run as a Hugging Face GPT-2 folder (config, safetensors weights, fast tokenizer)."""
+    from minigpt_tui.hf_interop import export_run
+
+    done = export_run(run_dir, out_dir, checkpoint)
+    click.echo(
+        f"{done.path}: GPT2LMHeadModel, {done.parameters:,} parameters, {done.tokenizer} tokenizer "
+        f"({done.checkpoint} checkpoint, step {done.step})"
+    )
+
+
+@main.command(name="import-hf")
+@click.argument("hf_dir", type=click.Path(path_type=Path))
+@click.argument("out_run", type=click.Path(path_type=Path))
+@data_option
+@dataset_option
+def import_hf(hf_dir: Path, out_run: Path, data: Path | None, dataset: str | None) -> None:
+    """Turn a local GPT-2 folder into a run (step 0) to sample, evaluate or fine-tune with train --resume.
+
+    With --data/--dataset the run is tied to that corpus, like a trained run to its own."""
+    from minigpt_tui.corpus import resolve_corpus
+    from minigpt_tui.hf_interop import import_hf as import_folder
+
+    corpus = resolve_corpus(data, dataset)[0] if data is not None or dataset is not None else None
+    run = import_folder(hf_dir, out_run, corpus)
+    c = run.config.model
+    click.echo(
+        f"{run.path}: {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, context {c.block_size}, "
+        f"{run.tokenizer.kind} tokenizer of {run.tokenizer.vocab_size} tokens"
+    )
 
 
 @main.group()
@@ -454,7 +644,10 @@ def ablation_options(command):
                 help="Folder for the variant runs and the report; finished variants are reused.",
             ),
             click.option(
-                "--threads", type=click.IntRange(min=1), default=None, help="Threads each variant computes with."
+                "--threads",
+                type=click.IntRange(min=1, max=MAX_THREADS),
+                default=None,
+                help="Threads each variant computes with.",
             ),
             click.option(
                 "--isolate/--in-process",

@@ -13,12 +13,11 @@ the tokenizer's actual size (``with_vocab_size``), which is what the backend is 
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from backends.base import ModelConfig, OptimConfig
+from backends.base import FLOAT32_MAX, ModelConfig, OptimConfig
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.typed import checked_value, from_fields, scalar_type
 
@@ -29,6 +28,7 @@ else:  # pragma: no cover
 
 TOKENIZERS = ("char", "bpe")
 DTYPES = ("float32", "float64")
+MIN_BPE_VOCAB = 256  # byte-level BPE: every byte is a token before any merge
 MAX_BPE_VOCAB = 2**16  # GPT-2 has 50257; beyond this the merges outnumber what a small corpus can support
 MAX_SEED = 2**63 - 1  # numpy and torch seeds are unsigned 64-bit; a negative seed is folded into this range
 
@@ -63,16 +63,21 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters"):
+        for name in ("learning_rate", "min_lr"):
             value = getattr(self, name)
-            if value < 0 or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            if not 0 <= value <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be a finite number >= 0 (at most {FLOAT32_MAX:.3g}), got {value}")
+        for name in ("warmup_iters", "lr_decay_iters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_lr > self.learning_rate:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
-        if self.tokenizer == "bpe" and self.model.vocab_size > MAX_BPE_VOCAB:
-            raise ValueError(f"vocab_size must be at most {MAX_BPE_VOCAB} for BPE, got {self.model.vocab_size}")
+        if self.tokenizer == "bpe" and not MIN_BPE_VOCAB <= self.model.vocab_size <= MAX_BPE_VOCAB:
+            raise ValueError(
+                f"vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] for BPE, got {self.model.vocab_size}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not -MAX_SEED <= self.seed <= MAX_SEED:

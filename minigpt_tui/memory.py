@@ -1,7 +1,8 @@
 """Will a config fit? An estimate of the memory a training run needs, checked before anything is allocated.
 
 The estimate counts what dominates: the parameters, their gradients and AdamW's two moments (four
-copies of every weight), and the activations one micro-batch keeps for the backward pass. Per layer
+copies of every weight), the activations one micro-batch keeps for the backward pass, and the token
+ids of a step's micro-batches. Per layer
 that is about 16 values per token and channel (inputs of the LayerNorms, the attention and the 4x
 MLP, and their outputs) plus the attention scores and their softmax (2 x heads x T per token), and
 once per token the logits and their gradient. It errs on the generous side of what a backend
@@ -24,7 +25,9 @@ def training_bytes(config: TrainConfig) -> int:
     values = 4 * count_parameters(m)  # weights, gradients, AdamW exp_avg and exp_avg_sq
     tokens = config.batch_size * m.block_size
     values += tokens * (m.n_layer * (16 * m.n_embd + 2 * m.n_head * m.block_size) + 2 * m.vocab_size)
-    return values * BYTES_PER_VALUE[config.dtype]
+    # a step's micro-batches of token ids (inputs and targets, int64) are drawn before it runs
+    token_ids = 2 * 8 * tokens * config.grad_accum_steps
+    return values * BYTES_PER_VALUE[config.dtype] + token_ids
 
 
 def available_bytes() -> int | None:

@@ -136,14 +136,16 @@ def render_text(chart: Chart, size: tuple[int, int] = TEXT_SIZE, color: bool = F
     fig = TextFigure()
     fig.plotsize(*size)
     fig.theme("clear")
+    drawn = False
     for i, s in enumerate(chart.series):
         xs, ys = _finite_points(s)  # plotext has no gaps: a non-finite point is left out
         if s.faint or not xs:
             continue
         fig.plot(xs, ys, label=s.label, marker="braille" if color else TEXT_MARKERS[i % len(TEXT_MARKERS)])
+        drawn = True
     if chart.vline is not None:
         fig.vertical_line(chart.vline)
-    if chart.logy:
+    if chart.logy and drawn:  # a log axis over no finite point at all breaks plotext
         fig.yscale("log")
     fig.title(chart.title)
     fig.xlabel(chart.xlabel)

@@ -75,8 +75,12 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     except json.JSONDecodeError as exc:
         raise MiniGPTError(f"tokenizer file is not valid JSON: {exc}") from None
     kind = data.get("type") if isinstance(data, dict) else None
-    if kind == "char" and isinstance(data.get("chars"), list):
-        return CharTokenizer(data["chars"])
+    if kind == "char":
+        chars = data.get("chars")
+        if not (isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars)
+                and len(set(chars)) == len(chars)):
+            raise MiniGPTError("tokenizer file is corrupt: field chars must list distinct single characters")
+        return CharTokenizer(chars)
     if kind == "bpe":
         from minigpt_tui.bpe import BPETokenizer
 
@@ -87,8 +91,12 @@ def tokenizer_from_json(text: str) -> Tokenizer:
 def load_tokenizer(path: Path) -> Tokenizer:
     try:
         return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, UnicodeDecodeError):
-        raise MiniGPTError(f"cannot read tokenizer {path}") from None
+    except FileNotFoundError:
+        raise MiniGPTError(f"cannot read tokenizer {path}: it is missing") from None
+    except UnicodeDecodeError:
+        raise MiniGPTError(f"cannot read tokenizer {path}: not UTF-8 text") from None
+    except OSError as exc:  # a folder in its place, no permission
+        raise MiniGPTError(f"cannot read tokenizer {path}: {exc.strerror or exc}") from None
 
 
 def build_tokenizer(kind: str, train_text: str, vocab_size: int) -> Tokenizer:

@@ -32,6 +32,7 @@ from minigpt_tui.runs import (
     RunLock,
     build_backend,
     check_free,
+    checkpoint_state,
     corpus_fingerprint,
     create_run,
     open_run,
@@ -315,13 +316,15 @@ def new_training(
     # every rank checks, so that all fail together; none can have written yet, since rank 0 writes
     # only after the backend is built and DDP's construction waits for all ranks
     check_free(out, overwrite=overwrite)
-    check_fits_in_memory(config)  # before the tokenizer (BPE training) and the weights allocate anything
+    if config.tokenizer == "bpe":  # its size is known before training it, which is costly
+        check_fits_in_memory(config)
     train_text, val_text = split_text(corpus.text)
     # characters are the alphabet, taken from the whole text (a character seen only in the val split
     # must still be encodable); BPE merges are learned, so from the train split only
     vocabulary_text = corpus.text if config.tokenizer == "char" else train_text
     tokenizer = build_tokenizer(config.tokenizer, vocabulary_text, config.model.vocab_size)
     config = config.with_vocab_size(tokenizer.vocab_size)
+    check_fits_in_memory(config)  # before the weights, the optimizer state or a batch is allocated
     val_tokens = tokenizer.encode_array(val_text)
     data = TokenData(tokenizer.encode_array(train_text), val_tokens)
     data.check_fits(config.model.block_size)
@@ -355,8 +358,11 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
     changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != run.config.get(name)]
     if changed:
         raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
-    if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides:
+    if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides and (
+        run.has_checkpoint("latest") and checkpoint_state(run).step > 0
+    ):
         # the cosine was laid out over the original max_iters: extending the run must not reshape it
+        # (a run at step 0, an imported one, has laid out nothing: its schedule follows the new max_iters)
         overrides = {**overrides, "lr_decay_iters": run.config.max_iters}
     run.config = run.config.replace(**overrides)
     check_fits_in_memory(run.config)

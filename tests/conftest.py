@@ -14,6 +14,10 @@ from hypothesis import settings
 
 from minigpt_tui.config import TrainConfig, preset
 
+# transformers (tests/test_hf_interop.py) reads these when it is imported: local folders only, never a hub
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 # the same examples on every run: a property test never fails by luck in CI (HYPOTHESIS_PROFILE=explore to search)
 settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None)
 settings.register_profile("explore", max_examples=2000, deadline=None)

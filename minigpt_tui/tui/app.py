@@ -38,6 +38,7 @@ from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.continue_dialog import ContinueDialog
 from minigpt_tui.tui.generation_pane import GenerationPane
 from minigpt_tui.tui.help_screen import HelpScreen
+from minigpt_tui.tui.inspect_pane import InspectPane
 from minigpt_tui.tui.messages import (
     AblationFinished,
     AblationRequest,
@@ -112,6 +113,7 @@ class MiniGPTApp(App):
         Binding("t", "show_tab('train-tab')", "Training", show=False),
         Binding("g", "show_tab('generate-tab')", "Generate", show=False),
         Binding("a", "show_tab('ablation-tab')", "Ablation", show=False),
+        Binding("i", "show_tab('inspect-tab')", "Inspect", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -147,6 +149,8 @@ class MiniGPTApp(App):
                 yield GenerationPane(id="generation")
             with TabPane("Ablation", id="ablation-tab"):
                 yield AblationPane(id="ablation")
+            with TabPane("Inspect", id="inspect-tab"):
+                yield InspectPane(id="inspect")
         yield Footer()
 
     @property
@@ -205,6 +209,7 @@ class MiniGPTApp(App):
         self.run_info, self.train_text, self.following = run, None, is_locked(run.path)
         self.sub_title = run.path.name
         self.reload_metrics()
+        self.inspect_new_weights()
         self.query_one("#train-switcher", ContentSwitcher).current = "training"
         self.refresh_bindings()
         self.call_after_refresh(self.redraw_if_dirty)  # an opened run shows its curves at once, not a tick later
@@ -306,6 +311,7 @@ class MiniGPTApp(App):
         self.session_start_step = trainer.step
         self.dirty = True
         self.refresh_bindings()
+        self.inspect_new_weights()
 
     @on(TrainingProgress)
     def training_progress(self, message: TrainingProgress) -> None:
@@ -324,6 +330,7 @@ class MiniGPTApp(App):
         self.pane.curves.add_eval(message.event)
         self.pane.status.best_val_loss = message.event.best_val_loss
         self.dirty = True
+        self.inspect_new_weights()
 
     @on(CheckpointSaved)
     def checkpoint_saved(self, message: CheckpointSaved) -> None:
@@ -340,11 +347,16 @@ class MiniGPTApp(App):
         self.metrics_stamp = self.stamp(self.run_info.metrics_path)
         self.dirty = True
         self.refresh_bindings()
+        self.inspect_new_weights()
         if self.quitting:
             self.exit()
             return
         self.notify(event.message, title=f"training {event.reason}",
                     severity="information" if event.reason == "finished" else "warning")
+
+    def inspect_new_weights(self) -> None:
+        """The inspect view reads its text again with the new weights: now if on screen, else when shown."""
+        self.query_one(InspectPane).weights_changed(self.query_one(TabbedContent).active == "inspect-tab")
 
     def action_pause(self) -> None:
         if self.trainer is not None and not self.trainer.paused:
@@ -369,7 +381,7 @@ class MiniGPTApp(App):
     def action_continue_training(self) -> None:
         if self.training or self.run_info is None:
             return
-        if self.following or is_locked(self.run_info.path):
+        if is_locked(self.run_info.path):  # its writer holds the lock; once it ends, this app may continue the run
             self.notify("another process is training this run; continue it when that one stops", severity="warning")
             return
         run = self.run_info
@@ -417,7 +429,8 @@ class MiniGPTApp(App):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         # typing goes where the user is looking: the prompt, the temperature list, or back to the keys
-        first_field = {"generate-tab": "#prompt", "ablation-tab": "#temperatures"}.get(tab)
+        first_field = {"generate-tab": "#prompt", "ablation-tab": "#temperatures",
+                       "inspect-tab": "#inspect-tokens"}.get(tab)
         if first_field:
             self.query_one(first_field).focus()
         else:

@@ -16,6 +16,7 @@ Train a small GPT and watch it learn. Every view is also reachable with the mous
 | key | does |
 |-----|------|
 | `t` `g` `a` | show the **T**raining, **G**enerate, **A**blation view |
+| `i` | show the **I**nspect view; there ←→↑↓ or a click move the cursor |
 | `n` | new run: the form (Enter starts training) |
 | `p` | pause / resume training |
 | `s` | stop training (the latest checkpoint is saved) |
@@ -46,6 +47,11 @@ latest checkpoint. A `\\n` in the prompt is a newline. Empty top-k/top-p/seed me
 **Ablation** samples at each temperature with the same seeds and reports coherence (mean NLL
 per token under the model) next to diversity (distinct-n, the share of word bigrams repeated
 within a sample) and the share of words that occur in the training text.
+
+**Inspect** reads a text (default: from the validation split) with the latest weights: each
+character coloured by its surprisal (green expected, red surprising); at the cursor, the next-token
+chart (T=1 beside what the temperature/top-k/top-p fields make of it) and, as background colours,
+where the chosen layer/head looks from there; below, every head of that layer.
 
 `minigpt-tui RUN_DIR` opens a run; while `minigpt train --headless` trains it in another
 terminal, the curves follow its `metrics.jsonl`. `minigpt-tui RUN1 RUN2 ...` draws the other runs'

@@ -1,6 +1,7 @@
 """What the TUI costs a training run: tokens/s with and without the app, and key-press latency.
 
     python -m minigpt_tui.tui.overhead --data /path/to/tinyshakespeare.txt --preset baby --iters 150
+    python -m minigpt_tui.tui.overhead --data ... --inspect --no-keys   # with the Inspect view open
 
 Runs the same config three ways, alternating ``--repeats`` times so a drifting load hits all alike:
 headless (the CLI's way: the trainer on the main thread), on a worker thread with no UI, and inside
@@ -56,7 +57,8 @@ class TimedApp(MiniGPTApp):
         super()._display(screen, renderable)
 
 
-async def run_in_app(config, data: Path, out: Path, press_keys: bool) -> tuple[float, list[float], list[float]]:
+async def run_in_app(config, data: Path, out: Path, press_keys: bool,
+                     view: str = "train-tab") -> tuple[float, list[float], list[float]]:
     app = TimedApp(config=config, data=data, out=out)
     app.handled_at, app.frames_at = [], []
     to_handler, to_frame = [], []
@@ -64,7 +66,7 @@ async def run_in_app(config, data: Path, out: Path, press_keys: bool) -> tuple[f
         await pilot.press("enter")
         while app.trainer is None:
             await pilot.pause(0.05)
-        await pilot.click("#--content-tab-train-tab")  # the keys go to the app, not the form
+        await pilot.click(f"#--content-tab-{view}")  # the keys go to the app, not the form
         while app.training and not press_keys:  # the app on its own: live curves, no user
             await pilot.pause(KEY_EVERY_S)
         while app.training:
@@ -79,11 +81,12 @@ async def run_in_app(config, data: Path, out: Path, press_keys: bool) -> tuple[f
     return mean_tokens_per_s(out), to_handler, to_frame
 
 
-def measure(mode: str, config, data: Path, out: Path, press_keys: bool) -> tuple[float, list[float], list[float]]:
+def measure(mode: str, config, data: Path, out: Path, press_keys: bool,
+            view: str = "train-tab") -> tuple[float, list[float], list[float]]:
     """One run: ``headless`` (the CLI's way: the trainer on the main thread), ``thread`` (a worker
-    thread, no UI) or ``tui`` (the app); tokens/s and, for the app, key latencies."""
+    thread, no UI) or ``tui`` (the app, showing ``view``); tokens/s and, for the app, key latencies."""
     if mode == "tui":
-        return asyncio.run(run_in_app(config, data, out, press_keys))
+        return asyncio.run(run_in_app(config, data, out, press_keys, view))
     def train() -> None:  # built on the thread that trains it, as the app does
         new_training(config, read_corpus(data), out).run()
 
@@ -108,8 +111,12 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--keys/--no-keys", default=True, show_default=True,
               help="Press a key that redraws both plots every 0.3 s (latency), or leave the app alone.")
-def main(data: Path, preset: str, iters: int, repeats: int, keys: bool) -> None:
-    config = build_config(preset, None, {"max_iters": iters, "eval_interval": iters, "device": "cpu"})
+@click.option("--inspect", is_flag=True, help="Show the Inspect view while training: it reads the text again with "
+              "the live weights at each of 4 evaluations (every mode evaluates as often).")
+def main(data: Path, preset: str, iters: int, repeats: int, keys: bool, inspect: bool) -> None:
+    eval_interval = max(1, iters // 4) if inspect else iters
+    config = build_config(preset, None, {"max_iters": iters, "eval_interval": eval_interval, "device": "cpu"})
+    view = "inspect-tab" if inspect else "train-tab"
     headless, threaded, in_app, to_handler, to_frame = [], [], [], [], []
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp, spawn.Pool(1, maxtasksperchild=1) as pool:
@@ -120,7 +127,8 @@ def main(data: Path, preset: str, iters: int, repeats: int, keys: bool) -> None:
                 # each run in a fresh process, as a user runs either tool: OpenMP thread teams left by an
                 # earlier run in another thread would throttle this one's spin-waits (libgomp does so once
                 # more OpenMP threads exist than CPUs)
-                rate, handler, frame = pool.apply(measure, (mode, config, data, Path(tmp) / f"{mode}-{i}", keys))
+                rate, handler, frame = pool.apply(measure,
+                                                  (mode, config, data, Path(tmp) / f"{mode}-{i}", keys, view))
                 {"headless": headless, "thread": threaded, "tui": in_app}[mode].append(rate)
                 to_handler += handler
                 to_frame += frame
