@@ -135,7 +135,7 @@ def temperature_table_markdown(rows: list[TemperatureRow]) -> str:
               "| repeated bigrams | known words |\n|---|---|---|---|---|---|---|---|\n")
     return header + "".join(
         f"| {r.temperature:g} | {r.mean_nll:.3f} | {r.mean_entropy:.3f} | {r.distinct_1:.3f} | {r.distinct_2:.3f} "
-        f"| {r.distinct_3:.3f} | {r.repeated_ngram_rate:.3f} | {r.known_word_share:.1%} |\n"
+        f"| {r.distinct_3:.3f} | {r.repeated_ngram_rate:.1%} | {r.known_word_share:.1%} |\n"
         for r in rows
     )
 

@@ -17,6 +17,7 @@ import click
 from minigpt_tui.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError, describe_os_error
+from minigpt_tui.sampling import DEFAULT_TEMPERATURE
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -223,7 +224,7 @@ device_option = click.option("--device", default=None, help="auto, cpu, cuda, cu
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--prompt", default="\n", show_default=True, help="Text to continue.")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=None, help="Keep the k most likely tokens.")
 @click.option("--top-p", type=float, default=None, help="Keep the smallest set with probability >= p.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
@@ -510,15 +511,18 @@ def bench(
 
 @main.command(name="export-plots")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("visualizations"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the files (default: RUN_DIR/plots of the first run; the README's figures: "
+                   "--out visualizations).")
 @click.option("--name", default=None, help="File-name stem (default: the run folder names joined by '+').")
 @click.option("--wall-clock", is_flag=True, help="One chart instead: val loss against seconds, run beside run.")
 @click.option("--target", type=float, default=None, help="With --wall-clock: draw this val loss as a level.")
-def export_plots_command(run_dirs: tuple[Path, ...], out: Path, name: str | None, wall_clock: bool,
+def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str | None, wall_clock: bool,
                          target: float | None) -> None:
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
-    from minigpt_tui.plots import export_plots, file_stem, save_chart, wall_clock_chart
+    from minigpt_tui.plots import default_plots_dir, export_plots, file_stem, save_chart, wall_clock_chart
 
+    out = out or default_plots_dir(list(run_dirs))
     if wall_clock:
         chart = wall_clock_chart(list(run_dirs), target=target)
         paths = save_chart(chart, out, f"{name or file_stem([Path(d).name for d in run_dirs])}-wall")

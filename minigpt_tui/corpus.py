@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from minigpt_tui.data import read_corpus, split_text
-from minigpt_tui.datasets import Corpus, default_corpus, load_dataset, python_docs_text
+from minigpt_tui.datasets import Corpus, dataset_of_source, default_corpus, load_dataset
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.runs import Run
 
@@ -25,8 +25,9 @@ def corpus_for_run(run: Run, data: Path | None, dataset: str | None) -> Corpus:
     """The text a run was trained on, unless --data/--dataset names another."""
     if data is not None or dataset is not None:
         return resolve_corpus(data, dataset)[0]
-    if run.data_source.startswith("python-docs"):
-        return Corpus(python_docs_text(), run.data_source)
+    dataset = dataset_of_source(run.data_source)
+    if dataset is not None:
+        return load_dataset(dataset)
     if Path(run.data_source).exists():
         return read_corpus(Path(run.data_source))
     raise MiniGPTError(f"the run's corpus {run.data_source} is gone; pass --data PATH or --dataset NAME")

@@ -182,6 +182,11 @@ def file_stem(labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(labels))
 
 
+def default_plots_dir(run_dirs: list[Path]) -> Path:
+    """A run's own plots/ folder: exports never land in the repository's tracked visualizations/ by accident."""
+    return Path(run_dirs[0]) / "plots"
+
+
 def export_plots(
     run_dirs: list[Path], out: Path, name: str | None = None, on_warning: Callable[[str], None] | None = None
 ) -> list[Path]:
@@ -222,3 +227,35 @@ def wrap_sample(text: str, width: int, max_lines: int) -> str:
     for line in text.strip("\n").split("\n"):
         lines += textwrap.wrap(line, width) or [""]
     return "\n".join(lines[:max_lines])
+
+
+def axis_limits(values: list[float], log: bool = False, pad: float = 0.05) -> tuple[float, float]:
+    """A y range around ``values``; a single value gets a window around it instead of a sliver of rounding noise."""
+    lo, hi = min(values), max(values)
+    if log:
+        if hi <= lo * 1.0001:
+            return lo / 1.25, hi * 1.25
+        ratio = (hi / lo) ** pad
+        return lo / ratio, hi * ratio
+    if hi - lo <= 1e-4 * max(1.0, abs(hi)):
+        span = max(abs(hi) * 0.1, 0.1)
+        return lo - span, hi + span
+    span = (hi - lo) * pad
+    return lo - span, hi + span
+
+
+def step_ticks(x_max: int, count: int = 5) -> list[int]:
+    """Whole-step ticks from 0 to ``x_max`` at a round interval (1, 2 or 5 times a power of ten)."""
+    if x_max <= 1:
+        return [0, 1]
+    raw = x_max / (count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    interval = max(1, int(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)))
+    return list(range(0, x_max + 1, interval))
+
+
+def value_ticks(lo: float, hi: float, log: bool = False, count: int = 5) -> list[float]:
+    """Evenly spaced y ticks (geometrically on a log axis) from ``lo`` to ``hi``."""
+    if log:
+        return [lo * (hi / lo) ** (i / (count - 1)) for i in range(count)]
+    return [lo + (hi - lo) * i / (count - 1) for i in range(count)]

@@ -11,6 +11,8 @@ import numpy as np
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
 
+DEFAULT_TEMPERATURE = 0.8  # what `minigpt sample` and the Generate view use unless told otherwise
+
 
 @dataclass(frozen=True)
 class SamplingParams:

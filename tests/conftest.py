@@ -51,7 +51,6 @@ def no_network(monkeypatch, tmp_path_factory):
 
     monkeypatch.setattr(urllib.request, "urlopen", loopback_only)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
 
 
 def make_corpus_text(n_lines: int = 120, seed: int = 0) -> str:

@@ -1,10 +1,6 @@
-"""Corpora: reading text from disk, named datasets, and the checksummed download (against loopback only)."""
+"""Corpora: reading text from disk and the named datasets (the bundled tiny Shakespeare, the Python docs)."""
 
 from __future__ import annotations
-
-import functools
-import http.server
-import threading
 
 import numpy as np
 import pytest
@@ -14,122 +10,26 @@ from minigpt_tui.corpus import resolve_corpus
 from minigpt_tui.data import BatchSampler, TokenData, read_corpus, sequential_windows, split_text
 from minigpt_tui.errors import MiniGPTError
 
-FAKE_SHAKESPEARE = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
 
-
-class FileServer:
-    """A loopback HTTP server that serves ``body`` at every path and counts requests."""
-
-    def __init__(self) -> None:
-        self.body = FAKE_SHAKESPEARE
-        self.status = 200
-        self.requests = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests += 1
-                self.send_response(server.status)
-                self.send_header("Content-Length", str(len(server.body)))
-                self.end_headers()
-                self.wfile.write(server.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/input.txt"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-        self.closed = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.closed = True
-
-
-@pytest.fixture
-def server(monkeypatch, tmp_path):
-    """Shakespeare comes from the loopback server; its checksum is that of the fake text."""
-    srv = FileServer()
-    monkeypatch.setattr(datasets, "SHAKESPEARE_SHA256", datasets.sha256(FAKE_SHAKESPEARE))
-    local = functools.partial(datasets.find_shakespeare, url=srv.url, timeout=5)
-    monkeypatch.setattr(datasets, "find_shakespeare", local)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    yield srv
-    srv.close()
-
-
-def cached_file(tmp_path):
-    return tmp_path / "xdg" / "minigpt" / datasets.SHAKESPEARE_FILE
-
-
-def test_download_is_verified_and_cached(server, tmp_path):
+def test_bundled_shakespeare_is_the_checked_text():
     corpus = datasets.load_dataset("shakespeare")
-    assert corpus.text == FAKE_SHAKESPEARE.decode()
-    assert cached_file(tmp_path).read_bytes() == FAKE_SHAKESPEARE
-    assert corpus.source == str(cached_file(tmp_path))
-    assert server.requests == 1
-    datasets.load_dataset("shakespeare")  # the second time comes from the cache
-    assert server.requests == 1
+    assert len(corpus.text.encode("utf-8")) == 1_115_394
+    assert corpus.text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+    assert corpus.source == datasets.SHAKESPEARE_SOURCE
 
 
-def test_corrupted_download_is_rejected_and_nothing_is_saved(server, tmp_path):
-    server.body = FAKE_SHAKESPEARE[:-1] + b"!"
-    with pytest.raises(MiniGPTError, match="corrupt.*nothing was saved"):
+def test_a_damaged_bundle_is_a_clear_error_and_no_other_corpus(monkeypatch, tmp_path):
+    import lzma
+
+    damaged = tmp_path / "minigpt_tui" / datasets.SHAKESPEARE_RESOURCE
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(lzma.compress(b"First Citizen: not the real text"))
+    monkeypatch.setattr(datasets.resources, "files", lambda package: tmp_path / package)
+    with pytest.raises(MiniGPTError, match="damaged .sha256 mismatch.; reinstall"):
+        resolve_corpus(None, None)
+    damaged.write_bytes(b"not xz at all")
+    with pytest.raises(MiniGPTError, match="cannot be read"):
         datasets.load_dataset("shakespeare")
-    assert server.requests == 1
-    folder = cached_file(tmp_path).parent
-    assert not folder.exists() or list(folder.iterdir()) == []
-
-
-def test_truncated_download_is_rejected(server, tmp_path):
-    server.body = FAKE_SHAKESPEARE[: len(FAKE_SHAKESPEARE) // 2]
-    with pytest.raises(MiniGPTError, match="sha256 mismatch"):
-        datasets.load_dataset("shakespeare")
-    assert not cached_file(tmp_path).exists()
-
-
-def test_http_error_is_a_clear_error(server):
-    server.status, server.body = 404, b"not found"
-    with pytest.raises(MiniGPTError, match="download of .* failed"):
-        datasets.load_dataset("shakespeare")
-
-
-def test_unreachable_server_is_a_clear_error(server, monkeypatch):
-    server.close()
-    with pytest.raises(MiniGPTError, match="download of .* failed"):
-        datasets.load_dataset("shakespeare")
-
-
-def test_tests_cannot_reach_the_real_source():
-    assert datasets.SHAKESPEARE_URL.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
-    with pytest.raises(MiniGPTError, match="network access is disabled in tests"):
-        datasets.load_dataset("shakespeare")
-
-
-def test_data_dir_comes_first(server, tmp_path, monkeypatch):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / datasets.SHAKESPEARE_FILE).write_bytes(FAKE_SHAKESPEARE)
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(data_dir))
-    assert datasets.load_dataset("shakespeare").source == str(data_dir / datasets.SHAKESPEARE_FILE)
-    assert server.requests == 0
-
-
-def test_a_damaged_local_copy_is_ignored_and_replaced(server, tmp_path, monkeypatch):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / datasets.SHAKESPEARE_FILE).write_bytes(b"not shakespeare")
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(data_dir))
-    cached_file(tmp_path).parent.mkdir(parents=True)
-    cached_file(tmp_path).write_bytes(FAKE_SHAKESPEARE[:100])
-    corpus = datasets.load_dataset("shakespeare")
-    assert server.requests == 1
-    assert corpus.source == str(cached_file(tmp_path))
-    assert cached_file(tmp_path).read_bytes() == FAKE_SHAKESPEARE
 
 
 def test_python_docs_are_always_available():
@@ -144,17 +44,18 @@ def test_unknown_dataset():
         datasets.load_dataset("wiki")
 
 
-def test_default_corpus_is_shakespeare_when_it_can_be_had(server):
+def test_default_corpus_is_the_bundled_shakespeare_offline():
+    # the test fixtures block every non-loopback URL: this is the no-network case
     corpus, note = resolve_corpus(None, None)
-    assert corpus.text == FAKE_SHAKESPEARE.decode()
-    assert "tiny Shakespeare" in note and "\n" not in note
+    assert corpus.source == datasets.SHAKESPEARE_SOURCE and "First Citizen" in corpus.text
+    assert "bundled tiny Shakespeare" in note and "\n" not in note
 
 
-def test_default_corpus_falls_back_to_python_docs(server):
-    server.status, server.body = 503, b"unavailable"
-    corpus, note = resolve_corpus(None, None)
-    assert corpus.source.startswith("python-docs")
-    assert "unavailable" in note and "using python-docs" in note and "\n" not in note
+@pytest.mark.parametrize("name", datasets.DATASETS)
+def test_a_run_on_a_named_dataset_finds_its_corpus_again(name):
+    corpus = datasets.load_dataset(name)
+    assert datasets.dataset_of_source(corpus.source) == name
+    assert datasets.dataset_of_source("/some/file.txt") is None
 
 
 def test_data_and_dataset_together_is_an_error(corpus_path):

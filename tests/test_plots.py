@@ -87,3 +87,36 @@ def test_cli_export_plots_and_its_error(tmp_path):
     result = CliRunner().invoke(main, ["export-plots", str(fresh)])
     assert result.exit_code == 2
     assert "error: run" in result.output and "no evaluations yet" in result.output
+
+
+def test_cli_export_plots_defaults_to_the_run_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from minigpt_tui.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = write_run(tmp_path / "base")
+    result = CliRunner().invoke(main, ["export-plots", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "plots" / "base-loss.png").is_file()
+    assert not (tmp_path / "visualizations").exists()
+
+
+def test_a_single_value_gets_a_readable_window_not_rounding_noise():
+    from minigpt_tui.plots import axis_limits
+
+    lo, hi = axis_limits([6.1245])
+    assert hi - lo >= 0.2 and lo < 6.1245 < hi
+    lo, hi = axis_limits([69.7], log=True)
+    assert lo < 69.7 < hi and hi / lo > 1.5
+    assert axis_limits([1.0, 2.0]) == (0.95, 2.05)
+
+
+@pytest.mark.parametrize("x_max, expected", [
+    (1, [0, 1]), (8, [0, 2, 4, 6, 8]), (200, [0, 50, 100, 150, 200]), (2000, [0, 500, 1000, 1500, 2000]),
+    (7, [0, 2, 4, 6]),
+])
+def test_step_ticks_are_whole_round_steps(x_max, expected):
+    from minigpt_tui.plots import step_ticks
+
+    assert step_ticks(x_max) == expected

@@ -10,7 +10,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from minigpt_tui.ablation import TemperatureRow, parse_temperatures
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.tui.messages import AblationRequest
+from minigpt_tui.tui.messages import AblationRequest, SaveAblation
 
 COLUMNS = ("T", "NLL/tok", "dist-1", "dist-2", "dist-3", "repeats", "known words", "entropy", "sample")
 EXCERPT = 60  # characters of the first sample shown in the table
@@ -22,11 +22,12 @@ def excerpt(text: str, width: int = EXCERPT) -> str:
 
 
 class AblationPane(Vertical):
-    BINDINGS = [Binding("escape", "app.stop_generation", "Stop")]
+    BINDINGS = [Binding("escape", "app.stop_generation", "Stop"), Binding("ctrl+s", "save", "Save table")]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: list[TemperatureRow] = []
+        self.source = ""  # the weights the rows were sampled from
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -37,8 +38,11 @@ class AblationPane(Vertical):
             yield Label("length")
             yield Input("200", type="integer", compact=True, id="ablation-length")
             yield Button("Run", variant="primary", compact=True, id="run-ablation")
+            yield Button("Save", compact=True, id="save-ablation",
+                         tooltip="Save the table and samples to RUN_DIR/ablations (Ctrl+S)")
         yield Static("NLL/tok: how surprising the sample is to the model (coherence, lower is surer); dist-n: share "
-                     "of distinct word n-grams (diversity); known words: share found in the training text.",
+                     "of distinct word n-grams (diversity); repeats: word bigrams repeated within a sample; "
+                     "known words: share found in the training text.",
                      id="ablation-help")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="ablation-table")
         yield Static("", id="ablation-sample")
@@ -61,8 +65,13 @@ class AblationPane(Vertical):
             return
         self.post_message(AblationRequest(temperatures, samples, length))
 
+    @on(Button.Pressed, "#save-ablation")
+    def action_save(self) -> None:
+        self.post_message(SaveAblation(list(self.rows), self.source))
+
     def started(self, source: str) -> None:
         self.rows = []
+        self.source = source
         self.query_one(DataTable).clear()
         self.query_one("#ablation-sample", Static).update(f"sampling from {source}…")
         self.query_one("#run-ablation", Button).disabled = True
@@ -71,10 +80,11 @@ class AblationPane(Vertical):
         self.rows.append(row)
         self.query_one(DataTable).add_row(
             f"{row.temperature:g}", f"{row.mean_nll:.3f}", f"{row.distinct_1:.2f}", f"{row.distinct_2:.2f}",
-            f"{row.distinct_3:.2f}", f"{row.repeated_ngram_rate:.2f}", f"{row.known_word_share:.0%}",
+            f"{row.distinct_3:.2f}", f"{row.repeated_ngram_rate:.1%}", f"{row.known_word_share:.0%}",
             f"{row.mean_entropy:.2f}", excerpt(row.samples[0]) if row.samples else "")
 
-    def finished(self, note: str) -> None:
+    def finished(self, note: str, source: str = "") -> None:
+        self.source = source or self.source
         self.query_one("#run-ablation", Button).disabled = False
         self.query_one("#ablation-sample", Static).update(note)
 

@@ -7,6 +7,7 @@ the UI costs the training loop almost nothing.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -28,11 +29,13 @@ from minigpt_tui.data import split_text
 from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.keepsakes import save_sample, save_temperature_table
 from minigpt_tui.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
 from minigpt_tui.sampling import generate_text
 from minigpt_tui.terminal import check_terminal
 from minigpt_tui.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
+from minigpt_tui.tui.continue_dialog import ContinueDialog
 from minigpt_tui.tui.generation_pane import GenerationPane
 from minigpt_tui.tui.help_screen import HelpScreen
 from minigpt_tui.tui.inspect_pane import InspectPane
@@ -45,12 +48,15 @@ from minigpt_tui.tui.messages import (
     GenerationFinished,
     GenerationStarted,
     GenerationText,
+    SaveAblation,
+    SaveSample,
     StartRun,
     TrainingEvaluated,
     TrainingFinished,
     TrainingProgress,
     TrainingStarted,
 )
+from minigpt_tui.tui.output import log, set_up_output
 from minigpt_tui.tui.run_form import RunForm
 from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics
 
@@ -97,11 +103,13 @@ class MiniGPTApp(App):
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("n", "new_run", "New run"),
-        Binding("p", "toggle_pause", "Pause"),
+        Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),  # the footer names what p does now
         Binding("s", "stop_training", "Stop"),
         Binding("c", "continue_training", "Continue"),
         Binding("l", "toggle_log", "Log y"),
         Binding("b", "toggle_quality", "bpc/ppl"),
+        Binding("o", "cycle_lower_plot", "lr/grad"),
         Binding("t", "show_tab('train-tab')", "Training", show=False),
         Binding("g", "show_tab('generate-tab')", "Generate", show=False),
         Binding("a", "show_tab('ablation-tab')", "Ablation", show=False),
@@ -109,11 +117,12 @@ class MiniGPTApp(App):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, *, run_dir: Path | None = None, config: TrainConfig | None = None, data: Path | None = None,
-                 dataset: str | None = None, out: Path | None = None, redraw_interval: float = 0.5,
-                 poll_interval: float = 1.0) -> None:
+    def __init__(self, *, run_dir: Path | None = None, compare: tuple[Path, ...] = (),
+                 config: TrainConfig | None = None, data: Path | None = None, dataset: str | None = None,
+                 out: Path | None = None, redraw_interval: float = 0.5, poll_interval: float = 1.0) -> None:
         super().__init__()
         self.run_dir, self.config, self.data, self.dataset, self.out = run_dir, config, data, dataset, out
+        self.compare = compare  # more run folders whose curves are drawn over the opened run's
         self.redraw_interval, self.poll_interval = redraw_interval, poll_interval
         self.run_info: Run | None = None  # the run on screen, opened or being trained
         self.trainer = None  # set while this app trains
@@ -125,6 +134,7 @@ class MiniGPTApp(App):
         self.metrics_warned: list[int] = []  # damaged metrics lines already reported
         self.dirty = False
         self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
+        self.starting_new_run = False  # the training worker is preparing a new run (not continuing one)
         self.generation_stop = threading.Event()
         self.stream_interval = STREAM_INTERVAL
 
@@ -153,8 +163,15 @@ class MiniGPTApp(App):
         if self.run_dir is not None:
             try:
                 self.open_existing(self.run_dir)
+                self.pane.comparisons = [(path.name, Curves.from_metrics(read_metrics(open_run(path).metrics_path)))
+                                         for path in self.compare]
             except MiniGPTError as exc:
                 self.notify(str(exc), title="cannot open the run", severity="error")
+
+    def notify(self, message: str, *, title: str = "", severity: str = "information", **kwargs) -> None:
+        """Every notification also goes to the log (--log-file, or a redirected stderr)."""
+        log.log(logging.ERROR if severity == "error" else logging.INFO, "%s%s", f"{title}: " if title else "", message)
+        super().notify(message, title=title, severity=severity, **kwargs)
 
     # ---- errors: every worker failure lands here, as a notification, never a crash
 
@@ -163,13 +180,18 @@ class MiniGPTApp(App):
             return
         error = event.worker.error
         message = str(error) if isinstance(error, MiniGPTError) else f"{type(error).__name__}: {error}"
+        if not isinstance(error, MiniGPTError):
+            log.error("%s worker", event.worker.group, exc_info=error)
         self.notify(message, title=f"{event.worker.group} failed", severity="error", timeout=10)
         if event.worker.group == "training":
             self.training, self.trainer = False, None
             if self.quitting:
                 self.exit()
-            elif self.run_info is None:
+            elif self.starting_new_run or self.run_info is None:  # the run on screen (if any) is untouched
                 self.query_one("#train-switcher", ContentSwitcher).current = "form"
+                self.query_one(RunForm).show_error(message)
+                if self.run_info is not None:
+                    self.reload_metrics()
             else:  # back to the run that was on screen before
                 self.reload_metrics()
                 self.pane.status.state = "training failed"
@@ -247,6 +269,8 @@ class MiniGPTApp(App):
             return new_training(message.config, corpus, out), split_text(corpus.text)[0]
 
         self.pane.curves = Curves()
+        self.pane.comparisons = []
+        self.starting_new_run = True
         self.begin_training(prepare, f"preparing {out.name}…")
 
     def begin_training(self, prepare: Callable, state: str) -> None:
@@ -270,6 +294,7 @@ class MiniGPTApp(App):
     def training_started(self, message: TrainingStarted) -> None:
         trainer = message.trainer
         self.trainer, self.train_text, self.run_info = trainer, message.train_text, trainer.run_dir
+        self.starting_new_run = False
         if self.quitting:
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
@@ -309,7 +334,7 @@ class MiniGPTApp(App):
 
     @on(CheckpointSaved)
     def checkpoint_saved(self, message: CheckpointSaved) -> None:
-        self.pane.status.note = f"{message.event.kind} checkpoint saved at step {message.event.step}"
+        self.pane.status.saved = f"{message.event.kind} @ {message.event.step}"
         self.dirty = True
 
     @on(TrainingFinished)
@@ -333,16 +358,19 @@ class MiniGPTApp(App):
         """The inspect view reads its text again with the new weights: now if on screen, else when shown."""
         self.query_one(InspectPane).weights_changed(self.query_one(TabbedContent).active == "inspect-tab")
 
-    def action_toggle_pause(self) -> None:
-        if self.trainer is None:
-            return
-        if self.trainer.paused:
-            self.trainer.resume()
-            self.pane.status.state = "training"
-        else:
+    def action_pause(self) -> None:
+        if self.trainer is not None and not self.trainer.paused:
             self.trainer.pause()
             self.pane.status.state = "paused (p resumes)"
-        self.pane.show_status()
+            self.pane.show_status()
+            self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        if self.trainer is not None and self.trainer.paused:
+            self.trainer.resume()
+            self.pane.status.state = "training"
+            self.pane.show_status()
+            self.refresh_bindings()
 
     def action_stop_training(self) -> None:
         if self.trainer is not None:
@@ -358,12 +386,24 @@ class MiniGPTApp(App):
             return
         run = self.run_info
         done = self.pane.status.step
-        target = continuation_target(run.config, done)
+        # offered: the core's policy (the rest of a stopped run, as many steps again for a finished one); the
+        # user decides
+        suggested = continuation_target(run.config, done) - done
+
+        def chosen(extra: int | None) -> None:
+            if extra is not None:
+                self.continue_for(run, done, extra)
+
+        self.push_screen(ContinueDialog(run.path.name, done, suggested), chosen)
+
+    def continue_for(self, run: Run, done: int, extra: int) -> None:
+        target = done + extra
 
         def prepare():
             corpus = corpus_for_run(run, None, None)
             return resume_training(run.path, corpus, {"max_iters": target}), split_text(corpus.text)[0]
 
+        self.starting_new_run = False
         self.begin_training(prepare, f"resuming from step {done} towards {target}…")
 
     def action_new_run(self) -> None:
@@ -382,6 +422,10 @@ class MiniGPTApp(App):
         self.pane.show_perplexity = not self.pane.show_perplexity
         self.pane.redraw()
 
+    def action_cycle_lower_plot(self) -> None:
+        self.pane.cycle_lower_plot()
+        self.pane.redraw()
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         # typing goes where the user is looking: the prompt, the temperature list, or back to the keys
@@ -397,11 +441,15 @@ class MiniGPTApp(App):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide keys that do nothing right now, so the footer stays short at 80 columns."""
-        if action in ("toggle_pause", "stop_training"):
+        if action == "pause":
+            return self.trainer is not None and not self.trainer.paused
+        if action == "resume":
+            return self.trainer is not None and self.trainer.paused
+        if action == "stop_training":
             return self.trainer is not None
         if action == "continue_training":
             return not self.training and self.run_info is not None
-        if action in ("toggle_log", "toggle_quality"):
+        if action in ("toggle_log", "toggle_quality", "cycle_lower_plot"):
             return self.query_one("#train-switcher", ContentSwitcher).current == "training"
         return True
 
@@ -492,6 +540,32 @@ class MiniGPTApp(App):
                 worker.cancel()
         self.query_one(TabbedContent).query_one(Tabs).focus()
 
+    # ---- keeping what the app showed
+
+    def run_folder_for_saving(self) -> Path | None:
+        if self.run_info is None:
+            self.notify("no run yet: start one (n) or open one with `minigpt-tui RUN_DIR`", severity="error")
+            return None
+        return self.run_info.path
+
+    @on(SaveSample)
+    def save_sample(self, message: SaveSample) -> None:
+        folder = self.run_folder_for_saving()
+        if folder is not None:
+            try:
+                self.notify(f"saved {save_sample(folder, message.text, message.settings)}", title="sample")
+            except MiniGPTError as exc:
+                self.notify(str(exc), severity="error")
+
+    @on(SaveAblation)
+    def save_ablation(self, message: SaveAblation) -> None:
+        folder = self.run_folder_for_saving()
+        if folder is not None:
+            try:
+                self.notify(f"saved {save_temperature_table(folder, message.rows, message.source)}", title="ablation")
+            except MiniGPTError as exc:
+                self.notify(str(exc), severity="error")
+
     # ---- temperature ablation
 
     @on(AblationRequest)
@@ -522,25 +596,32 @@ class MiniGPTApp(App):
     def ablation_finished(self, message: AblationFinished) -> None:
         verb = "stopped" if message.stopped else "done"
         self.query_one(AblationPane).finished(f"{verb}: samples from the {message.source}; "
-                                              "highlight a row to read its first sample")
+                                              "highlight a row to read its first sample", message.source)
 
 
-def create_app(run_dir: Path | None = None, *, config: TrainConfig | None = None, data: Path | None = None,
-               dataset: str | None = None, out: Path | None = None, **timing) -> MiniGPTApp:
-    """The app as the entry point and the tests build it; ``config`` prefills the new-run form."""
-    return MiniGPTApp(run_dir=run_dir, config=config, data=data, dataset=dataset, out=out, **timing)
+def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig | None = None,
+               data: Path | None = None, dataset: str | None = None, out: Path | None = None,
+               **timing) -> MiniGPTApp:
+    """The app as the entry point and the tests build it; ``config`` prefills the new-run form; runs after the
+    first are overlaid on its curves."""
+    return MiniGPTApp(run_dir=run_dir, compare=compare, config=config, data=data, dataset=dataset, out=out, **timing)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Prefill the form with this text file or folder.")
 @click.option("--dataset", type=click.Choice(DATASETS), help="Prefill the form with a named corpus.")
 @click.option("--out", type=click.Path(path_type=Path), help="Prefill the run folder.")
-def main(run_dir: Path | None, data: Path | None, dataset: str | None, out: Path | None) -> None:
-    """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run."""
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Append notifications, errors (with tracebacks) and warnings to this file.")
+def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out: Path | None,
+         log_file: Path | None) -> None:
+    """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run; with more run folders,
+    their curves are drawn over the first's, each named in the legend."""
     try:
         check_terminal()
     except MiniGPTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    create_app(run_dir, data=data, dataset=dataset, out=out).run()
+    set_up_output(log_file)
+    create_app(*run_dirs, data=data, dataset=dataset, out=out).run()

@@ -9,13 +9,14 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.sampling import SamplingParams
-from minigpt_tui.tui.messages import GenerateRequest
+from minigpt_tui.sampling import DEFAULT_TEMPERATURE, SamplingParams
+from minigpt_tui.tui.messages import GenerateRequest, SaveSample
 
 
 class GenerationPane(Vertical):
-    BINDINGS = [Binding("escape", "app.stop_generation", "Stop sampling")]
+    BINDINGS = [Binding("escape", "app.stop_generation", "Stop sampling"), Binding("ctrl+s", "save", "Save sample")]
     source = "weights: -"
+    settings = ""  # the weights and sampling settings of the text on screen
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -23,17 +24,20 @@ class GenerationPane(Vertical):
             yield Input("", placeholder="text to continue (empty: a newline)", compact=True, id="prompt")
             yield Button("Generate", variant="primary", compact=True, id="generate")
             yield Button("Stop", compact=True, id="stop-generation", disabled=True)
+            yield Button("Save", compact=True, id="save-sample", tooltip="Save the text to RUN_DIR/samples (Ctrl+S)")
         with Horizontal(classes="row"):
             yield Label("temp")
-            yield Input("0.8", type="number", compact=True, id="temperature")
+            # empty means the placeholder: the default temperature, top-k/top-p off, a random seed
+            yield Input("", type="number", placeholder=f"{DEFAULT_TEMPERATURE:g}", valid_empty=True, compact=True,
+                        id="temperature")
             yield Label("top-k")
-            yield Input("", type="integer", placeholder="all", compact=True, id="top-k")
+            yield Input("", type="integer", placeholder="all", valid_empty=True, compact=True, id="top-k")
             yield Label("top-p")
-            yield Input("", type="number", placeholder="1.0", compact=True, id="top-p")
+            yield Input("", type="number", placeholder="1.0", valid_empty=True, compact=True, id="top-p")
             yield Label("length")
             yield Input("300", type="integer", compact=True, id="length")
             yield Label("seed")
-            yield Input("", type="integer", placeholder="random", compact=True, id="seed")
+            yield Input("", type="integer", placeholder="random", valid_empty=True, compact=True, id="seed")
         yield Static("weights: -", id="generation-source")
         yield TextArea("", read_only=True, soft_wrap=True, id="generation-output")
 
@@ -51,6 +55,10 @@ class GenerationPane(Vertical):
     def stop_pressed(self) -> None:
         self.app.run_action("stop_generation")
 
+    @on(Button.Pressed, "#save-sample")
+    def action_save(self) -> None:
+        self.post_message(SaveSample(self.query_one("#generation-output", TextArea).text, self.settings))
+
     def read_request(self) -> GenerateRequest:
         def number(widget_id: str, kind: type, default):
             text = self.query_one(f"#{widget_id}", Input).value.strip()
@@ -65,13 +73,17 @@ class GenerationPane(Vertical):
         length = number("length", int, 300)
         if length < 1:
             raise MiniGPTError(f"length must be at least 1, got {length}")
-        params = SamplingParams(number("temperature", float, 1.0), number("top-k", int, None),
+        params = SamplingParams(number("temperature", float, DEFAULT_TEMPERATURE), number("top-k", int, None),
                                 number("top-p", float, None))
         prompt = self.query_one("#prompt", Input).value.replace("\\n", "\n") or "\n"
-        return GenerateRequest(prompt, params, length, number("seed", int, None))
+        seed = number("seed", int, None)
+        self.settings = (f"temperature {params.temperature:g}, top-k {params.top_k or 'all'}, "
+                         f"top-p {params.top_p or 1.0:g}, seed {'random' if seed is None else seed}")
+        return GenerateRequest(prompt, params, length, seed)
 
     def started(self, prompt: str, source: str) -> None:
         self.source = f"weights: {source}"
+        self.settings = f"{source}; {self.settings}"
         self.query_one("#generation-source", Static).update(self.source)
         output = self.query_one("#generation-output", TextArea)
         output.text = prompt

@@ -92,3 +92,15 @@ class AblationRowReady(Message):
 class AblationFinished(Message):
     source: str
     stopped: bool
+
+
+@dataclass
+class SaveSample(Message):
+    text: str
+    settings: str  # the weights and sampling settings that made it, written above it
+
+
+@dataclass
+class SaveAblation(Message):
+    rows: list[TemperatureRow]
+    source: str  # which weights the samples came from

@@ -14,6 +14,7 @@ from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_type
 from minigpt_tui.data import read_corpus
 from minigpt_tui.datasets import load_dataset
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.runs import holds_checkpoints
 from minigpt_tui.tui.messages import StartRun
 
 CUSTOM = "custom"  # the preset shown when the app was handed a ready config
@@ -130,6 +131,10 @@ class RunForm(VerticalScroll):
                 problems.append(f"{name} must be a{'n integer' if field_type(name) is int else ' number'}")
         if self.query_one("#corpus", Select).value == FROM_PATH and not self.query_one("#path", Input).value.strip():
             problems.append("give the path of a text file or folder")
+        out = self.query_one("#out", Input).value.strip()
+        if out and holds_checkpoints(Path(out)):  # checked here, so the form stays open and nothing is touched
+            problems.append(f"{out} already holds a run: choose another run folder, or open that run "
+                            f"(minigpt-tui {out}) and press c to continue it")
         if problems:
             self.show_error("; ".join(problems))
             return None

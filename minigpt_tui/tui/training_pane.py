@@ -19,6 +19,7 @@ from backends.base import count_parameters
 from minigpt_tui.config import TrainConfig
 from minigpt_tui.events import EvalEvent, StepEvent
 from minigpt_tui.metrics import perplexity
+from minigpt_tui.plots import axis_limits, step_ticks, value_ticks
 from minigpt_tui.runs import Metrics, Run
 
 MAX_PLOTTED = 400  # per-step losses beyond this are averaged in buckets: cheap redraws on long runs
@@ -30,6 +31,8 @@ class Curves:
 
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     train_eval_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
@@ -42,6 +45,8 @@ class Curves:
                 continue
             self.steps.append(event.step)
             self.losses.append(event.loss)
+            self.lrs.append(event.lr)
+            self.grad_norms.append(event.grad_norm)
 
     def add_eval(self, event: EvalEvent) -> None:
         if self.eval_steps and event.step <= self.eval_steps[-1]:
@@ -51,6 +56,10 @@ class Curves:
         self.val_loss.append(event.val_loss)
         self.train_bpc.append(event.train_bits_per_char)
         self.val_bpc.append(event.val_bits_per_char)
+
+    @property
+    def last_step(self) -> int:
+        return max(self.steps[-1:] + self.eval_steps[-1:], default=0)
 
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> Curves:
@@ -76,10 +85,24 @@ def finite(xs: list, ys: list[float]) -> tuple[list, list[float]]:
     return [x for x, _ in kept], [y for _, y in kept]
 
 
+@dataclass(frozen=True)
+class Line:
+    label: str
+    xs: list
+    ys: list[float]
+    color: str  # a plotext colour name: bright enough to read on the dark theme
+
+
+TRAIN_COLORS = ("cyan", "green", "orange")  # per-step train loss, evaluated train, evaluated val
+RUN_COLORS = ("orange", "magenta", "cyan", "green", "yellow", "red", "blue", "white")  # overlaid runs, by order
+REFERENCE_COLOR = "gray"
+Y_TICK_WIDTH = 7  # every y tick label padded to this width, so the two plots' x axes line up
+
+
 class CurvePlot(PlotextPlot):
     """A plot redrawn only when asked (the pane throttles), always through this widget's own ``plt``."""
 
-    def draw(self, title: str, ylabel: str, series: list[tuple[str, list, list[float]]], log_y: bool) -> None:
+    def draw(self, title: str, ylabel: str, lines: list[Line], log_y: bool, x_max: int) -> None:
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -87,17 +110,43 @@ class CurvePlot(PlotextPlot):
         plt.xlabel("step")
         plt.ylabel(ylabel)
         plt.yscale("log" if log_y else "linear")
-        drawn = False
-        for label, xs, ys in series:
-            xs, ys = finite(xs, ys)
+        plt.xlim(0, x_max)
+        ticks = step_ticks(x_max)
+        plt.xticks(ticks, [str(t) for t in ticks])
+        values: list[float] = []
+        for line in lines:
+            xs, ys = finite(line.xs, line.ys)
             if xs:
-                plt.plot(xs, ys, label=label, marker="braille")
-                drawn = True
-        if not drawn:
-            plt.text("waiting for the first points…", x=0.5, y=0.5)
-            plt.xlim(0, 1)
+                plt.plot(xs, ys, label=line.label, marker="braille", color=line.color)
+                values += ys
+        if not values:
+            plt.text("waiting for the first points…", x=x_max / 2, y=0.5, alignment="center")
             plt.ylim(0, 1)
+            plt.yticks([0, 1], [" " * Y_TICK_WIDTH] * 2)
+        else:
+            lo, hi = legend_headroom(*axis_limits(values, log_y), legend_rows=len(lines),
+                                     plot_rows=self.size.height - PLOT_FRAME_ROWS, log=log_y)
+            plt.ylim(lo, hi)
+            y_ticks = value_ticks(lo, hi, log_y)
+            plt.yticks(y_ticks, [tick_label(v) for v in y_ticks])
         self.refresh()
+
+
+def tick_label(value: float) -> str:
+    """Three significant digits in a fixed width (small values such as learning rates in e-notation)."""
+    text = f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.3g}"
+    return text.rjust(Y_TICK_WIDTH)
+
+
+PLOT_FRAME_ROWS = 5  # title, two frame lines, tick labels and the x label: the rest of a plot's rows hold data
+
+
+def legend_headroom(lo: float, hi: float, legend_rows: int, plot_rows: int, log: bool) -> tuple[float, float]:
+    """Raise the top of the y range so the curves start below the legend, which plotext draws top left."""
+    if plot_rows <= legend_rows + 1:  # too small to keep both apart: leave the range as it is
+        return lo, hi
+    share = legend_rows / (plot_rows - legend_rows)
+    return (lo, hi * (hi / lo) ** share) if log else (lo, hi + (hi - lo) * share)
 
 
 @dataclass
@@ -109,6 +158,7 @@ class Status:
     backend: str = "-"
     device: str = "-"
     parameters: int | None = None
+    vocab_size: int | None = None
     corpus: str = "-"
     model: str = "-"
     batch: str = "-"
@@ -119,7 +169,13 @@ class Status:
     elapsed_s: float | None = None
     eta_s: float | None = None
     best_val_loss: float | None = None
+    saved: str = "-"  # the last checkpoint written, e.g. "best @ 1500"
     note: str = ""
+
+    @property
+    def uniform_loss(self) -> float | None:
+        """ln V: the loss of a model that guesses every token with equal probability."""
+        return math.log(self.vocab_size) if self.vocab_size else None
 
 
 def clock(seconds: float | None) -> str:
@@ -129,36 +185,50 @@ def clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+LABEL_WIDTH = 8  # the longest row name: labels never shrink to "sta…" however long a value is
+
+
 class StatusPanel(Static):
     def show(self, s: Status) -> None:
         grid = Table.grid(padding=(0, 1))
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column(overflow="ellipsis", no_wrap=True)
+        grid.add_column(style="bold", no_wrap=True, min_width=LABEL_WIDTH)
+        grid.add_column(overflow="ellipsis", no_wrap=True, ratio=1)
         best = "-" if s.best_val_loss is None or not math.isfinite(s.best_val_loss) else f"{s.best_val_loss:.4f}"
+        uniform = "-" if s.uniform_loss is None else f"{s.uniform_loss:.2f} (ln {s.vocab_size})"
         rows = [
-            ("run", s.run), ("state", s.state), ("backend", f"{s.backend} on {s.device}"),
+            ("run", s.run), ("state", s.state), ("backend", s.backend), ("device", s.device),
             ("params", "-" if s.parameters is None else f"{s.parameters / 1e6:.3f}M"), ("model", s.model),
             ("batch", s.batch), ("corpus", s.corpus),
             ("step", f"{s.step} / {s.max_iters}"),
             ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"),
             ("lr", "-" if s.lr is None else f"{s.lr:.2e}"),
             ("elapsed", clock(s.elapsed_s)), ("ETA", clock(s.eta_s)), ("best val", best),
+            ("guessing", uniform), ("saved", s.saved),
         ]
         for name, value in rows:
             grid.add_row(name, value)
         self.update(Group(grid, Text(f"\n{s.note}", style="dim")) if s.note else grid)
 
 
+QUALITY, LEARNING_RATE, GRAD_NORM = "quality", "learning rate", "grad norm"
+LOWER_PLOTS = (QUALITY, LEARNING_RATE, GRAD_NORM)  # what the lower plot shows, in the order `o` cycles
+
+
 class TrainingPane(Horizontal):
-    """Curves on the left, status on the right; ``redraw`` is called a few times a second at most."""
+    """Curves on the left, status on the right; ``redraw`` is called a few times a second at most.
+
+    ``comparisons`` holds other runs (name, curves) drawn over this one, each named in the legend.
+    """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.curves = Curves()
+        self.comparisons: list[tuple[str, Curves]] = []
         self.status = Status()
         self.log_y = False
         self.show_perplexity = False
-        self.quality_drawn: tuple | None = None
+        self.lower_plot = QUALITY
+        self.lower_drawn: tuple | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="plots"):
@@ -169,40 +239,83 @@ class TrainingPane(Horizontal):
     def on_mount(self) -> None:
         self.redraw()
 
+    def cycle_lower_plot(self) -> None:
+        self.lower_plot = LOWER_PLOTS[(LOWER_PLOTS.index(self.lower_plot) + 1) % len(LOWER_PLOTS)]
+
+    def x_max(self) -> int:
+        """Both plots span the same steps: to the end of the run (or the furthest compared run)."""
+        ends = [self.status.max_iters, self.curves.last_step] + [c.last_step for _, c in self.comparisons]
+        return max(1, *ends)
+
+    def runs(self) -> list[tuple[str, Curves]]:
+        return [(self.status.run, self.curves), *self.comparisons]
+
     def redraw(self) -> None:
+        x_max = self.x_max()
+        self.query_one("#loss-plot", CurvePlot).draw("loss", "nats/token", self.loss_lines(x_max), self.log_y, x_max)
+        # the lower plot's quality view only changes on an evaluation or a toggle: skip rebuilding it otherwise
         c = self.curves
-        steps, losses = bucket_means(c.steps, c.losses)
-        self.query_one("#loss-plot", CurvePlot).draw(
-            "loss", "nats/token",
-            [("train", steps, losses), ("val", c.eval_steps, c.val_loss)], self.log_y)
-        # the lower plot only changes on an evaluation or a toggle: skip rebuilding it otherwise
-        quality_key = (id(c), len(c.eval_steps), self.log_y, self.show_perplexity)
-        if quality_key != self.quality_drawn:
-            self.quality_drawn = quality_key
-            self.draw_quality()
+        key = (id(c), len(c.eval_steps), len(c.steps) if self.lower_plot != QUALITY else 0, self.log_y,
+               self.show_perplexity, self.lower_plot, x_max, len(self.comparisons))
+        if key != self.lower_drawn:
+            self.lower_drawn = key
+            self.draw_lower(x_max)
         self.query_one(StatusPanel).show(self.status)
 
-    def draw_quality(self) -> None:
+    def loss_lines(self, x_max: int) -> list[Line]:
         c = self.curves
-        if self.show_perplexity:
-            quality = [("train", c.eval_steps, [perplexity(v) for v in c.train_eval_loss]),
-                       ("val", c.eval_steps, [perplexity(v) for v in c.val_loss])]
-            self.query_one("#quality-plot", CurvePlot).draw("perplexity", "perplexity", quality, self.log_y)
+        steps, losses = bucket_means(c.steps, c.losses)
+        if self.comparisons:  # one validation curve per run, named by its run; this run's batch loss for context
+            lines = [Line(f"{self.status.run} (batch)", steps, losses, TRAIN_COLORS[0])]
+            lines += [Line(name, curves.eval_steps, curves.val_loss, RUN_COLORS[i % len(RUN_COLORS)])
+                      for i, (name, curves) in enumerate(self.runs())]
         else:
-            quality = [("train", c.eval_steps, c.train_bpc), ("val", c.eval_steps, c.val_bpc)]
-            self.query_one("#quality-plot", CurvePlot).draw("bits per character", "bits/char", quality, self.log_y)
+            lines = [Line("train (batch)", steps, losses, TRAIN_COLORS[0]),
+                     Line("train (eval)", c.eval_steps, c.train_eval_loss, TRAIN_COLORS[1]),
+                     Line("val", c.eval_steps, c.val_loss, TRAIN_COLORS[2])]
+        uniform = self.status.uniform_loss
+        if uniform is not None:  # the loss of guessing: a model that learned anything sits well below it
+            lines.append(Line(f"guessing: ln {self.status.vocab_size}", [0, x_max], [uniform, uniform],
+                              REFERENCE_COLOR))
+        return lines
+
+    def draw_lower(self, x_max: int) -> None:
+        plot = self.query_one("#quality-plot", CurvePlot)
+        if self.lower_plot in (LEARNING_RATE, GRAD_NORM):
+            def values(c: Curves) -> list[float]:
+                return c.lrs if self.lower_plot == LEARNING_RATE else c.grad_norms
+
+            lines = [Line(name if self.comparisons else self.lower_plot, *bucket_means(c.steps, values(c)),
+                          RUN_COLORS[i % len(RUN_COLORS)]) for i, (name, c) in enumerate(self.runs())]
+            title = "learning rate" if self.lower_plot == LEARNING_RATE else "gradient norm (before clipping)"
+            plot.draw(title, "lr" if self.lower_plot == LEARNING_RATE else "norm", lines, self.log_y, x_max)
+            return
+
+        def quality(losses: list[float], bpc: list[float]) -> list[float]:
+            return [perplexity(v) for v in losses] if self.show_perplexity else bpc
+
+        if self.comparisons:
+            lines = [Line(name, c.eval_steps, quality(c.val_loss, c.val_bpc), RUN_COLORS[i % len(RUN_COLORS)])
+                     for i, (name, c) in enumerate(self.runs())]
+        else:
+            c = self.curves
+            lines = [Line("train", c.eval_steps, quality(c.train_eval_loss, c.train_bpc), TRAIN_COLORS[1]),
+                     Line("val", c.eval_steps, quality(c.val_loss, c.val_bpc), TRAIN_COLORS[2])]
+        title, unit = ("perplexity", "perplexity") if self.show_perplexity else ("bits per character", "bits/char")
+        plot.draw(title, unit, lines, self.log_y, x_max)
 
     def show_status(self) -> None:
         self.query_one(StatusPanel).show(self.status)
 
 
 def describe(status: Status, config: TrainConfig, vocab_size: int) -> None:
-    """Fill the run's fixed facts: shape, batch and parameter count."""
+    """Fill the run's fixed facts: shape, batch, parameter count and vocabulary size."""
     c = config
     m = c.model
     status.model = f"{m.n_layer}L {m.n_head}H {m.n_embd}d ctx {m.block_size}"
     status.batch = f"{c.batch_size}×{c.grad_accum_steps}, lr {c.learning_rate:g}"
     status.parameters = count_parameters(c.with_vocab_size(vocab_size).model)
+    status.vocab_size = vocab_size
     status.max_iters = c.max_iters
 
 
@@ -212,7 +325,9 @@ def status_from_metrics(run: Run, metrics: Metrics) -> Status:
     records, steps, evals = metrics.records, metrics.steps, metrics.evals
     step = max((r.step for r in records), default=0)
     times = [r.time for r in records]
-    status = Status(run=run.path.name, backend=c.backend, device=c.device, corpus=Path(run.data_source).name,
+    # the run folder does not record which device "auto" chose: say so rather than print "auto" as a device
+    device = f"{c.device} (not recorded)" if c.device == "auto" else c.device
+    status = Status(run=run.path.name, backend=c.backend, device=device, corpus=Path(run.data_source).name,
                     step=step)
     describe(status, c, run.tokenizer.vocab_size)
     status.state = "finished" if step >= c.max_iters else ("not started" if not records else f"stopped at {step}")
