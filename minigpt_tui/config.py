@@ -271,7 +271,7 @@ PRESETS: dict[str, dict] = {
         muon_lr_scale=5.0,
         learning_rate=2e-3,
         min_lr=2e-4,
-        max_iters=1500,
+        max_iters=1250,
         warmup_iters=50,
         eval_interval=250,
     ),
