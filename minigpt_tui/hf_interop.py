@@ -52,8 +52,11 @@ PREFIX = "transformer."
 CONV1D_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # stored (in, out) by GPT-2
 LAYER_NORM_EPS = 1e-5  # what both backends use
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # transformers' two names for GPT-2's tanh GELU
-# the fields of ModelConfig that GPT2Config expresses; any other must keep its (GPT-2) default
-GPT2_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "tie_weights")
+# the fields of ModelConfig that GPT2Config expresses (zero_init_proj only changes the initial weights, not the
+# network); any other must keep its (GPT-2) default
+GPT2_FIELDS = (
+    "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "tie_weights", "zero_init_proj"
+)
 GPT2_VALUES = {"pos_encoding": "learned"}  # a field that exists in both, but with one value only in GPT-2
 MARKER = "minigpt"  # our own entry in config.json: what GPT-2's format cannot say (a bias-free model)
 

@@ -130,6 +130,19 @@ def test_export_then_import_round_trips_exactly(tmp_path, bias):
         assert np.array_equal(restored[name], value), name
 
 
+
+def test_zero_initialised_projections_export_and_speedrun_options_are_refused(tmp_path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    make_run(tmp_path / "zero", tokenizer, zero_init_proj=True)
+    export_run(tmp_path / "zero", tmp_path / "hf")
+    ids = tokenizer.encode(TEXT[:32])
+    ours, theirs = minigpt_logits(tmp_path / "zero", ids), hf_logits(tmp_path / "hf", ids)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
+    for name, value in [("pos_encoding", "rope"), ("qk_norm", True), ("activation", "relu2")]:
+        make_run(tmp_path / name, tokenizer, **{name: value})
+        assert_one_line_error(invoke("export-hf", tmp_path / name, tmp_path / f"out-{name}"), f"{name}={value!r}")
+
+
 def test_checkpoint_option_picks_best_or_latest(tmp_path):
     tokenizer = CharTokenizer.from_text(TEXT)
     run, latest = make_run(tmp_path / "run", tokenizer)
