@@ -117,7 +117,7 @@ class Inspection:
         return {
             "tokens": self.token_ids,
             "pieces": self.pieces,
-            "surprisal_nats": [None if math.isnan(s) else float(s) for s in self.surprisal_nats],
+            "surprisal": [None if math.isnan(s) else float(s) for s in self.surprisal_nats],  # nats per token
             "surprisal_bits": [None if math.isnan(s) else float(s) for s in self.surprisal_bits],
             "attention": self.attention.tolist(),
         }

@@ -115,7 +115,7 @@ def test_a_text_longer_than_the_context_is_read_in_windows(model):
 def test_json_ready_record(model):
     backend, tokenizer = model
     document = json.loads(json.dumps(inspect_text(backend, tokenizer, "The king").to_dict()))
-    assert document["surprisal_bits"][0] is None and len(document["surprisal_bits"]) == 8
+    assert document["surprisal"][0] is None and len(document["surprisal"]) == len(document["surprisal_bits"]) == 8
     assert np.asarray(document["attention"]).shape == (2, 2, 8, 8)
 
 
