@@ -1,6 +1,6 @@
 # Two commands from a fresh clone (only Python >= 3.10 needed):
 #   make run    create .venv if missing, install, train the baby preset on the bundled tiny Shakespeare
-#   make test   the same install, then ruff and the test suite (what .ci/run calls)
+#   make test   the same install, then ruff and the test suite (the commands .ci/run runs after `make install`)
 # On a GPU machine pick the torch build for your CUDA, e.g.  make run TORCH_SPEC=torch
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/quickstart
 BIN := $(VENV)/bin
 
-.PHONY: run test tui
+.PHONY: install run test tui
 
 # reinstalled when pyproject.toml changes; the stamp lives inside the venv, so deleting .venv starts over
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	@if [ -e $(RUN_DIR) ]; then \
