@@ -341,17 +341,10 @@ def inspect_command(
     params = SamplingParams(temperature, top_k, top_p)
     text = text.replace("\\n", "\n")
     run = open_run(run_dir)
-    n_tokens = len(run.tokenizer.encode(text))  # unknown characters fail before the model loads
-    if not -n_tokens <= position < n_tokens:
-        raise MiniGPTError(f"position {position} is outside the text (0..{n_tokens - 1})")
-    shape = run.config.model
-    if not 0 <= layer < shape.n_layer:
-        raise MiniGPTError(f"layer {layer} does not exist (the model has layers 0..{shape.n_layer - 1})")
-    if not 0 <= head < shape.n_head:
-        raise MiniGPTError(f"head {head} does not exist (each layer has heads 0..{shape.n_head - 1})")
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     inspection = inspect_text(model, run.tokenizer, text)
-    position %= inspection.length
+    position = inspection.check_position(position)
+    inspection.check_head(layer, head)
     view = inspection.next_tokens(position, params, run.tokenizer)
     step, kind = ckpt.state.step, ckpt.state.kind
     console = Console(highlight=False)

@@ -34,7 +34,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from backends.base import ModelConfig, canonical_shapes, check_weights, count_parameters
 from minigpt_tui.bpe import BPETokenizer
-from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
+from minigpt_tui.checkpoint import FOLDER_MODE, Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.config import TrainConfig, preset
 from minigpt_tui.data import split_text
 from minigpt_tui.datasets import Corpus
@@ -271,7 +271,7 @@ def publish(tmp: Path, out: Path) -> None:
 def staging_dir(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published folder is meant to be shared
+    os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes it private; the published folder is meant to be shared
     return tmp
 
 
