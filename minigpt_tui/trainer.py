@@ -247,7 +247,8 @@ class Trainer:
                     )
                 self.step += 1
                 interval_steps += 1
-                if self.step % c.log_interval == 0 or self.step == c.max_iters:
+                log_now = self.step % c.log_interval == 0 or self.step == c.max_iters
+                if log_now:
                     now = time.perf_counter()
                     tokens_per_s = interval_steps * self.tokens_per_step / max(now - interval_start, 1e-9)
                 event = StepEvent(
@@ -260,7 +261,7 @@ class Trainer:
                     elapsed_s=time.perf_counter() - started,
                     time=time.time(),
                 )
-                if self.step % c.log_interval == 0 or self.step == c.max_iters:
+                if log_now:
                     metrics.write(event)
                 self.emit(event)
                 if self.step % c.log_interval == 0:
