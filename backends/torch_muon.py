@@ -40,7 +40,7 @@ class StackedMuon:
             group = [params[n] for n in names]
             self.stacks.append((names, group, torch.zeros((len(names), *shape), dtype=group[0].dtype,
                                                           device=group[0].device)))
-        self.lr = 0.0
+        self.param_groups = [{"lr": 0.0}]  # as in a torch optimizer: the caller sets the step's lr here
 
     def momentum_buffers(self) -> dict[str, torch.Tensor]:
         """Name -> a view of its momentum, live (writing it sets the state)."""
@@ -48,7 +48,7 @@ class StackedMuon:
 
     @torch.no_grad()
     def step(self) -> None:
-        lr, mu = self.lr, self.momentum
+        lr, mu = self.param_groups[0]["lr"], self.momentum
         for _, group, buffer in self.stacks:
             grads = torch.stack([p.grad for p in group])
             buffer.lerp_(grads, 1 - mu)
