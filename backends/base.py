@@ -24,6 +24,9 @@ OPTIMIZERS = ("adamw", "muon")
 ROPE_BASE = 10000.0
 QK_NORM_EPS = 1e-6
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # hyperparameters reach float32 kernels: larger ones overflow
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults (Keller Jordan's quintic)
+MUON_NS_STEPS = 5
+MUON_EPS = 1e-7
 SINUSOID_SCALE = 0.02 * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2); this gives RMS 0.02
 
 
@@ -201,6 +204,12 @@ def is_hidden_matrix(name: str, shape: tuple[int, ...]) -> bool:
     """The block Linear weights: what Muon drives. Embeddings and the head stay with AdamW (their
     rows are looked up one token at a time, not mixed as a whole matrix), as do gains and biases."""
     return name.startswith("h.") and len(shape) == 2
+
+
+def muon_lr(lr: float, shape: tuple[int, ...]) -> float:
+    """torch.optim.Muon's default ("original") adjustment for a (rows, cols) matrix: sqrt(max(1, rows /
+    cols)) keeps the RMS of an update comparable between tall and wide matrices."""
+    return lr * math.sqrt(max(1.0, shape[-2] / shape[-1]))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ from collections import OrderedDict
 import numpy as np
 
 from backends.base import (
+    MUON_EPS,
+    MUON_NS_COEFFICIENTS,
+    MUON_NS_STEPS,
     Backend,
     ForwardTrace,
     GenerationSession,
@@ -27,6 +30,7 @@ from backends.base import (
     check_weights,
     is_decayed,
     is_hidden_matrix,
+    muon_lr,
 )
 from backends.numpy_model import NumpyGPT, Workspace
 
@@ -71,11 +75,6 @@ def adamw_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_a
     param += scratch
 
 
-MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults (Keller Jordan's quintic)
-MUON_NS_STEPS = 5
-MUON_EPS = 1e-7
-
-
 def newton_schulz(update: np.ndarray, steps: int = MUON_NS_STEPS, eps: float = MUON_EPS) -> np.ndarray:
     """Approximately orthogonal matrices with the singular vectors of ``update`` (k, rows, cols), each of
     the k on its own: the quintic Newton-Schulz iteration of torch.optim.Muon, X <- a X + (b A + c A^2) X
@@ -95,12 +94,6 @@ def newton_schulz(update: np.ndarray, steps: int = MUON_NS_STEPS, eps: float = M
         poly += b * gram
         x = poly @ x + a * x
     return x.swapaxes(1, 2) if tall else x
-
-
-def muon_lr(lr: float, shape: tuple[int, ...]) -> float:
-    """torch.optim.Muon's default ("original") adjustment for a (rows, cols) matrix: sqrt(max(1, rows /
-    cols)) keeps the RMS of an update comparable between tall and wide matrices."""
-    return lr * math.sqrt(max(1.0, shape[-2] / shape[-1]))
 
 
 def muon_update(param: np.ndarray, grad: np.ndarray, momentum: np.ndarray, lr: float, optim: OptimConfig) -> None:

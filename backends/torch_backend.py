@@ -158,11 +158,7 @@ class TorchBackend(Backend):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.muon is not None:
-            muon_lr = lr * self.optim_config.muon_lr_scale
-            if isinstance(self.muon, StackedMuon):
-                self.muon.lr = muon_lr
-            else:
-                self.muon.param_groups[0]["lr"] = muon_lr
+            self.muon.param_groups[0]["lr"] = lr * self.optim_config.muon_lr_scale
             self.muon.step()
             self.muon.zero_grad()
         return StepResult(loss=total.item(), grad_norm=float(norm))

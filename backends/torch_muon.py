@@ -9,19 +9,15 @@ by overhead (README: throughput, interleaved A/B). The arithmetic is otherwise t
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults
-NS_STEPS = 5
-EPS = 1e-7
+from backends.base import MUON_EPS, MUON_NS_COEFFICIENTS, MUON_NS_STEPS, muon_lr
 
 
-def newton_schulz(update: torch.Tensor, steps: int = NS_STEPS, eps: float = EPS) -> torch.Tensor:
+def newton_schulz(update: torch.Tensor, steps: int = MUON_NS_STEPS, eps: float = MUON_EPS) -> torch.Tensor:
     """(k, rows, cols) -> k approximately orthogonal matrices: X <- a X + (b A + c A^2) X, A = X X^T,
     from X = update / ||update||_F, on the wide orientation of each matrix (same as torch.optim.Muon)."""
-    a, b, c = NS_COEFFICIENTS
+    a, b, c = MUON_NS_COEFFICIENTS
     tall = update.shape[1] > update.shape[2]
     x = update.mT if tall else update
     x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp(min=eps)
@@ -44,7 +40,7 @@ class StackedMuon:
             group = [params[n] for n in names]
             self.stacks.append((names, group, torch.zeros((len(names), *shape), dtype=group[0].dtype,
                                                           device=group[0].device)))
-        self.lr = 0.0
+        self.param_groups = [{"lr": 0.0}]  # as in a torch optimizer: the caller sets the step's lr here
 
     def momentum_buffers(self) -> dict[str, torch.Tensor]:
         """Name -> a view of its momentum, live (writing it sets the state)."""
@@ -52,13 +48,12 @@ class StackedMuon:
 
     @torch.no_grad()
     def step(self) -> None:
-        lr, mu = self.lr, self.momentum
+        lr, mu = self.param_groups[0]["lr"], self.momentum
         for _, group, buffer in self.stacks:
             grads = torch.stack([p.grad for p in group])
             buffer.lerp_(grads, 1 - mu)
             update = newton_schulz(grads.lerp_(buffer, mu))  # Nesterov: the gradient pulled towards the momentum
-            rows, cols = group[0].shape
-            adjusted = lr * math.sqrt(max(1.0, rows / cols))  # torch.optim.Muon's "original" adjustment
+            adjusted = muon_lr(lr, tuple(group[0].shape))
             if self.weight_decay:
                 torch._foreach_mul_(group, 1 - lr * self.weight_decay)
             torch._foreach_add_(group, list(update.unbind(0)), alpha=-adjusted)

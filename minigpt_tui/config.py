@@ -227,6 +227,23 @@ def field_help(name: str) -> str:
     return FIELD_HELP.get(name, f"{SECTIONS[section].__name__}.{attr}" if section else name)
 
 
+# the baby model trained for speed (issue 11; chosen with `minigpt ablate sweep`, see experiments_log.md):
+# Muon on the block matrices, rotary positions, QK-norm, ReLU^2, zero-initialised projections, and a
+# step budget a fraction of baby's
+_SPEEDRUN = dict(
+    pos_encoding="rope",
+    qk_norm=True,
+    activation="relu2",
+    zero_init_proj=True,
+    optimizer="muon",
+    muon_lr_scale=5.0,
+    learning_rate=2e-3,
+    min_lr=2e-4,
+    max_iters=400,
+    warmup_iters=20,
+    eval_interval=200,  # evaluations cost time too; the ladder's runs (every 100) trained the same weights
+)
+
 PRESETS: dict[str, dict] = {
     # seconds on a laptop CPU: for tests and demos
     "tiny": dict(
@@ -245,36 +262,9 @@ PRESETS: dict[str, dict] = {
     ),
     # nanoGPT's CPU config for tiny Shakespeare (README of karpathy/nanoGPT)
     "baby": dict(),
-    # the baby model trained for speed (issue 11; chosen with `minigpt ablate sweep`, see experiments_log.md):
-    # Muon on the block matrices, rotary positions, QK-norm, ReLU^2, zero-initialised projections, and a
-    # step budget a fraction of baby's
-    "speedrun": dict(
-        pos_encoding="rope",
-        qk_norm=True,
-        activation="relu2",
-        zero_init_proj=True,
-        optimizer="muon",
-        muon_lr_scale=5.0,
-        learning_rate=2e-3,
-        min_lr=2e-4,
-        max_iters=400,
-        warmup_iters=20,
-        eval_interval=200,  # evaluations cost time too; the ladder's runs (every 100) trained the same weights
-    ),
+    "speedrun": _SPEEDRUN,
     # the speedrun recipe given nanoGPT's whole baby wall-time budget
-    "speedrun-long": dict(
-        pos_encoding="rope",
-        qk_norm=True,
-        activation="relu2",
-        zero_init_proj=True,
-        optimizer="muon",
-        muon_lr_scale=5.0,
-        learning_rate=2e-3,
-        min_lr=2e-4,
-        max_iters=1250,
-        warmup_iters=50,
-        eval_interval=250,
-    ),
+    "speedrun-long": {**_SPEEDRUN, "max_iters": 1250, "warmup_iters": 50, "eval_interval": 250},
     # nanoGPT's config/train_shakespeare_char.py: a GPU run
     "shakespeare": dict(
         n_layer=6,

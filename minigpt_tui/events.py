@@ -15,8 +15,17 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.typed import from_fields
 
 
+class _Record:
+    """A metrics.jsonl line: ``{"type": kind, **fields}``."""
+
+    kind: ClassVar[str]
+
+    def to_record(self) -> dict:
+        return {"type": self.kind, **dataclasses.asdict(self)}
+
+
 @dataclass(frozen=True)
-class StepEvent:
+class StepEvent(_Record):
     kind: ClassVar[str] = "step"
     step: int  # optimizer steps done so far
     max_iters: int
@@ -27,12 +36,9 @@ class StepEvent:
     elapsed_s: float  # wall time of this session, evaluations included
     time: float  # wall clock (Unix seconds) when the step ended
 
-    def to_record(self) -> dict:
-        return {"type": self.kind, **dataclasses.asdict(self)}
-
 
 @dataclass(frozen=True)
-class EvalEvent:
+class EvalEvent(_Record):
     kind: ClassVar[str] = "eval"
     step: int
     train_loss: float
@@ -43,9 +49,6 @@ class EvalEvent:
     best_val_loss: float
     is_best: bool
     time: float  # wall clock (Unix seconds)
-
-    def to_record(self) -> dict:
-        return {"type": self.kind, **dataclasses.asdict(self)}
 
 
 MetricsRecord = StepEvent | EvalEvent

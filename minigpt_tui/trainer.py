@@ -247,7 +247,8 @@ class Trainer:
                     )
                 self.step += 1
                 interval_steps += 1
-                if self.step % c.log_interval == 0 or self.step == c.max_iters:
+                log_now = self.step % c.log_interval == 0 or self.step == c.max_iters
+                if log_now:
                     now = time.perf_counter()
                     tokens_per_s = interval_steps * self.tokens_per_step / max(now - interval_start, 1e-9)
                 event = StepEvent(
@@ -260,7 +261,7 @@ class Trainer:
                     elapsed_s=time.perf_counter() - started,
                     time=time.time(),
                 )
-                if self.step % c.log_interval == 0 or self.step == c.max_iters:
+                if log_now:
                     metrics.write(event)
                 self.emit(event)
                 if self.step % c.log_interval == 0:
@@ -357,12 +358,11 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
 
 def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) -> Trainer:
     run.world_size = world.size
-    changed = [name for name in SHAPE_FIELDS if name in overrides and overrides[name] != run.config.get(name)]
-    if changed:
-        raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the weights have a fixed shape)")
-    changed = [name for name in FIXED_ON_RESUME if name in overrides and overrides[name] != run.config.get(name)]
-    if changed:
-        raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming (the checkpoint was trained with them)")
+    for fixed, why in ((SHAPE_FIELDS, "the weights have a fixed shape"),
+                       (FIXED_ON_RESUME, "the checkpoint was trained with them")):
+        changed = [name for name in fixed if name in overrides and overrides[name] != run.config.get(name)]
+        if changed:
+            raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming ({why})")
     if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides and (
         run.has_checkpoint("latest") and checkpoint_state(run).step > 0
     ):

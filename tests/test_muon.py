@@ -75,7 +75,7 @@ def test_stacked_muon_is_torch_optim_muon(full_precision_muon):
     ours = [torch.nn.Parameter(p.detach().clone()) for p in reference]
     torch_optimizer = torch.optim.Muon(reference, lr=0.02, weight_decay=0.1, momentum=0.9)
     stacked = StackedMuon({f"p{i}": p for i, p in enumerate(ours)}, weight_decay=0.1, momentum=0.9)
-    stacked.lr = 0.02
+    stacked.param_groups[0]["lr"] = 0.02
     for _ in range(6):
         grads = [torch.from_numpy(rng.normal(size=s)) for s in shapes]
         for p, q, g in zip(reference, ours, grads, strict=True):
