@@ -39,7 +39,7 @@ from minigpt_tui.config import TrainConfig, preset
 from minigpt_tui.data import split_text
 from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import Run, corpus_fingerprint, create_run, open_run
+from minigpt_tui.runs import Run, available_checkpoint, corpus_fingerprint, create_run, open_run
 from minigpt_tui.storage import atomic_write_bytes, atomic_write_text
 from minigpt_tui.tokenizer import CharTokenizer, Tokenizer
 
@@ -275,15 +275,6 @@ def staging_dir(out: Path) -> Path:
     return tmp
 
 
-def run_checkpoint(run: Run, which: str) -> Checkpoint:
-    """The weights of ``best`` (``latest`` before the first best) or ``latest``."""
-    if which == "best" and not run.has_checkpoint("best"):
-        which = "latest"
-    if not run.has_checkpoint(which):
-        raise MiniGPTError(f"run {run.path} has no checkpoint yet")
-    return load_checkpoint(run.checkpoint_dir(which), with_optimizer=False)
-
-
 @dataclass(frozen=True)
 class Export:
     path: Path
@@ -302,7 +293,7 @@ def export_run(run_dir: Path, out: Path, which: str = "best") -> Export:
     if blocker:
         raise MiniGPTError(f"cannot export to GPT-2: {blocker}")
     check_out_dir(out)
-    checkpoint = run_checkpoint(run, which)
+    checkpoint = load_checkpoint(run.checkpoint_dir(available_checkpoint(run, which)), with_optimizer=False)
     try:
         check_weights(config, checkpoint.weights)
     except ValueError as exc:

@@ -281,16 +281,22 @@ def load_model(
     run: Run, *, which: str = "best", backend: str | None = None, device: str | None = None
 ) -> tuple[Backend, Checkpoint]:
     """A backend holding the run's ``best`` (falling back to ``latest``) or ``latest`` weights."""
-    if which == "best" and not run.has_checkpoint("best"):
-        which = "latest"
-    if not run.has_checkpoint(which):
-        raise MiniGPTError(f"run {run.path} has no checkpoint yet")
+    which = available_checkpoint(run, which)
     checkpoint = load_checkpoint(run.checkpoint_dir(which), with_optimizer=False)
     try:
         model = build_backend(run.config, checkpoint.weights, backend=backend, device=device)
     except MiniGPTError as exc:
         raise MiniGPTError(f"checkpoint {run.checkpoint_dir(which)}: {exc}") from None
     return model, checkpoint
+
+
+def available_checkpoint(run: Run, which: str = "best") -> str:
+    """``which`` if the run has it; ``best`` falls back to ``latest`` (before the first best is saved)."""
+    if which == "best" and not run.has_checkpoint("best"):
+        which = "latest"
+    if not run.has_checkpoint(which):
+        raise MiniGPTError(f"run {run.path} has no checkpoint yet")
+    return which
 
 
 def checkpoint_state(run: Run, which: str = "latest") -> TrainingState:
