@@ -32,6 +32,7 @@ from minigpt_tui.inspection import Inspection, NextTokens, excerpt, inspect_text
 from minigpt_tui.inspection_text import CURSOR, attention_background, label, shown, surprisal_color
 from minigpt_tui.sampling import SamplingParams
 from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.tui.fields import read_number
 
 EXCERPT_CONTEXTS = 4  # the default text is this many contexts of the validation split
 # the chart's two bars per candidate, as plotext names them and as the same ANSI colours in rich
@@ -341,13 +342,7 @@ class InspectPane(Vertical):
         self.redraw()
 
     def number(self, widget_id: str, kind: type, default):
-        text = self.query_one(f"#{widget_id}", Input).value.strip()
-        if not text:
-            return default
-        try:
-            return kind(text)
-        except ValueError:
-            raise MiniGPTError(f"{widget_id.removeprefix('inspect-')} must be a number, got {text!r}") from None
+        return read_number(self, widget_id, kind, default, widget_id.removeprefix("inspect-"))
 
     @on(CursorMoved)
     def cursor_moved(self, message: CursorMoved) -> None:
