@@ -58,10 +58,10 @@ class HeadRoles:
 
 def targets(pieces: list[str]) -> list[dict[str, list[int]]]:
     """For each query position, the key positions of every target kind it has (absent when none)."""
-    text_before, chars = [], ""
+    text_before, last = [], ""  # the character just before each token
     for piece in pieces:
-        text_before.append(chars[-1:] if chars else "")
-        chars += piece
+        text_before.append(last)
+        last = piece[-1:] or last
     out: list[dict[str, list[int]]] = []
     word_start = line_start = None  # of the current word / line
     name_line: list[int] | None = None  # tokens of the last "Name:" line before the current one

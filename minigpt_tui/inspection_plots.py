@@ -13,7 +13,7 @@ from matplotlib.patches import Rectangle
 from minigpt_tui.head_roles import CONTEXT_CLASSES, TARGET_KINDS, HeadRoles
 from minigpt_tui.inspection import Inspection
 from minigpt_tui.inspection_text import SURPRISAL_FULL_BITS, label
-from minigpt_tui.plots import PNG_DPI, PNG_METADATA
+from minigpt_tui.plots import PNG_DPI, write_png
 from minigpt_tui.sampling import SamplingParams
 from minigpt_tui.tokenizer import Tokenizer
 
@@ -102,10 +102,7 @@ def head_roles_figure(roles: HeadRoles, title: str = "") -> Figure:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=PNG_DPI, metadata=PNG_METADATA)
-    return path
+    return write_png(fig, path, dpi=PNG_DPI)
 
 
 def _box(x: int, y: int) -> Rectangle:

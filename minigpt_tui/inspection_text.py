@@ -24,6 +24,11 @@ def shown(piece: str) -> str:
     return piece.replace("\n", "↵\n").replace("\t", "→")
 
 
+def shown_inline(piece: str) -> str:
+    """A token as drawn within one row: ``shown`` without the line break."""
+    return shown(piece).replace("\n", "")
+
+
 def label(piece: str) -> str:
     """A token on one line, for tables and axes: a space as ␣, a newline as \\n."""
     return repr(piece)[1:-1].replace(" ", "␣") if not piece.isprintable() or piece.isspace() else piece

@@ -133,14 +133,15 @@ def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -
             ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return write_png(fig, path)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def write_png(fig: Figure, path: Path, dpi: float | str = "figure") -> Path:
+    """``fig`` as a PNG at ``path`` (written whole or not at all), its folder made if need be."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", metadata=PNG_METADATA)
+    fig.savefig(tmp, format="png", metadata=PNG_METADATA, dpi=dpi)
     tmp.replace(path)
     return path
 
@@ -218,7 +219,7 @@ def save_sample_table(columns: list[tuple[str, str]], path: Path, width: int = 3
         x = (i + 0.04) / len(columns)
         fig.text(x, 1 - 0.1 / height, heading, fontsize=11, fontweight="bold", va="top")
         fig.text(x, 1 - 0.45 / height, wrap_sample(text, width, max_lines), fontsize=8, family="monospace", va="top")
-    return _save(fig, path)
+    return write_png(fig, path)
 
 
 def wrap_sample(text: str, width: int, max_lines: int) -> str:

@@ -542,29 +542,23 @@ class MiniGPTApp(App):
 
     # ---- keeping what the app showed
 
-    def run_folder_for_saving(self) -> Path | None:
+    def keep(self, title: str, save: Callable[[Path], Path]) -> None:
+        """Save a keepsake into the run folder with ``save(folder)`` and say where it went (or why not)."""
         if self.run_info is None:
             self.notify("no run yet: start one (n) or open one with `minigpt-tui RUN_DIR`", severity="error")
-            return None
-        return self.run_info.path
+            return
+        try:
+            self.notify(f"saved {save(self.run_info.path)}", title=title)
+        except MiniGPTError as exc:
+            self.notify(str(exc), severity="error")
 
     @on(SaveSample)
     def save_sample(self, message: SaveSample) -> None:
-        folder = self.run_folder_for_saving()
-        if folder is not None:
-            try:
-                self.notify(f"saved {save_sample(folder, message.text, message.settings)}", title="sample")
-            except MiniGPTError as exc:
-                self.notify(str(exc), severity="error")
+        self.keep("sample", lambda folder: save_sample(folder, message.text, message.settings))
 
     @on(SaveAblation)
     def save_ablation(self, message: SaveAblation) -> None:
-        folder = self.run_folder_for_saving()
-        if folder is not None:
-            try:
-                self.notify(f"saved {save_temperature_table(folder, message.rows, message.source)}", title="ablation")
-            except MiniGPTError as exc:
-                self.notify(str(exc), severity="error")
+        self.keep("ablation", lambda folder: save_temperature_table(folder, message.rows, message.source))
 
     # ---- temperature ablation
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,6 +12,7 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.sampling import DEFAULT_TEMPERATURE, SamplingParams
+from minigpt_tui.tui.fields import read_number
 from minigpt_tui.tui.messages import GenerateRequest, SaveSample
 
 
@@ -60,16 +63,7 @@ class GenerationPane(Vertical):
         self.post_message(SaveSample(self.query_one("#generation-output", TextArea).text, self.settings))
 
     def read_request(self) -> GenerateRequest:
-        def number(widget_id: str, kind: type, default):
-            text = self.query_one(f"#{widget_id}", Input).value.strip()
-            if not text:
-                return default
-            try:
-                return kind(text)
-            except ValueError:
-                raise MiniGPTError(f"{widget_id} must be a{'n integer' if kind is int else ' number'}, "
-                                   f"got {text!r}") from None
-
+        number = partial(read_number, self)
         length = number("length", int, 300)
         if length < 1:
             raise MiniGPTError(f"length must be at least 1, got {length}")

@@ -29,9 +29,10 @@ from minigpt_tui.corpus import corpus_for_run
 from minigpt_tui.data import split_text
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.inspection import Inspection, NextTokens, excerpt, inspect_text
-from minigpt_tui.inspection_text import CURSOR, attention_background, label, shown, surprisal_color
+from minigpt_tui.inspection_text import CURSOR, attention_background, label, shown_inline, surprisal_color
 from minigpt_tui.sampling import SamplingParams
 from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.tui.fields import read_number
 
 EXCERPT_CONTEXTS = 4  # the default text is this many contexts of the validation split
 # the chart's two bars per candidate, as plotext names them and as the same ANSI colours in rich
@@ -90,7 +91,7 @@ class TokenText(Widget, can_focus=True):
         used = 0
         self.token_row = []
         for i, piece in enumerate(self.inspection.pieces):
-            drawn = shown(piece).replace("\n", "")
+            drawn = shown_inline(piece)
             if used + len(drawn) > width and rows[-1]:
                 rows.append([])
                 used = 0
@@ -203,17 +204,17 @@ def head_strips(inspection: Inspection, layer: int, chosen: int, cursor: int, wi
     """Every head of ``layer``: the tokens before the cursor with that head's attention as background."""
     text = Text(f"layer {layer}, every head from the cursor:", style="dim")
     first = cursor
-    used = len(shown(inspection.pieces[cursor]).replace("\n", ""))
-    while first > 0 and used + len(shown(inspection.pieces[first - 1]).replace("\n", "")) <= width - 4:
+    used = len(shown_inline(inspection.pieces[cursor]))
+    while first > 0 and used + len(shown_inline(inspection.pieces[first - 1])) <= width - 4:
         first -= 1
-        used += len(shown(inspection.pieces[first]).replace("\n", ""))
+        used += len(shown_inline(inspection.pieces[first]))
     for head in range(inspection.n_head):
         weights = inspection.attention[layer, head, cursor]
         peak = float(weights.max())
         text.append(f"\n{'▶' if head == chosen else ' '}H{head} ", style="bold" if head == chosen else "dim")
         for i in range(first, cursor + 1):
             background = attention_background(float(weights[i]), peak)
-            drawn = shown(inspection.pieces[i]).replace("\n", "")
+            drawn = shown_inline(inspection.pieces[i])
             text.append(drawn, CURSOR if i == cursor else Style(bgcolor=background))
     return text
 
@@ -341,13 +342,7 @@ class InspectPane(Vertical):
         self.redraw()
 
     def number(self, widget_id: str, kind: type, default):
-        text = self.query_one(f"#{widget_id}", Input).value.strip()
-        if not text:
-            return default
-        try:
-            return kind(text)
-        except ValueError:
-            raise MiniGPTError(f"{widget_id.removeprefix('inspect-')} must be a number, got {text!r}") from None
+        return read_number(self, widget_id, kind, default, widget_id.removeprefix("inspect-"))
 
     @on(CursorMoved)
     def cursor_moved(self, message: CursorMoved) -> None:

@@ -99,6 +99,11 @@ REFERENCE_COLOR = "gray"
 Y_TICK_WIDTH = 7  # every y tick label padded to this width, so the two plots' x axes line up
 
 
+def run_color(i: int) -> str:
+    """The colour of the ``i``-th run drawn (this one first), cycling past the last."""
+    return RUN_COLORS[i % len(RUN_COLORS)]
+
+
 class CurvePlot(PlotextPlot):
     """A plot redrawn only when asked (the pane throttles), always through this widget's own ``plt``."""
 
@@ -212,6 +217,9 @@ class StatusPanel(Static):
 
 QUALITY, LEARNING_RATE, GRAD_NORM = "quality", "learning rate", "grad norm"
 LOWER_PLOTS = (QUALITY, LEARNING_RATE, GRAD_NORM)  # what the lower plot shows, in the order `o` cycles
+# the per-step lower plots: title, y label, and the Curves field they draw
+PER_STEP_PLOTS = {LEARNING_RATE: ("learning rate", "lr", "lrs"),
+                  GRAD_NORM: ("gradient norm (before clipping)", "norm", "grad_norms")}
 
 
 class TrainingPane(Horizontal):
@@ -267,7 +275,7 @@ class TrainingPane(Horizontal):
         steps, losses = bucket_means(c.steps, c.losses)
         if self.comparisons:  # one validation curve per run, named by its run; this run's batch loss for context
             lines = [Line(f"{self.status.run} (batch)", steps, losses, TRAIN_COLORS[0])]
-            lines += [Line(name, curves.eval_steps, curves.val_loss, RUN_COLORS[i % len(RUN_COLORS)])
+            lines += [Line(name, curves.eval_steps, curves.val_loss, run_color(i))
                       for i, (name, curves) in enumerate(self.runs())]
         else:
             lines = [Line("train (batch)", steps, losses, TRAIN_COLORS[0]),
@@ -281,21 +289,19 @@ class TrainingPane(Horizontal):
 
     def draw_lower(self, x_max: int) -> None:
         plot = self.query_one("#quality-plot", CurvePlot)
-        if self.lower_plot in (LEARNING_RATE, GRAD_NORM):
-            def values(c: Curves) -> list[float]:
-                return c.lrs if self.lower_plot == LEARNING_RATE else c.grad_norms
-
-            lines = [Line(name if self.comparisons else self.lower_plot, *bucket_means(c.steps, values(c)),
-                          RUN_COLORS[i % len(RUN_COLORS)]) for i, (name, c) in enumerate(self.runs())]
-            title = "learning rate" if self.lower_plot == LEARNING_RATE else "gradient norm (before clipping)"
-            plot.draw(title, "lr" if self.lower_plot == LEARNING_RATE else "norm", lines, self.log_y, x_max)
+        if self.lower_plot in PER_STEP_PLOTS:
+            title, unit, field_name = PER_STEP_PLOTS[self.lower_plot]
+            lines = [Line(name if self.comparisons else self.lower_plot,
+                          *bucket_means(c.steps, getattr(c, field_name)), run_color(i))
+                     for i, (name, c) in enumerate(self.runs())]
+            plot.draw(title, unit, lines, self.log_y, x_max)
             return
 
         def quality(losses: list[float], bpc: list[float]) -> list[float]:
             return [perplexity(v) for v in losses] if self.show_perplexity else bpc
 
         if self.comparisons:
-            lines = [Line(name, c.eval_steps, quality(c.val_loss, c.val_bpc), RUN_COLORS[i % len(RUN_COLORS)])
+            lines = [Line(name, c.eval_steps, quality(c.val_loss, c.val_bpc), run_color(i))
                      for i, (name, c) in enumerate(self.runs())]
         else:
             c = self.curves
