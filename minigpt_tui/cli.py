@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from minigpt_tui.config import PRESETS, TrainConfig, field_help, field_names, field_type
-from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError, describe_os_error
-from minigpt_tui.sampling import DEFAULT_TEMPERATURE
+from minigpt_tui.training.config import PRESETS, TrainConfig, field_help, field_names, field_type
+from minigpt_tui.training.datasets import DATASETS
+from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -105,11 +105,11 @@ def train(
     **kwargs,
 ) -> None:
     """Train a model (headless), or resume one with --resume RUN_DIR."""
-    from minigpt_tui.config import config_from_sources
-    from minigpt_tui.corpus import corpus_for_run, resolve_corpus
-    from minigpt_tui.distributed import start_world, stop_world
-    from minigpt_tui.runs import default_run_dir, open_run
-    from minigpt_tui.trainer import new_training, resume_training
+    from minigpt_tui.training.config import config_from_sources
+    from minigpt_tui.training.corpus import corpus_for_run, resolve_corpus
+    from minigpt_tui.training.distributed import start_world, stop_world
+    from minigpt_tui.training.runs import default_run_dir, open_run
+    from minigpt_tui.training.trainer import new_training, resume_training
 
     overrides = given_fields(kwargs)
     if not headless:
@@ -152,9 +152,9 @@ def open_tui(
     overrides: dict,
 ) -> None:
     """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
-    from minigpt_tui.config import config_from_sources
-    from minigpt_tui.terminal import check_terminal
+    from minigpt_tui.training.config import config_from_sources
     from minigpt_tui.tui.app import create_app
+    from minigpt_tui.tui.terminal import check_terminal
 
     if resume is not None:
         if overrides or preset or config_file or out or data or dataset:
@@ -244,8 +244,8 @@ def sample(
     device: str | None,
 ) -> None:
     """Stream a sample from a trained run."""
-    from minigpt_tui.runs import load_model, open_run
-    from minigpt_tui.sampling import SamplingParams, generate_text
+    from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.sampling import SamplingParams, generate_text
 
     params = SamplingParams(temperature, top_k, top_p)
     run = open_run(run_dir)
@@ -284,10 +284,10 @@ def eval_command(
     json_path: Path | None,
 ) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
-    from minigpt_tui.corpus import corpus_for_run
-    from minigpt_tui.evaluation import evaluate_run
-    from minigpt_tui.runs import open_run
     from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.training.corpus import corpus_for_run
+    from minigpt_tui.training.evaluation import evaluate_run
+    from minigpt_tui.training.runs import open_run
 
     run = open_run(run_dir)
     report = evaluate_run(
@@ -332,11 +332,11 @@ def inspect_command(
     """Why the model predicts what it does: surprisal per token, next-token table, attention."""
     from rich.console import Console
 
-    from minigpt_tui.inspection import inspect_text
-    from minigpt_tui.inspection_text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
-    from minigpt_tui.runs import load_model, open_run
-    from minigpt_tui.sampling import SamplingParams
+    from minigpt_tui.inspection.inspector import inspect_text
+    from minigpt_tui.inspection.text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
     from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.sampling import SamplingParams
 
     params = SamplingParams(temperature, top_k, top_p)
     text = text.replace("\\n", "\n")
@@ -358,7 +358,7 @@ def inspect_command(
     console.print(f"attention of layer {layer} head {head} from position {position} ('{piece}'):")
     console.print(attention_text(inspection, inspection.attention_from(position, layer, head), position))
     if png_path:
-        from minigpt_tui.inspection_plots import write_inspection_figure
+        from minigpt_tui.inspection.figures import write_inspection_figure
 
         title = f"{run.path.name}, {kind} checkpoint step {step}: position {position} ('{piece}')"
         click.echo(write_inspection_figure(png_path, inspection, run.tokenizer, position, title), err=True)
@@ -391,11 +391,11 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     from rich.table import Table
 
     from backends.base import init_weights
-    from minigpt_tui.corpus import corpus_for_run
-    from minigpt_tui.head_roles import TARGET_KINDS, head_roles
-    from minigpt_tui.runs import build_backend, load_model, open_run
+    from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles
     from minigpt_tui.storage import atomic_write_text
-    from minigpt_tui.trainer import tokenize_corpus
+    from minigpt_tui.training.corpus import corpus_for_run
+    from minigpt_tui.training.runs import build_backend, load_model, open_run
+    from minigpt_tui.training.trainer import tokenize_corpus
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
@@ -425,7 +425,7 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     console.print("surprisal (bits/token): " + ", ".join(
         f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))
     if png_path:
-        from minigpt_tui.inspection_plots import head_roles_figure, save_figure
+        from minigpt_tui.inspection.figures import head_roles_figure, save_figure
 
         title = f"{run.path.name}, {weights} weights (step {step}): {roles.windows} val windows of " \
                 f"{roles.window_tokens}"
@@ -458,10 +458,10 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from minigpt_tui.bench import bench_backend
-    from minigpt_tui.config import preset as load_preset
-    from minigpt_tui.runs import load_backend_class
+    from minigpt_tui.experiments.bench import bench_backend
     from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.training.config import preset as load_preset
+    from minigpt_tui.training.runs import load_backend_class
 
     if threads:
         for name in backends:
@@ -531,7 +531,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
 @checkpoint_choice()
 def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
     """Write a run as a Hugging Face GPT-2 folder (config, safetensors weights, fast tokenizer)."""
-    from minigpt_tui.hf_interop import export_run
+    from minigpt_tui.interop.hf import export_run
 
     done = export_run(run_dir, out_dir, checkpoint)
     click.echo(
@@ -549,8 +549,8 @@ def import_hf(hf_dir: Path, out_run: Path, data: Path | None, dataset: str | Non
     """Turn a local GPT-2 folder into a run (step 0) to sample, evaluate or fine-tune with train --resume.
 
     With --data/--dataset the run is tied to that corpus, like a trained run to its own."""
-    from minigpt_tui.corpus import resolve_corpus
-    from minigpt_tui.hf_interop import import_hf as import_folder
+    from minigpt_tui.interop.hf import import_hf as import_folder
+    from minigpt_tui.training.corpus import resolve_corpus
 
     corpus = resolve_corpus(data, dataset)[0] if data is not None or dataset is not None else None
     run = import_folder(hf_dir, out_run, corpus)
@@ -596,14 +596,14 @@ def ablate_temperature(
     device: str | None,
 ) -> None:
     """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
-    from minigpt_tui.ablation import (
+    from minigpt_tui.experiments.temperature import (
         parse_temperatures,
         temperature_ablation,
         temperature_table_markdown,
         write_temperature_report,
     )
-    from minigpt_tui.corpus import training_text
-    from minigpt_tui.runs import load_model, open_run
+    from minigpt_tui.training.corpus import training_text
+    from minigpt_tui.training.runs import load_model, open_run
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
@@ -666,10 +666,10 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     """The shared shell of the training ablations: base config, variants, progress lines, report.
 
     ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
-    from minigpt_tui.config import config_from_sources
-    from minigpt_tui.corpus import resolve_corpus
-    from minigpt_tui.reports import results_markdown
-    from minigpt_tui.training_ablation import run_training_ablation
+    from minigpt_tui.experiments.pipeline import run_training_ablation
+    from minigpt_tui.experiments.reports import results_markdown
+    from minigpt_tui.training.config import config_from_sources
+    from minigpt_tui.training.corpus import resolve_corpus
 
     out = options["out"]
     base = config_from_sources(options["preset"], options["config_file"], given_fields(options))
@@ -707,7 +707,7 @@ def int_list(text: str) -> list[int]:
 @ablation_options
 def ablate_tokenizer(vocab_sizes: str, **options) -> None:
     """Character level vs byte-level BPE in val bits/char, at the same tokens seen (steps x tokens/step)."""
-    from minigpt_tui.experiments import tokenizer_variants
+    from minigpt_tui.experiments.variants import tokenizer_variants
 
     sizes = int_list(vocab_sizes)
     run_ablation("tokenizer", lambda base: tokenizer_variants(base, sizes), options)
@@ -732,7 +732,7 @@ def ablate_tokenizer(vocab_sizes: str, **options) -> None:
 @ablation_options
 def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, **options) -> None:
     """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
-    from minigpt_tui.experiments import context_variants, with_throughput
+    from minigpt_tui.experiments.variants import context_variants, with_throughput
 
     blocks = int_list(block_sizes)
     finish = (lambda results, configs: with_throughput(results, configs, rounds=bench_rounds)) if bench_rounds else None
@@ -743,8 +743,8 @@ def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, **
 @ablation_options
 def ablate_posenc(**options) -> None:
     """Learned vs sinusoidal positions at the same budget; sinusoidal also on windows up to 4x the context."""
-    from minigpt_tui.experiments import posenc_variants
-    from minigpt_tui.probes import length_generalisation
+    from minigpt_tui.experiments.probes import length_generalisation
+    from minigpt_tui.experiments.variants import posenc_variants
 
     run_ablation("posenc", posenc_variants, options, extra_scores=length_generalisation)
 
@@ -756,7 +756,7 @@ def seeds_option(default: str):
 
 def echo_summary(results: list, out: Path) -> None:
     """Rows averaged over seeds (mean ± sd of the whole-split val loss, median times), also in summary.md."""
-    from minigpt_tui.speedrun import summarise, summary_markdown
+    from minigpt_tui.experiments.speedrun import summarise, summary_markdown
     from minigpt_tui.storage import atomic_write_text
 
     table = summary_markdown(summarise(results))
@@ -770,7 +770,7 @@ def echo_summary(results: list, out: Path) -> None:
 @ablation_options
 def ablate_sweep(grid: str, seeds: str, **options) -> None:
     """Every combination of the grid over the base config, scored on the whole val split (per seed)."""
-    from minigpt_tui.speedrun import parse_grid, sweep_variants
+    from minigpt_tui.experiments.speedrun import parse_grid, sweep_variants
 
     values, seed_list = parse_grid(grid), int_list(seeds)
     echo_summary(run_ablation("sweep", lambda base: sweep_variants(base, values, seed_list), options), options["out"])
@@ -786,7 +786,7 @@ def ablate_sweep(grid: str, seeds: str, **options) -> None:
 def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
     """The record ladder: nanoGPT's baby config, then the speedrun's changes added one at a time (each
     rung keeps those above it) up to the preset. Config flags given here apply to every rung."""
-    from minigpt_tui.speedrun import ladder_variants
+    from minigpt_tui.experiments.speedrun import ladder_variants
 
     seed_list, row_list = int_list(seeds), rows.split(",") if rows else None
     overrides = given_fields(options)
@@ -820,11 +820,11 @@ def ablate_exposure(
     device: str | None,
 ) -> None:
     """Teacher forcing vs free running: NLL per position on true prefixes vs the model's own samples."""
-    from minigpt_tui.corpus import corpus_for_run
-    from minigpt_tui.probes import exposure_bias
-    from minigpt_tui.reports import write_exposure_report
-    from minigpt_tui.runs import load_model, open_run
-    from minigpt_tui.trainer import tokenize_corpus
+    from minigpt_tui.experiments.probes import exposure_bias
+    from minigpt_tui.experiments.reports import write_exposure_report
+    from minigpt_tui.training.corpus import corpus_for_run
+    from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.trainer import tokenize_corpus
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val

@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 from plotext._figure import _figure_class as TextFigure
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import EvalEvent, StepEvent
-from minigpt_tui.runs import METRICS_FILE, read_metrics
 from minigpt_tui.storage import atomic_write_text
+from minigpt_tui.training.events import EvalEvent, StepEvent
+from minigpt_tui.training.runs import METRICS_FILE, read_metrics
 
 PNG_DPI = 100
 PNG_METADATA = {"Software": None}  # no version stamp: re-exporting the same data gives the same bytes

@@ -7,7 +7,7 @@ import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from minigpt_tui.events import EvalEvent, Event, StepEvent
+from minigpt_tui.training.events import EvalEvent, Event, StepEvent
 
 
 def format_eval(event: EvalEvent) -> str:

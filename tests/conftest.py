@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from hypothesis import settings
 
-from minigpt_tui.config import TrainConfig, preset
+from minigpt_tui.training.config import TrainConfig, preset
 
 # transformers (tests/test_hf_interop.py) reads these when it is imported: local folders only, never a hub
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -91,8 +91,8 @@ def tiny() -> TrainConfig:
 
 def train_tiny(out: Path, corpus_path: Path, config: TrainConfig | None = None, callbacks=()):
     """Train a fresh run into ``out``; return (trainer, done event, every event emitted)."""
-    from minigpt_tui.data import read_corpus
-    from minigpt_tui.trainer import new_training
+    from minigpt_tui.training.data import read_corpus
+    from minigpt_tui.training.trainer import new_training
 
     trainer = new_training(config or tiny_config(), read_corpus(corpus_path), out)
     events = []

@@ -2,13 +2,13 @@ import math
 
 import pytest
 
-from minigpt_tui.ablation import SampleTrace, parse_temperatures, summarize, temperature_ablation
-from minigpt_tui.config import build_config
-from minigpt_tui.data import split_text
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import load_model, open_run
-from minigpt_tui.trainer import new_training
+from minigpt_tui.experiments.temperature import SampleTrace, parse_temperatures, summarize, temperature_ablation
+from minigpt_tui.training.config import build_config
+from minigpt_tui.training.data import split_text
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.runs import load_model, open_run
+from minigpt_tui.training.trainer import new_training
 
 TEXT = "to be or not to be, that is the question.\nwhether tis nobler in the mind to suffer.\n" * 40
 

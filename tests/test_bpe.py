@@ -2,17 +2,18 @@ import math
 
 import pytest
 
-from minigpt_tui.bpe import BPETokenizer
-from minigpt_tui.config import build_config
-from minigpt_tui.data import split_text
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.evaluation import evaluate_tokens
-from minigpt_tui.metrics import bits_per_char
-from minigpt_tui.runs import load_model, open_run
-from minigpt_tui.sampling import SamplingParams, generate_text, stream_text
-from minigpt_tui.tokenizer import CharTokenizer, tokenizer_from_json
-from minigpt_tui.trainer import new_training, tokenize_corpus
+from minigpt_tui.training.bpe import BPETokenizer
+from minigpt_tui.training.config import build_config
+from minigpt_tui.training.data import split_text
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.evaluation import evaluate_tokens
+from minigpt_tui.training.metrics import bits_per_char
+from minigpt_tui.training.runs import load_model, open_run
+from minigpt_tui.training.sampling import SamplingParams, generate_text, stream_text
+from minigpt_tui.training.tokenizer import CharTokenizer
+from minigpt_tui.training.trainer import new_training, tokenize_corpus
+from minigpt_tui.training.vocabulary import tokenizer_from_json
 
 TEXT = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n" * 30
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import train_tiny
 
-from minigpt_tui import checkpoint as checkpoint_module
-from minigpt_tui.checkpoint import (
+from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.training import checkpoint as checkpoint_module
+from minigpt_tui.training.checkpoint import (
     HASHED_FILES,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -22,9 +23,8 @@ from minigpt_tui.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from minigpt_tui.datasets import sha256
-from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import load_model, open_run
+from minigpt_tui.training.datasets import sha256
+from minigpt_tui.training.runs import load_model, open_run
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner, Result
 from conftest import TINY
 
-from minigpt_tui.checkpoint import MODEL_FILE
 from minigpt_tui.cli import main
-from minigpt_tui.config import field_names
-from minigpt_tui.data import split_text
+from minigpt_tui.training.checkpoint import MODEL_FILE
+from minigpt_tui.training.config import field_names
+from minigpt_tui.training.data import split_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,8 +244,8 @@ def test_resume_from_the_cli(paths):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_and_says_how_to_resume(tmp_path, workspace, monkeypatch, signum):
-    from minigpt_tui.events import StepEvent
-    from minigpt_tui.trainer import Trainer
+    from minigpt_tui.training.events import StepEvent
+    from minigpt_tui.training.trainer import Trainer
 
     real_emit = Trainer.emit
 
@@ -290,7 +290,7 @@ def test_help_does_not_import_torch():
         "        main(args)\n"
         "    except SystemExit as exit:\n"
         "        assert exit.code == 0, args\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'minigpt_tui.trainer'))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'minigpt_tui.training.trainer'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "Usage" in out.stdout

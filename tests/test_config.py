@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from backends.base import ModelConfig, OptimConfig
-from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_names, load_toml, preset
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.training.config import PRESETS, TrainConfig, build_config, field_names, load_toml, preset
 
 
 def test_presets_exist_with_the_documented_values():

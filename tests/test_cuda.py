@@ -98,8 +98,8 @@ def test_compiled_training_checkpoints_the_plain_module_weights() -> None:
 
 @cuda_only
 def test_bench_mfu_uses_the_gpu_peak() -> None:
-    from minigpt_tui.bench import bench_backend
-    from minigpt_tui.config import preset
+    from minigpt_tui.experiments.bench import bench_backend
+    from minigpt_tui.training.config import preset
 
     result = bench_backend("torch", preset("baby"), train_iters=3, gen_tokens=20, nocache_tokens=5, device="cuda")
     assert result.device.startswith("cuda")

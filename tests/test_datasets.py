@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minigpt_tui import datasets
-from minigpt_tui.corpus import resolve_corpus
-from minigpt_tui.data import BatchSampler, TokenData, read_corpus, sequential_windows, split_text
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.training import datasets
+from minigpt_tui.training.corpus import resolve_corpus
+from minigpt_tui.training.data import BatchSampler, TokenData, read_corpus, sequential_windows, split_text
 
 
 def test_bundled_shakespeare_is_the_checked_text():

@@ -17,12 +17,12 @@ import torch.distributed as dist
 from conftest import tiny_config, train_tiny
 
 from backends.base import init_weights
-from minigpt_tui.checkpoint import load_checkpoint
-from minigpt_tui.data import read_corpus
-from minigpt_tui.distributed import World, start_world, world_from_env
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import read_metrics
-from minigpt_tui.trainer import resume_training
+from minigpt_tui.training.checkpoint import load_checkpoint
+from minigpt_tui.training.data import read_corpus
+from minigpt_tui.training.distributed import World, start_world, world_from_env
+from minigpt_tui.training.runs import read_metrics
+from minigpt_tui.training.trainer import resume_training
 
 RANKS, RANK_BATCH, ACCUM, STEPS = 2, 2, 2, 3
 SHARED = dict(grad_accum_steps=ACCUM, max_iters=STEPS, lr_decay_iters=5, eval_interval=2, log_interval=1,

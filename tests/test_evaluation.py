@@ -4,7 +4,7 @@ import pytest
 from backends.base import ModelConfig, OptimConfig, init_weights
 from backends.torch_backend import TorchBackend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.evaluation import evaluate_tokens
+from minigpt_tui.training.evaluation import evaluate_tokens
 
 CONFIG = ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
 

@@ -4,12 +4,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from minigpt_tui.config import build_config
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments import context_variants, posenc_variants, run_variants, tokenizer_variants
-from minigpt_tui.probes import length_generalisation, position_losses
-from minigpt_tui.reports import results_markdown, write_ablation_report
+from minigpt_tui.experiments.probes import length_generalisation, position_losses
+from minigpt_tui.experiments.reports import results_markdown, write_ablation_report
+from minigpt_tui.experiments.variants import context_variants, posenc_variants, run_variants, tokenizer_variants
+from minigpt_tui.training.config import build_config
+from minigpt_tui.training.datasets import Corpus
 
 TEXT = "to be or not to be, that is the question.\nwhether tis nobler in the mind to suffer.\n" * 40
 

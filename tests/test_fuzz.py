@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import invoke
 
-from minigpt_tui import memory
-from minigpt_tui.checkpoint import load_checkpoint
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import load_model, open_run
-from minigpt_tui.trainer import Trainer
+from minigpt_tui.training import memory
+from minigpt_tui.training.checkpoint import load_checkpoint
+from minigpt_tui.training.runs import load_model, open_run
+from minigpt_tui.training.trainer import Trainer
 
 COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 settings.register_profile("fuzz-ci", max_examples=12, derandomize=True, **COMMON)
@@ -204,7 +204,7 @@ NUMBERS = st.one_of(
 
 
 def train_flags() -> list[str]:
-    from minigpt_tui.config import field_names, field_type
+    from minigpt_tui.training.config import field_names, field_type
 
     return [name.replace("_", "-") for name in field_names() if field_type(name) in (int, float)]
 

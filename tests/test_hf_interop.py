@@ -16,16 +16,16 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from backends.base import canonical_shapes
-from minigpt_tui.bpe import BPETokenizer
-from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.cli import main
-from minigpt_tui.config import preset
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.hf_interop import char_hf_tokenizer, export_run
-from minigpt_tui.runs import Run, build_backend, create_run, open_run
-from minigpt_tui.tokenizer import CharTokenizer
-from minigpt_tui.trainer import new_training
+from minigpt_tui.interop.hf import char_hf_tokenizer, export_run
+from minigpt_tui.training.bpe import BPETokenizer
+from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
+from minigpt_tui.training.config import preset
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.runs import Run, build_backend, create_run, open_run
+from minigpt_tui.training.tokenizer import CharTokenizer
+from minigpt_tui.training.trainer import new_training
 
 TEXT = make_corpus_text(60)
 PROMPT = "The king "
@@ -271,14 +271,14 @@ def test_the_conversion_needs_neither_torch_nor_transformers():
 
     from test_import_hygiene import imported_roots
 
-    module = Path(__file__).resolve().parents[1] / "minigpt_tui" / "hf_interop.py"
+    module = Path(__file__).resolve().parents[1] / "minigpt_tui" / "interop" / "hf.py"
     assert not imported_roots(module) & {"torch", "transformers", "textual", "click"}
 
 
 def test_weights_saved_without_the_transformer_prefix_and_with_mask_buffers_import_too():
     """The original GPT-2 files name tensors ``h.0...`` (a GPT2Model) and carry ``attn.bias`` causal masks."""
     from backends.base import ModelConfig
-    from minigpt_tui.hf_interop import from_gpt2_weights, to_gpt2_weights
+    from minigpt_tui.interop.hf import from_gpt2_weights, to_gpt2_weights
 
     config = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=True)
     weights = random_weights(config, seed=2)

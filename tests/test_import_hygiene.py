@@ -1,4 +1,5 @@
-"""Dependencies point one way: shells -> core -> backends. Backends never reach back up."""
+"""Dependencies point one way: shells -> core -> backends, and inside the core down its layers. Backends never
+reach back up."""
 
 from __future__ import annotations
 
@@ -59,10 +60,88 @@ def test_importing_the_torch_backend_loads_no_app_modules():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["checkpoint", "config", "data", "datasets", "evaluation", "metrics", "runs",
-                                  "sampling", "schedule", "tokenizer", "trainer"])
-def test_core_modules_do_not_import_the_shells(name):
-    assert not imported_roots(ROOT / "minigpt_tui" / f"{name}.py") & {"textual", "click"}
+# The core's layers, lowest first. A module may import its own layer and the layers below it, never above:
+# foundation <- training <- (interop | plots) <- inspection <- experiments <- shells (cli, progress, tui).
+LAYERS = {
+    "errors": 0, "storage": 0, "typed": 0,
+    "training": 1,
+    "interop": 2, "plots": 2,
+    "inspection": 3,
+    "experiments": 4,
+    "cli": 5, "progress": 5, "tui": 5, "__main__": 5,
+}
+SIBLINGS_APART = {frozenset({"interop", "plots"})}  # same layer, and still independent of each other
+
+
+def unit_of(path: Path) -> str:
+    """The layer unit a file of minigpt_tui/ belongs to: its subpackage, or its own name at the top level."""
+    parts = path.relative_to(ROOT / "minigpt_tui").parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
+def imported_units(path: Path) -> set[str]:
+    units = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] if node.module != "minigpt_tui" else [f"minigpt_tui.{a.name}" for a in node.names]
+        units.update(name.split(".")[1] for name in names if name.startswith("minigpt_tui."))
+    return units
+
+
+CORE_FILES = sorted(p for p in (ROOT / "minigpt_tui").rglob("*.py") if p.name != "__init__.py")
+
+
+def test_every_core_file_has_a_layer():
+    assert {unit_of(p) for p in CORE_FILES} <= set(LAYERS)
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_down_the_layers(path):
+    unit = unit_of(path)
+    for target in imported_units(path) - {unit}:
+        assert LAYERS[target] <= LAYERS[unit], f"{unit} (layer {LAYERS[unit]}) imports {target} ({LAYERS[target]})"
+        assert frozenset({unit, target}) not in SIBLINGS_APART, f"{unit} and {target} must stay independent"
+
+
+@pytest.mark.parametrize("path", [p for p in CORE_FILES if LAYERS[unit_of(p)] < LAYERS["cli"]],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_modules_do_not_import_the_shells(path):
+    assert not imported_roots(path) & {"textual", "click"}
+
+
+def test_no_import_cycle_between_modules():
+    """Module-level imports (function-level ones are lazy and may not close a cycle at import time either)."""
+    graph = {}
+    for path in CORE_FILES:
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        graph[module] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("minigpt_tui."):
+                graph[module].add(node.module)
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", "import cycle: " + " -> ".join(trail + [module])
+        state[module] = "open"
+        for target in graph.get(module, ()):
+            visit(target, trail + [module])
+        state[module] = "done"
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_the_top_level_stays_small():
+    modules = [p for p in (ROOT / "minigpt_tui").glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert len(modules) <= 12, sorted(p.name for p in modules)
+
+
+def test_every_subpackage_says_what_it_owns():
+    for package in (ROOT / "minigpt_tui").glob("*/__init__.py"):
+        assert ast.get_docstring(ast.parse(package.read_text(encoding="utf-8"))), package
 
 
 APP_FILES = sorted((ROOT / "minigpt_tui").rglob("*.py"))

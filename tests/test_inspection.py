@@ -15,10 +15,10 @@ from conftest import make_corpus_text, train_tiny
 from backends.base import init_weights
 from minigpt_tui.cli import main
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.head_roles import TARGET_KINDS, head_roles, targets
-from minigpt_tui.inspection import inspect_text, windows
-from minigpt_tui.runs import build_backend, load_model, open_run
-from minigpt_tui.sampling import SamplingParams, probabilities
+from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles, targets
+from minigpt_tui.inspection.inspector import inspect_text, windows
+from minigpt_tui.training.runs import build_backend, load_model, open_run
+from minigpt_tui.training.sampling import SamplingParams, probabilities
 
 
 @pytest.fixture(scope="module")

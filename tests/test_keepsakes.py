@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from minigpt_tui.ablation import TemperatureRow
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.keepsakes import save_sample, save_temperature_table
+from minigpt_tui.experiments.keepsakes import save_sample, save_temperature_table
+from minigpt_tui.experiments.temperature import TemperatureRow
 
 
 def test_samples_are_saved_side_by_side_never_overwritten(tmp_path):

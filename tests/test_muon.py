@@ -18,9 +18,9 @@ from conftest import tiny_config, train_tiny
 
 from backends.base import ModelConfig, OptimConfig, init_weights
 from backends.numpy_backend import NumpyBackend, newton_schulz
-from minigpt_tui.data import read_corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.trainer import resume_training
+from minigpt_tui.training.data import read_corpus
+from minigpt_tui.training.trainer import resume_training
 
 torch = pytest.importorskip("torch")
 import torch.optim._muon as torch_muon  # noqa: E402

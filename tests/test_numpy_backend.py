@@ -17,10 +17,10 @@ from safetensors.numpy import save as save_safetensors
 
 from backends.base import ModelConfig, OptimConfig, init_weights
 from backends.numpy_backend import NumpyBackend
-from minigpt_tui.data import read_corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import build_backend, load_model, open_run
-from minigpt_tui.trainer import resume_training
+from minigpt_tui.training.data import read_corpus
+from minigpt_tui.training.runs import build_backend, load_model, open_run
+from minigpt_tui.training.trainer import resume_training
 
 torch = pytest.importorskip("torch")
 from torch.nn import functional as F  # noqa: E402

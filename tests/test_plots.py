@@ -4,8 +4,8 @@ import matplotlib.image
 import pytest
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import EvalEvent, StepEvent
 from minigpt_tui.plots import Chart, Series, export_plots, file_stem, render_text, save_sample_table
+from minigpt_tui.training.events import EvalEvent, StepEvent
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

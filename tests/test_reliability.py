@@ -44,7 +44,7 @@ def hold_the_run(run: Path) -> subprocess.Popen:
     """Another process that holds ``run`` as its writer (through the same lock the trainer takes)."""
     code = (
         "import sys, time\n"
-        "from minigpt_tui.runs import RunLock\n"
+        "from minigpt_tui.training.runs import RunLock\n"
         f"lock = RunLock({str(run)!r}).acquire()\n"
         "print('held', flush=True)\n"
         "time.sleep(60)\n"
@@ -281,7 +281,7 @@ def test_checkpoint_folders_are_readable_by_others(workspace):
 
 
 def test_a_disk_error_during_a_save_is_one_line_and_keeps_the_checkpoint(workspace, tmp_path, monkeypatch):
-    from minigpt_tui import checkpoint
+    from minigpt_tui.training import checkpoint
 
     run = copy_run(workspace, tmp_path)
     before = (run / "checkpoints" / "latest" / "model.safetensors").read_bytes()
@@ -303,8 +303,8 @@ def test_kill_9_during_saves_never_loses_the_run(workspace, tmp_path):
     """A checkpoint every step, and kill -9 at random moments: each time the run loads, and it continues."""
     import random
 
-    from minigpt_tui.checkpoint import load_checkpoint
-    from minigpt_tui.runs import holds_checkpoints
+    from minigpt_tui.training.checkpoint import load_checkpoint
+    from minigpt_tui.training.runs import holds_checkpoints
 
     run, rng = tmp_path / "run", random.Random(0)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.sampling import SamplingParams, probabilities, sample_token
+from minigpt_tui.training.sampling import SamplingParams, probabilities, sample_token
 
 # moderate logits and temperatures: no kept token underflows to probability 0 in float64
 logit_lists = st.lists(st.floats(-30, 30, allow_nan=False), min_size=1, max_size=40)
@@ -165,9 +165,9 @@ def test_invalid_parameters_raise(kwargs, fragment):
 
 def test_generation_streams_and_kv_cache_matches_full_recompute(tiny):
     from backends.base import init_weights
-    from minigpt_tui.runs import build_backend
-    from minigpt_tui.sampling import generate, generate_nocache, generate_text
-    from minigpt_tui.tokenizer import CharTokenizer
+    from minigpt_tui.training.runs import build_backend
+    from minigpt_tui.training.sampling import generate, generate_nocache, generate_text
+    from minigpt_tui.training.tokenizer import CharTokenizer
 
     tokenizer = CharTokenizer.from_text("abcdefgh ")
     config = tiny.replace(block_size=16)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from minigpt_tui.schedule import learning_rate
+from minigpt_tui.training.schedule import learning_rate
 
 MAX_LR, MIN_LR, WARMUP, DECAY = 1e-3, 1e-4, 10, 110
 

@@ -9,11 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from minigpt_tui.cli import main
-from minigpt_tui.config import preset
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import EvalEvent
-from minigpt_tui.experiments import VariantResult
-from minigpt_tui.speedrun import (
+from minigpt_tui.experiments.speedrun import (
     LADDER,
     ladder_configs,
     ladder_variants,
@@ -22,6 +19,9 @@ from minigpt_tui.speedrun import (
     sweep_variants,
     time_to_loss,
 )
+from minigpt_tui.experiments.variants import VariantResult
+from minigpt_tui.training.config import preset
+from minigpt_tui.training.events import EvalEvent
 
 
 def test_parse_grid_types_values_like_the_config():

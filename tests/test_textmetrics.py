@@ -3,7 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from minigpt_tui.textmetrics import distinct_n, entropy, known_word_share, ngrams, nll, repeated_ngram_rate, words
+from minigpt_tui.experiments.textmetrics import (
+    distinct_n,
+    entropy,
+    known_word_share,
+    ngrams,
+    nll,
+    repeated_ngram_rate,
+    words,
+)
 
 
 def test_words_lowercases_and_keeps_inner_apostrophes():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.tokenizer import CharTokenizer, build_tokenizer, load_tokenizer, tokenizer_from_json
+from minigpt_tui.training.tokenizer import CharTokenizer
+from minigpt_tui.training.vocabulary import build_tokenizer, load_tokenizer, tokenizer_from_json
 
 
 def test_round_trip_of_the_training_text(corpus_text):

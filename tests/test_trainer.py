@@ -11,12 +11,12 @@ import pytest
 from conftest import make_corpus_text, tiny_config, train_tiny
 
 from backends.base import StepResult
-from minigpt_tui.checkpoint import load_checkpoint
-from minigpt_tui.data import read_corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
-from minigpt_tui.runs import load_model, open_run, read_metrics
-from minigpt_tui.trainer import new_training, resume_training
+from minigpt_tui.training.checkpoint import load_checkpoint
+from minigpt_tui.training.data import read_corpus
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
+from minigpt_tui.training.runs import load_model, open_run, read_metrics
+from minigpt_tui.training.trainer import new_training, resume_training
 
 
 def test_events_and_run_folder(tmp_path, corpus_path):

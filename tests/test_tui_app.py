@@ -13,8 +13,8 @@ from conftest import tiny_config
 from rich.console import Console
 from textual.widgets import DataTable, Input, Static, TextArea
 
-from minigpt_tui.checkpoint import load_checkpoint
-from minigpt_tui.runs import open_run, read_metrics
+from minigpt_tui.training.checkpoint import load_checkpoint
+from minigpt_tui.training.runs import open_run, read_metrics
 from minigpt_tui.tui.app import create_app
 from minigpt_tui.tui.continue_dialog import ContinueDialog
 from minigpt_tui.tui.generation_pane import GenerationPane
@@ -291,7 +291,7 @@ async def test_a_new_run_that_fails_returns_to_the_form_and_leaves_the_open_run_
 
 
 async def test_the_form_trains_on_the_bundled_shakespeare_by_default(tmp_path: Path):
-    from minigpt_tui.datasets import SHAKESPEARE_SOURCE
+    from minigpt_tui.training.datasets import SHAKESPEARE_SOURCE
 
     out = tmp_path / "run"
     app = create_app(config=tiny_config(max_iters=2, eval_interval=2), out=out, **FAST)
@@ -333,8 +333,8 @@ async def test_several_runs_are_overlaid_and_named(tmp_path: Path, corpus_path: 
 
 
 def test_an_opened_run_on_auto_says_its_device_is_not_recorded(tmp_path: Path, corpus_text: str):
-    from minigpt_tui.runs import Metrics, Run
-    from minigpt_tui.tokenizer import build_tokenizer
+    from minigpt_tui.training.runs import Metrics, Run
+    from minigpt_tui.training.vocabulary import build_tokenizer
     from minigpt_tui.tui.training_pane import status_from_metrics
 
     tokenizer = build_tokenizer("char", corpus_text, 64)

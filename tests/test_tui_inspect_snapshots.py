@@ -11,9 +11,9 @@ import pytest
 from conftest import make_corpus_text, tiny_config
 
 from backends.base import init_weights
-from minigpt_tui.checkpoint import Checkpoint, TrainingState, save_checkpoint
-from minigpt_tui.runs import Run, create_run
-from minigpt_tui.tokenizer import build_tokenizer
+from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, save_checkpoint
+from minigpt_tui.training.runs import Run, create_run
+from minigpt_tui.training.vocabulary import build_tokenizer
 from minigpt_tui.tui.app import create_app
 from minigpt_tui.tui.inspect_pane import InspectPane
 

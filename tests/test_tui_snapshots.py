@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import make_corpus_text, tiny_config
 
-from minigpt_tui.ablation import TemperatureRow
-from minigpt_tui.events import EvalEvent, StepEvent
-from minigpt_tui.runs import Run, create_run
-from minigpt_tui.tokenizer import build_tokenizer
+from minigpt_tui.experiments.temperature import TemperatureRow
+from minigpt_tui.training.events import EvalEvent, StepEvent
+from minigpt_tui.training.runs import Run, create_run
+from minigpt_tui.training.vocabulary import build_tokenizer
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.app import create_app
 

@@ -8,8 +8,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from minigpt_tui.ablation import TemperatureRow, parse_temperatures
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.experiments.temperature import TemperatureRow, parse_temperatures
 from minigpt_tui.tui.messages import AblationRequest, SaveAblation
 
 COLUMNS = ("T", "NLL/tok", "dist-1", "dist-2", "dist-3", "repeats", "known words", "entropy", "sample")

@@ -22,18 +22,17 @@ from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, Footer, Header, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from minigpt_tui.ablation import temperature_ablation
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.corpus import corpus_for_run, training_text
-from minigpt_tui.data import split_text
-from minigpt_tui.datasets import DATASETS
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
-from minigpt_tui.keepsakes import save_sample, save_temperature_table
-from minigpt_tui.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
-from minigpt_tui.sampling import generate_text
-from minigpt_tui.terminal import check_terminal
-from minigpt_tui.trainer import continuation_target, new_training, resume_training
+from minigpt_tui.experiments.keepsakes import save_sample, save_temperature_table
+from minigpt_tui.experiments.temperature import temperature_ablation
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.corpus import corpus_for_run, training_text
+from minigpt_tui.training.data import split_text
+from minigpt_tui.training.datasets import DATASETS
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.training.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
+from minigpt_tui.training.sampling import generate_text
+from minigpt_tui.training.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.continue_dialog import ContinueDialog
 from minigpt_tui.tui.generation_pane import GenerationPane
@@ -58,6 +57,7 @@ from minigpt_tui.tui.messages import (
 )
 from minigpt_tui.tui.output import log, set_up_output
 from minigpt_tui.tui.run_form import RunForm
+from minigpt_tui.tui.terminal import check_terminal
 from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.sampling import DEFAULT_TEMPERATURE, SamplingParams
+from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE, SamplingParams
 from minigpt_tui.tui.fields import read_number
 from minigpt_tui.tui.messages import GenerateRequest, SaveSample
 

@@ -25,13 +25,13 @@ from textual.widgets import Input, Label, Static
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
-from minigpt_tui.corpus import corpus_for_run
-from minigpt_tui.data import split_text
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.inspection import Inspection, NextTokens, excerpt, inspect_text
-from minigpt_tui.inspection_text import CURSOR, attention_background, label, shown_inline, surprisal_color
-from minigpt_tui.sampling import SamplingParams
-from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.inspection.inspector import Inspection, NextTokens, excerpt, inspect_text
+from minigpt_tui.inspection.text import CURSOR, attention_background, label, shown_inline, surprisal_color
+from minigpt_tui.training.corpus import corpus_for_run
+from minigpt_tui.training.data import split_text
+from minigpt_tui.training.sampling import SamplingParams
+from minigpt_tui.training.tokenizer import Tokenizer
 from minigpt_tui.tui.fields import read_number
 
 EXCERPT_CONTEXTS = 4  # the default text is this many contexts of the validation split

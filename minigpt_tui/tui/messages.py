@@ -8,11 +8,11 @@ from pathlib import Path
 
 from textual.message import Message
 
-from minigpt_tui.ablation import TemperatureRow
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.datasets import Corpus
-from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
-from minigpt_tui.sampling import SamplingParams
+from minigpt_tui.experiments.temperature import TemperatureRow
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
+from minigpt_tui.training.sampling import SamplingParams
 
 
 @dataclass
@@ -26,7 +26,7 @@ class StartRun(Message):
 
 @dataclass
 class TrainingStarted(Message):
-    trainer: object  # minigpt_tui.trainer.Trainer, kept untyped so this module stays light
+    trainer: object  # minigpt_tui.training.trainer.Trainer, kept untyped so this module stays light
     train_text: str  # the training split, for the ablation's known-word share
 
 

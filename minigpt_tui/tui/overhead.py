@@ -26,10 +26,10 @@ from pathlib import Path
 import click
 from textual import events
 
-from minigpt_tui.config import PRESETS, build_config
-from minigpt_tui.data import read_corpus
-from minigpt_tui.runs import read_metrics
-from minigpt_tui.trainer import new_training
+from minigpt_tui.training.config import PRESETS, build_config
+from minigpt_tui.training.data import read_corpus
+from minigpt_tui.training.runs import read_metrics
+from minigpt_tui.training.trainer import new_training
 from minigpt_tui.tui.app import MiniGPTApp
 
 KEY_EVERY_S = 0.3

@@ -10,11 +10,11 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from backends import available_backends
-from minigpt_tui.config import PRESETS, TrainConfig, build_config, field_type
-from minigpt_tui.data import read_corpus
-from minigpt_tui.datasets import load_dataset
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import holds_checkpoints
+from minigpt_tui.training.config import PRESETS, TrainConfig, build_config, field_type
+from minigpt_tui.training.data import read_corpus
+from minigpt_tui.training.datasets import load_dataset
+from minigpt_tui.training.runs import holds_checkpoints
 from minigpt_tui.tui.messages import StartRun
 
 CUSTOM = "custom"  # the preset shown when the app was handed a ready config

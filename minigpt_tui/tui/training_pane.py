@@ -16,11 +16,11 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from backends.base import count_parameters
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.events import EvalEvent, StepEvent
-from minigpt_tui.metrics import perplexity
 from minigpt_tui.plots import axis_limits, step_ticks, value_ticks
-from minigpt_tui.runs import Metrics, Run
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.events import EvalEvent, StepEvent
+from minigpt_tui.training.metrics import perplexity
+from minigpt_tui.training.runs import Metrics, Run
 
 MAX_PLOTTED = 400  # per-step losses beyond this are averaged in buckets: cheap redraws on long runs
 

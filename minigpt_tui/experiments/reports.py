@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from minigpt_tui.experiments import VariantResult
+from minigpt_tui.experiments.variants import VariantResult
 from minigpt_tui.storage import atomic_write_text
 
 COLUMNS = {

@@ -17,8 +17,8 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.sampling import SamplingParams, probabilities
-from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.training.sampling import SamplingParams, probabilities
+from minigpt_tui.training.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 TOP_K = 10  # candidates a next-token table shows

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from backends.base import Backend
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.evaluation import evaluate_tokens
-from minigpt_tui.runs import METRICS_FILE, load_backend_class, load_model, open_run, read_metrics
-from minigpt_tui.sampling import SamplingParams, generate_text
 from minigpt_tui.storage import atomic_write_text
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.evaluation import evaluate_tokens
+from minigpt_tui.training.runs import METRICS_FILE, load_backend_class, load_model, open_run, read_metrics
+from minigpt_tui.training.sampling import SamplingParams, generate_text
 
 RESULT_FILE = "result.json"
 SAMPLE_CHARS = 300
@@ -75,7 +75,7 @@ def median_throughput(run_dir: Path) -> float:
 def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
                   extra_scores: Callable[[Backend, object, np.ndarray], dict] | None = None) -> VariantResult:
     """Train one variant in this process and score it; ``extra_scores(model, run, val_tokens)`` adds fields."""
-    from minigpt_tui.trainer import new_training, tokenize_corpus
+    from minigpt_tui.training.trainer import new_training, tokenize_corpus
 
     run_dir = Path(out) / name
     trainer = new_training(config, corpus, run_dir)
@@ -179,7 +179,7 @@ def with_throughput(results: list[VariantResult], configs: list[TrainConfig], *,
     all alike, which the throughput logged by runs trained minutes apart does not."""
     import dataclasses
 
-    from minigpt_tui.bench import bench_backend
+    from minigpt_tui.experiments.bench import bench_backend
 
     best = [(0.0, 0.0)] * len(configs)
     for _ in range(rounds):

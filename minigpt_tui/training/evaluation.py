@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from backends.base import Backend
-from minigpt_tui.data import sequential_windows, split_text
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.metrics import bits_per_char, perplexity
-from minigpt_tui.runs import Run, load_model
+from minigpt_tui.training.data import sequential_windows, split_text
+from minigpt_tui.training.metrics import bits_per_char, perplexity
+from minigpt_tui.training.runs import Run, load_model
 
 
 @dataclass(frozen=True)

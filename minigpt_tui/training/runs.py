@@ -5,8 +5,8 @@ A run folder holds:
 - ``config.json``: the run's ``TrainConfig`` (nested, ``model.vocab_size`` = the tokenizer's size),
   the corpus it was trained on (source and sha256), tokens per character and the world size;
 - ``tokenizer.json``;
-- ``metrics.jsonl``: one ``StepEvent``/``EvalEvent`` record per line (see ``minigpt_tui.events``);
-- ``checkpoints/latest`` and ``checkpoints/best`` (see ``minigpt_tui.checkpoint``);
+- ``metrics.jsonl``: one ``StepEvent``/``EvalEvent`` record per line (see ``minigpt_tui.training.events``);
+- ``checkpoints/latest`` and ``checkpoints/best`` (see ``minigpt_tui.training.checkpoint``);
 - ``.lock``: the OS lock its one writer holds, and ``.lock.owner``, that writer's PID.
 
 Strict where it must be: a config or checkpoint that fails validation is one MiniGPTError naming the
@@ -28,13 +28,14 @@ import filelock
 
 from backends import load_backend
 from backends.base import Backend
-from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, load_state
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.datasets import Corpus, sha256
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import EvalEvent, MetricsRecord, StepEvent, record_from_dict
 from minigpt_tui.storage import atomic_write_text
-from minigpt_tui.tokenizer import Tokenizer, load_tokenizer
+from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, load_checkpoint, load_state
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.datasets import Corpus, sha256
+from minigpt_tui.training.events import EvalEvent, MetricsRecord, StepEvent, record_from_dict
+from minigpt_tui.training.tokenizer import Tokenizer
+from minigpt_tui.training.vocabulary import load_tokenizer
 from minigpt_tui.typed import checked_value
 
 CONFIG_FILE = "config.json"

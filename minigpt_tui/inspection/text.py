@@ -10,7 +10,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from minigpt_tui.inspection import Inspection, NextTokens
+from minigpt_tui.inspection.inspector import Inspection, NextTokens
 
 SURPRISAL_FULL_BITS = 8.0  # red from here up: a 65-character vocabulary at random is 6.0 bits
 # green (expected) -> yellow -> red (surprising)

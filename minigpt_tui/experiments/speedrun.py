@@ -12,10 +12,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from minigpt_tui.config import PRESETS, TrainConfig, field_names, field_type, preset
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments import VariantResult
-from minigpt_tui.runs import METRICS_FILE, read_metrics
+from minigpt_tui.experiments.variants import VariantResult
+from minigpt_tui.training.config import PRESETS, TrainConfig, field_names, field_type, preset
+from minigpt_tui.training.runs import METRICS_FILE, read_metrics
 
 SEED_SUFFIX = "-seed"
 TARGET_VAL_LOSS = 1.88  # nanoGPT's baby run ends near here on tiny Shakespeare (issue 11)

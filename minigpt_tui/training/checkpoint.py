@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from minigpt_tui.datasets import sha256
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.storage import atomic_write_bytes, atomic_write_text
+from minigpt_tui.training.datasets import sha256
 from minigpt_tui.typed import from_fields
 
 MODEL_FILE = "model.safetensors"

@@ -33,15 +33,15 @@ from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from backends.base import ModelConfig, canonical_shapes, check_weights, count_parameters
-from minigpt_tui.bpe import BPETokenizer
-from minigpt_tui.checkpoint import FOLDER_MODE, Checkpoint, TrainingState, load_checkpoint, save_checkpoint
-from minigpt_tui.config import TrainConfig, preset
-from minigpt_tui.data import split_text
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import Run, available_checkpoint, corpus_fingerprint, create_run, open_run
 from minigpt_tui.storage import atomic_write_bytes, atomic_write_text
-from minigpt_tui.tokenizer import CharTokenizer, Tokenizer
+from minigpt_tui.training.bpe import BPETokenizer
+from minigpt_tui.training.checkpoint import FOLDER_MODE, Checkpoint, TrainingState, load_checkpoint, save_checkpoint
+from minigpt_tui.training.config import TrainConfig, preset
+from minigpt_tui.training.data import split_text
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.runs import Run, available_checkpoint, corpus_fingerprint, create_run, open_run
+from minigpt_tui.training.tokenizer import CharTokenizer, Tokenizer
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt_tui.datasets import Corpus
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.training.datasets import Corpus
 
 TRAIN_FRACTION = 0.9
 

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.training.tokenizer import Tokenizer
 
 BYTE_ALPHABET = 256
 

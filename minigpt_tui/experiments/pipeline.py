@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.datasets import Corpus
-from minigpt_tui.experiments import VariantResult, run_variants
-from minigpt_tui.reports import write_ablation_report
+from minigpt_tui.experiments.reports import write_ablation_report
+from minigpt_tui.experiments.variants import VariantResult, run_variants
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.datasets import Corpus
 
 
 def run_training_ablation(

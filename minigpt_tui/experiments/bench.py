@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from backends.base import init_weights
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.inspection import inspect_tokens
-from minigpt_tui.metrics import flops_per_token
-from minigpt_tui.runs import build_backend
-from minigpt_tui.sampling import SamplingParams, generate, generate_nocache
-from minigpt_tui.tokenizer import CharTokenizer
+from minigpt_tui.inspection.inspector import inspect_tokens
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.metrics import flops_per_token
+from minigpt_tui.training.runs import build_backend
+from minigpt_tui.training.sampling import SamplingParams, generate, generate_nocache
+from minigpt_tui.training.tokenizer import CharTokenizer
 
 BENCH_VOCAB = 65  # tiny Shakespeare's character vocabulary
 INSPECT_TOKENS = 256  # the text the inspect view reads: moving its cursor should feel instant (< 100 ms)

@@ -9,8 +9,8 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.evaluation import window_nll
-from minigpt_tui.sampling import SamplingParams, random_generator
+from minigpt_tui.training.evaluation import window_nll
+from minigpt_tui.training.sampling import SamplingParams, random_generator
 
 
 def position_losses(backend: Backend, tokens: np.ndarray, window: int, max_windows: int = 64,
@@ -49,7 +49,7 @@ def exposure_bias(backend: Backend, tokenizer, val_tokens: np.ndarray, *, sample
     Free-running: the NLL, at T=1, of the token the model itself sampled given its own earlier samples
     (what generation conditions on). If errors compounded, the second would climb along the sample.
     """
-    from minigpt_tui.ablation import sample_with_scores
+    from minigpt_tui.experiments.temperature import sample_with_scores
 
     block = backend.config.block_size
     teacher = position_losses(backend, val_tokens, block)

@@ -18,10 +18,10 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.sampling import SamplingParams, probabilities, random_generator, sample_token
+from minigpt_tui.experiments.textmetrics import distinct_n, entropy, known_word_share, nll, repeated_ngram_rate, words
 from minigpt_tui.storage import atomic_write_text
-from minigpt_tui.textmetrics import distinct_n, entropy, known_word_share, nll, repeated_ngram_rate, words
-from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.training.sampling import SamplingParams, probabilities, random_generator, sample_token
+from minigpt_tui.training.tokenizer import Tokenizer
 
 REPEAT_N = 2  # repeated word bigrams within one sample: loops and stock phrases
 

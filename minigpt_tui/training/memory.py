@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 
 from backends.base import count_parameters
-from minigpt_tui.config import TrainConfig
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.training.config import TrainConfig
 
 BYTES_PER_VALUE = {"float32": 4, "float64": 8}
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.inspection import Inspection, inspect_tokens
-from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.inspection.inspector import Inspection, inspect_tokens
+from minigpt_tui.training.tokenizer import Tokenizer
 
 # what a query may attend to; word start, line start and speaker name only count when at least two
 # tokens back, so that they never coincide with the query itself or the previous token

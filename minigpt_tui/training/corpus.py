@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt_tui.data import read_corpus, split_text
-from minigpt_tui.datasets import Corpus, dataset_of_source, default_corpus, load_dataset
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.runs import Run
+from minigpt_tui.training.data import read_corpus, split_text
+from minigpt_tui.training.datasets import Corpus, dataset_of_source, default_corpus, load_dataset
+from minigpt_tui.training.runs import Run
 
 
 def resolve_corpus(data: Path | None, dataset: str | None) -> tuple[Corpus, str | None]:

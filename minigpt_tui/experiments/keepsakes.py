@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from minigpt_tui.ablation import TemperatureRow, sample_table_markdown, temperature_table_markdown
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.experiments.temperature import TemperatureRow, sample_table_markdown, temperature_table_markdown
 from minigpt_tui.storage import atomic_write_text
 
 SAMPLES_DIR = "samples"

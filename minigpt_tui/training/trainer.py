@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from backends.base import Backend, ModelConfig, StepResult, init_weights
-from minigpt_tui.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
-from minigpt_tui.config import TrainConfig
-from minigpt_tui.data import BatchSampler, TokenData, split_text
-from minigpt_tui.datasets import Corpus
-from minigpt_tui.distributed import SINGLE_PROCESS, World
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
-from minigpt_tui.memory import check_fits_in_memory
-from minigpt_tui.metrics import bits_per_char, perplexity
-from minigpt_tui.runs import (
+from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
+from minigpt_tui.training.config import TrainConfig
+from minigpt_tui.training.data import BatchSampler, TokenData, split_text
+from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.distributed import SINGLE_PROCESS, World
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.training.memory import check_fits_in_memory
+from minigpt_tui.training.metrics import bits_per_char, perplexity
+from minigpt_tui.training.runs import (
     MetricsWriter,
     Run,
     RunLock,
@@ -37,8 +37,8 @@ from minigpt_tui.runs import (
     create_run,
     open_run,
 )
-from minigpt_tui.schedule import learning_rate
-from minigpt_tui.tokenizer import build_tokenizer
+from minigpt_tui.training.schedule import learning_rate
+from minigpt_tui.training.vocabulary import build_tokenizer
 
 # what a resumed run cannot change: the network's shape (every model field but dropout) and the tokenizer
 SHAPE_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "dropout") + ("tokenizer",)
@@ -100,7 +100,7 @@ class Trainer:
         self.best_val_loss = best_val_loss
         self.callbacks: list[Callable[[Event], None]] = []
         c = self.config
-        # every rank draws the same global batch and trains on its slice (see minigpt_tui.distributed)
+        # every rank draws the same global batch and trains on its slice (see minigpt_tui.training.distributed)
         global_batch = c.batch_size * world.size
         self.tokens_per_step = c.tokens_per_step * world.size
         self.samplers = Samplers(

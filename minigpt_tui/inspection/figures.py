@@ -10,12 +10,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from minigpt_tui.head_roles import CONTEXT_CLASSES, TARGET_KINDS, HeadRoles
-from minigpt_tui.inspection import Inspection
-from minigpt_tui.inspection_text import SURPRISAL_FULL_BITS, label
+from minigpt_tui.inspection.head_roles import CONTEXT_CLASSES, TARGET_KINDS, HeadRoles
+from minigpt_tui.inspection.inspector import Inspection
+from minigpt_tui.inspection.text import SURPRISAL_FULL_BITS, label
 from minigpt_tui.plots import PNG_DPI, write_png
-from minigpt_tui.sampling import SamplingParams
-from minigpt_tui.tokenizer import Tokenizer
+from minigpt_tui.training.sampling import SamplingParams
+from minigpt_tui.training.tokenizer import Tokenizer
 
 FIGURE_TEMPERATURES = (0.5, 1.0, 1.5)
 STRIP_WIDTH = 64  # tokens per row of the surprisal strip
