@@ -390,21 +390,15 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     from rich.console import Console
     from rich.table import Table
 
-    from backends.base import init_weights
     from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles
     from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.corpus import corpus_for_run
-    from minigpt_tui.training.runs import build_backend, load_model, open_run
+    from minigpt_tui.training.runs import model_at, open_run
     from minigpt_tui.training.trainer import tokenize_corpus
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
-    if weights == "init":  # what the trainer started from
-        initial = init_weights(run.config.model, run.config.rng_seed)
-        model, step = build_backend(run.config, initial, backend=backend, device=device), 0
-    else:
-        model, ckpt = load_model(run, which=weights, backend=backend, device=device)
-        step = ckpt.state.step
+    model, step = model_at(run, weights, backend=backend, device=device)
     roles = head_roles(model, run.tokenizer, val, windows=windows)
     table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
                         f"{roles.windows} windows of {roles.window_tokens} tokens")
@@ -513,12 +507,11 @@ def bench(
 def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str | None, wall_clock: bool,
                          target: float | None) -> None:
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
-    from minigpt_tui.plots import default_plots_dir, export_plots, file_stem, save_chart, wall_clock_chart
+    from minigpt_tui.plots import default_plots_dir, export_plots, export_wall_clock
 
     out = out or default_plots_dir(list(run_dirs))
     if wall_clock:
-        chart = wall_clock_chart(list(run_dirs), target=target)
-        paths = save_chart(chart, out, f"{name or file_stem([Path(d).name for d in run_dirs])}-wall")
+        paths = export_wall_clock(list(run_dirs), out, name, target)
     else:
         paths = export_plots(list(run_dirs), out, name, on_warning=lambda line: click.echo(line, err=True))
     for path in paths:
@@ -755,13 +748,9 @@ def seeds_option(default: str):
 
 
 def echo_summary(results: list, out: Path) -> None:
-    """Rows averaged over seeds (mean ± sd of the whole-split val loss, median times), also in summary.md."""
-    from minigpt_tui.experiments.speedrun import summarise, summary_markdown
-    from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.experiments.speedrun import write_summary
 
-    table = summary_markdown(summarise(results))
-    atomic_write_text(Path(out) / "summary.md", table)
-    click.echo(table)
+    click.echo(write_summary(results, out))
 
 
 @ablate.command(name="sweep")

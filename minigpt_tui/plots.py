@@ -183,6 +183,13 @@ def file_stem(labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(labels))
 
 
+def export_wall_clock(run_dirs: list[Path], out: Path, name: str | None = None,
+                      target: float | None = None) -> list[Path]:
+    """The wall-clock chart of the runs as ``<name>-wall.png`` and ``.txt`` (name: the runs' file stem)."""
+    chart = wall_clock_chart(run_dirs, target=target)
+    return save_chart(chart, out, f"{name or file_stem([Path(d).name for d in run_dirs])}-wall")
+
+
 def default_plots_dir(run_dirs: list[Path]) -> Path:
     """A run's own plots/ folder: exports never land in the repository's tracked visualizations/ by accident."""
     return Path(run_dirs[0]) / "plots"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.variants import VariantResult
+from minigpt_tui.storage import atomic_write_text
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_names, field_type, preset
 from minigpt_tui.training.runs import METRICS_FILE, read_metrics
 
@@ -150,3 +151,11 @@ def summary_markdown(summaries: list[RowSummary], target: float = TARGET_VAL_LOS
         lines.append(f"| {s.name} | {s.seeds} | {s.max_iters} | {s.tokens_seen:,} | {s.val_loss_mean:.3f}{sd} | "
                      f"{s.wall_s:.0f} | {s.tokens_per_s:,.0f} | {reached} |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary(results: list[VariantResult], out: Path) -> str:
+    """Rows averaged over seeds (mean ± sd of the whole-split val loss, median times), written to
+    ``out/summary.md``; the table."""
+    table = summary_markdown(summarise(results))
+    atomic_write_text(Path(out) / "summary.md", table)
+    return table

@@ -291,6 +291,19 @@ def load_model(
     return model, checkpoint
 
 
+def model_at(run: Run, which: str = "best", *, backend: str | None = None,
+             device: str | None = None) -> tuple[Backend, int]:
+    """A backend holding the run's ``best``/``latest`` weights, or ``init`` (what the trainer started from,
+    rebuilt from the config's seed), and the step those weights are at."""
+    if which == "init":
+        from backends.base import init_weights
+
+        initial = init_weights(run.config.model, run.config.rng_seed)
+        return build_backend(run.config, initial, backend=backend, device=device), 0
+    model, checkpoint = load_model(run, which=which, backend=backend, device=device)
+    return model, checkpoint.state.step
+
+
 def available_checkpoint(run: Run, which: str = "best") -> str:
     """``which`` if the run has it; ``best`` falls back to ``latest`` (before the first best is saved)."""
     if which == "best" and not run.has_checkpoint("best"):
