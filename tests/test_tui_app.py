@@ -311,7 +311,7 @@ async def test_lower_plot_cycles_to_lr_and_grad_norm_and_the_loss_plot_shows_gue
         await pilot.pause()
         pane = app.pane
         assert len(pane.curves.lrs) == len(pane.curves.grad_norms) == len(pane.curves.steps) > 0
-        reference = [line for line in pane.loss_lines(8) if line.label.startswith("guessing")]
+        reference = [line for line in pane.loss_lines(8)[2] if line.label.startswith("guessing")]
         assert reference and reference[0].ys == [math.log(open_run(trained_run).tokenizer.vocab_size)] * 2
         for expected in (LEARNING_RATE, GRAD_NORM, QUALITY):
             await pilot.press("o")
@@ -327,12 +327,12 @@ async def test_several_runs_are_overlaid_and_named(tmp_path: Path, corpus_path: 
     app = create_app(*runs, **FAST)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.pause()
-        assert [name for name, _ in app.pane.comparisons] == ["lr-low"]
-        labels = [line.label for line in app.pane.loss_lines(8)]
+        assert [run.name for run in app.pane.comparisons] == ["lr-low"]
+        labels = [line.label for line in app.pane.loss_lines(8)[2]]
         assert "lr-high" in labels and "lr-low" in labels
 
 
-def test_an_opened_run_on_auto_says_its_device_is_not_recorded(tmp_path: Path, corpus_text: str):
+def test_an_old_run_on_auto_says_its_device_is_not_recorded(tmp_path: Path, corpus_text: str):
     from minigpt_tui.training.runs import Metrics, Run
     from minigpt_tui.training.vocabulary import build_tokenizer
     from minigpt_tui.tui.training_pane import status_from_metrics

@@ -30,7 +30,16 @@ from minigpt_tui.training.corpus import corpus_for_run, training_text
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
-from minigpt_tui.training.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
+from minigpt_tui.training.runs import (
+    Run,
+    build_backend,
+    checkpoint_state,
+    default_run_dir,
+    is_locked,
+    load_model,
+    open_run,
+    read_metrics,
+)
 from minigpt_tui.training.sampling import generate_text
 from minigpt_tui.training.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
@@ -58,7 +67,15 @@ from minigpt_tui.tui.messages import (
 from minigpt_tui.tui.output import log, set_up_output
 from minigpt_tui.tui.run_form import RunForm
 from minigpt_tui.tui.terminal import check_terminal
-from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics
+from minigpt_tui.tui.training_pane import (
+    Compared,
+    Curves,
+    RunFacts,
+    Status,
+    TrainingPane,
+    describe,
+    status_from_metrics,
+)
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
 
@@ -114,6 +131,8 @@ class MiniGPTApp(App):
         Binding("g", "show_tab('generate-tab')", "Generate", show=False),
         Binding("a", "show_tab('ablation-tab')", "Ablation", show=False),
         Binding("i", "show_tab('inspect-tab')", "Inspect", show=False),
+        # from any field (the Generate and Ablation views also stop their sampling): the keys work again
+        Binding("escape", "stop_generation", "Leave field", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -128,12 +147,14 @@ class MiniGPTApp(App):
         self.trainer = None  # set while this app trains
         self.training = False  # a training worker is preparing or running
         self.quitting = False
+        self.crash: BaseException | None = None  # an exception nothing handled, which ended the app
         self.following = False  # another process is appending to the opened run's metrics
         self.train_text: str | None = None
         self.metrics_stamp: tuple[int, float] | None = None
         self.metrics_warned: list[int] = []  # damaged metrics lines already reported
         self.dirty = False
         self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
+        self.earlier_elapsed_s = 0.0  # training time of the sessions before this one (elapsed adds up)
         self.starting_new_run = False  # the training worker is preparing a new run (not continuing one)
         self.generation_stop = threading.Event()
         self.stream_interval = STREAM_INTERVAL
@@ -163,8 +184,8 @@ class MiniGPTApp(App):
         if self.run_dir is not None:
             try:
                 self.open_existing(self.run_dir)
-                self.pane.comparisons = [(path.name, Curves.from_metrics(read_metrics(open_run(path).metrics_path)))
-                                         for path in self.compare]
+                runs = [open_run(path) for path in self.compare]
+                self.pane.comparisons = [Compared.of(run, read_metrics(run.metrics_path)) for run in runs]
             except MiniGPTError as exc:
                 self.notify(str(exc), title="cannot open the run", severity="error")
 
@@ -174,6 +195,13 @@ class MiniGPTApp(App):
         super().notify(message, title=title, severity=severity, **kwargs)
 
     # ---- errors: every worker failure lands here, as a notification, never a crash
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An exception nothing handled (a bug): its traceback goes to the log before Textual ends the app,
+        whose exit code is then 1 (``main`` passes it on)."""
+        log.critical("internal error: the app stopped", exc_info=error)
+        self.crash = error
+        super()._handle_exception(error)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state is not WorkerState.ERROR:
@@ -207,6 +235,7 @@ class MiniGPTApp(App):
         run = open_run(path)
         # a run another process trains (it holds the lock) is followed read-only
         self.run_info, self.train_text, self.following = run, None, is_locked(run.path)
+        self.pane.facts = RunFacts.of(run)
         self.sub_title = run.path.name
         self.reload_metrics()
         self.inspect_new_weights()
@@ -222,12 +251,22 @@ class MiniGPTApp(App):
             self.notify(metrics.warning(run.metrics_path), severity="warning")
         self.pane.curves = Curves.from_metrics(metrics)
         note = self.pane.status.note if self.following else ""
-        self.pane.status = status_from_metrics(run, metrics)
+        self.pane.status = status_from_metrics(run, metrics, None if self.following else self.checkpoint_step(run))
         if self.following:
             self.pane.status.state = f"following: another process trains it (step {self.pane.status.step})"
         self.pane.status.note = note
         self.metrics_stamp = self.stamp(run.metrics_path)
         self.dirty = True
+
+    def checkpoint_step(self, run: Run) -> int | None:
+        """The step of the run's latest checkpoint (where continuing resumes), None if it has none or it is damaged."""
+        if not run.has_checkpoint("latest"):
+            return None
+        try:
+            return checkpoint_state(run).step
+        except MiniGPTError as exc:
+            self.notify(str(exc), title="the latest checkpoint is damaged", severity="warning")
+            return None
 
     @staticmethod
     def stamp(path: Path) -> tuple[int, float] | None:
@@ -270,6 +309,7 @@ class MiniGPTApp(App):
 
         self.pane.curves = Curves()
         self.pane.comparisons = []
+        self.pane.status, self.pane.facts = Status(run=out.name), None  # nothing of the run on screen carries over
         self.starting_new_run = True
         self.begin_training(prepare, f"preparing {out.name}…")
 
@@ -298,8 +338,12 @@ class MiniGPTApp(App):
         if self.quitting:
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
+        self.earlier_elapsed_s = 0.0
         if trainer.step > 0:
-            self.pane.curves = Curves.from_metrics(read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step))
+            earlier = read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step)
+            self.pane.curves = Curves.from_metrics(earlier)
+            self.earlier_elapsed_s = earlier.elapsed_s or 0.0
+        self.pane.facts = RunFacts.of(trainer.run_dir)
         s = self.pane.status
         c = trainer.config
         s.run, s.state = trainer.run_dir.path.name, "training"
@@ -318,7 +362,8 @@ class MiniGPTApp(App):
         last = message.steps[-1]
         self.pane.curves.add_steps(message.steps)
         s = self.pane.status
-        s.step, s.max_iters, s.lr, s.elapsed_s = last.step, last.max_iters, last.lr, last.elapsed_s
+        s.step, s.max_iters, s.lr = last.step, last.max_iters, last.lr
+        s.elapsed_s = self.earlier_elapsed_s + last.elapsed_s
         if last.tokens_per_s > 0:
             s.tokens_per_s = last.tokens_per_s
         done = last.step - self.session_start_step
@@ -342,6 +387,7 @@ class MiniGPTApp(App):
         event = message.event
         self.training, self.trainer = False, None
         self.pane.status.state = event.reason  # the step is on its own line
+        self.pane.status.step = event.step  # the checkpoint's step: a stop between log lines is not lost
         self.pane.status.eta_s = None
         self.pane.status.note = event.message
         self.metrics_stamp = self.stamp(self.run_info.metrics_path)
@@ -533,7 +579,7 @@ class MiniGPTApp(App):
         self.query_one(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
 
     def action_stop_generation(self) -> None:
-        """Escape: stop sampling (and the ablation), and hand the keys back from the text fields."""
+        """Escape: stop sampling (and the ablation), and hand the keys back from any field."""
         self.generation_stop.set()
         for worker in self.workers:
             if worker.group == "ablation":
@@ -607,7 +653,9 @@ def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig 
 @click.option("--dataset", type=click.Choice(DATASETS), help="Prefill the form with a named corpus.")
 @click.option("--out", type=click.Path(path_type=Path), help="Prefill the run folder.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Append notifications, errors (with tracebacks) and warnings to this file.")
+              help="Append notifications, errors (with tracebacks) and warnings to this file (default: "
+                   "minigpt-tui.log in the system's temporary folder, named on exit if the app stopped on an "
+                   "error).")
 def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out: Path | None,
          log_file: Path | None) -> None:
     """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run; with more run folders,
@@ -617,5 +665,11 @@ def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out
     except MiniGPTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    set_up_output(log_file)
-    create_app(*run_dirs, data=data, dataset=dataset, out=out).run()
+    log_path = set_up_output(log_file)
+    app = create_app(*run_dirs, data=data, dataset=dataset, out=out)
+    app.run()
+    if app.crash is not None or app.return_code:
+        where = f"; the traceback is in {log_path}" if log_path else ""
+        click.echo(f"error: internal error, minigpt-tui stopped ({type(app.crash).__name__}: {app.crash}){where}",
+                   err=True)
+        sys.exit(app.return_code or 1)
