@@ -148,7 +148,10 @@ async def test_generation_streams_tokens_from_an_opened_run(trained_run: Path):
         await pilot.press("ctrl+s")
         saved = list((trained_run / "samples").iterdir())
         assert len(saved) == 1 and saved[0].read_text().endswith(text + "\n")
-        assert "latest checkpoint (step 8); temperature 0.8, top-k all, top-p 1, seed 3" in saved[0].read_text()
+        header = saved[0].read_text()
+        assert "# weights: latest checkpoint (step 8)\n# step: 8\n# prompt: 'The king'\n# length: 40\n" in header
+        assert "# temperature 0.8, top-k all, top-p 1, seed 3\n" in header
+        assert "minigpt sample" in header and "--prompt 'The king' --max-new-tokens 40" in header
         await pilot.press("escape", "t")  # escape hands the keys back from the text fields
         assert app.query_one("#tabs").active == "train-tab"
     assert len(received) == 40  # character tokenizer: one piece per token
@@ -351,7 +354,7 @@ def test_status_labels_keep_their_width_next_to_a_long_state():
     console = Console(width=30, file=io.StringIO(), record=True)
     console.print(panel.content)
     lines = console.export_text().splitlines()
-    assert lines[1].startswith("state    following") and lines[2].startswith("backend  torch")
+    assert lines[1].startswith("state     following") and lines[2].startswith("backend   torch")
 
 
 async def test_keyboard_focus_is_plainly_visible(trained_run: Path):

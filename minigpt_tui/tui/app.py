@@ -8,10 +8,12 @@ the UI costs the training loop almost nothing.
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,7 +25,7 @@ from textual.widgets import ContentSwitcher, Footer, Header, TabbedContent, TabP
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments.keepsakes import save_sample, save_temperature_table
+from minigpt_tui.experiments.keepsakes import AblationRecipe, SampleRecipe, save_sample, save_temperature_table
 from minigpt_tui.experiments.temperature import temperature_ablation
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.corpus import corpus_for_run, training_text
@@ -78,6 +80,18 @@ from minigpt_tui.tui.training_pane import (
 )
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
+ABLATION_PROMPT, ABLATION_SEED = "\n", 0  # as `minigpt ablate temperature` defaults: sample i uses seed + i
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights sampling uses, and where they came from."""
+
+    backend: object  # a backends.base.Backend: a private copy, never the training model
+    tokenizer: object
+    source: str  # in words, e.g. "latest checkpoint (step 8)"
+    step: int
+    checkpoint: str | None  # "latest" for a checkpoint's weights, None for a live copy
 
 
 class EventRelay:
@@ -515,8 +529,8 @@ class MiniGPTApp(App):
 
     # ---- the weights sampling uses
 
-    def current_model(self):
-        """(backend, tokenizer, description): a private copy of the training weights, else the latest checkpoint.
+    def current_weights(self) -> Weights:
+        """A private copy of the training weights, else the latest checkpoint's.
 
         Called on worker threads: the training model itself is never touched from here.
         """
@@ -524,11 +538,18 @@ class MiniGPTApp(App):
         if trainer is not None:
             step = trainer.step
             backend = build_backend(trainer.config, trainer.snapshot_weights())
-            return backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})"
+            return Weights(backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})",
+                           step, None)
         if self.run_info is None:
             raise MiniGPTError("no model yet: start a run (n) or open one with `minigpt-tui RUN_DIR`")
         backend, checkpoint = load_model(self.run_info, which="latest")
-        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.step})"
+        step = checkpoint.state.step
+        return Weights(backend, self.run_info.tokenizer, f"latest checkpoint (step {step})", step, "latest")
+
+    def current_model(self):
+        """(backend, tokenizer, description) of ``current_weights()``."""
+        weights = self.current_weights()
+        return weights.backend, weights.tokenizer, weights.source
 
     def training_text(self) -> str:
         if self.train_text is None:
@@ -546,9 +567,12 @@ class MiniGPTApp(App):
     @work(thread=True, exclusive=True, group="generation", exit_on_error=False)
     def generate_worker(self, request: GenerateRequest) -> None:
         worker = get_current_worker()
-        backend, tokenizer, source = self.current_model()
-        pieces = generate_text(backend, tokenizer, request.prompt, request.length, request.params, request.seed)
-        self.post_message(GenerationStarted(request.prompt, source))
+        weights = self.current_weights()
+        # no seed given: one is drawn here and kept, so a saved sample can be drawn again
+        seed = secrets.randbelow(2**31) if request.seed is None else request.seed
+        pieces = generate_text(weights.backend, weights.tokenizer, request.prompt, request.length, request.params, seed)
+        self.post_message(GenerationStarted(SampleRecipe(weights.source, weights.step, weights.checkpoint,
+                                                         request.prompt, request.length, request.params, seed)))
         started = last_post = time.perf_counter()
         pending: list[str] = []
         characters, stopped = 0, False
@@ -567,7 +591,7 @@ class MiniGPTApp(App):
 
     @on(GenerationStarted)
     def generation_started(self, message: GenerationStarted) -> None:
-        self.query_one(GenerationPane).started(message.prompt, message.source)
+        self.query_one(GenerationPane).started(message.recipe)
 
     @on(GenerationText)
     def generation_text(self, message: GenerationText) -> None:
@@ -600,11 +624,11 @@ class MiniGPTApp(App):
 
     @on(SaveSample)
     def save_sample(self, message: SaveSample) -> None:
-        self.keep("sample", lambda folder: save_sample(folder, message.text, message.settings))
+        self.keep("sample", lambda folder: save_sample(folder, message.text, message.recipe))
 
     @on(SaveAblation)
     def save_ablation(self, message: SaveAblation) -> None:
-        self.keep("ablation", lambda folder: save_temperature_table(folder, message.rows, message.source))
+        self.keep("ablation", lambda folder: save_temperature_table(folder, message.rows, message.recipe))
 
     # ---- temperature ablation
 
@@ -616,17 +640,20 @@ class MiniGPTApp(App):
     @work(thread=True, exclusive=True, group="ablation", exit_on_error=False)
     def ablation_worker(self, request: AblationRequest) -> None:
         worker = get_current_worker()
-        backend, tokenizer, source = self.current_model()
+        weights = self.current_weights()
         train_text = self.training_text()
+        recipe = AblationRecipe(weights.source, weights.step, ABLATION_PROMPT, request.samples, request.length,
+                                ABLATION_SEED)
         # one call per temperature so rows appear as they finish; seeds do not depend on the position
         for temperature in request.temperatures:
-            rows = temperature_ablation(backend, tokenizer, train_text, [temperature], samples=request.samples,
-                                        length=request.length, should_stop=lambda: worker.is_cancelled)
+            rows = temperature_ablation(weights.backend, weights.tokenizer, train_text, [temperature],
+                                        samples=request.samples, length=request.length, prompt=ABLATION_PROMPT,
+                                        seed=ABLATION_SEED, should_stop=lambda: worker.is_cancelled)
             if not rows:
-                self.post_message(AblationFinished(source, stopped=True))
+                self.post_message(AblationFinished(recipe, stopped=True))
                 return
             self.post_message(AblationRowReady(rows[0]))
-        self.post_message(AblationFinished(source, stopped=False))
+        self.post_message(AblationFinished(recipe, stopped=False))
 
     @on(AblationRowReady)
     def ablation_row(self, message: AblationRowReady) -> None:
@@ -635,8 +662,8 @@ class MiniGPTApp(App):
     @on(AblationFinished)
     def ablation_finished(self, message: AblationFinished) -> None:
         verb = "stopped" if message.stopped else "done"
-        self.query_one(AblationPane).finished(f"{verb}: samples from the {message.source}; "
-                                              "highlight a row to read its first sample", message.source)
+        self.query_one(AblationPane).finished(f"{verb}: samples from the {message.recipe.source}; highlight a row "
+                                              "to read its samples, [ and ] page through them", message.recipe)
 
 
 def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig | None = None,
