@@ -119,6 +119,11 @@ def wall_clock_chart(run_dirs: list[Path], labels: list[str] | None = None, targ
 
 
 def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -> Path:
+    return write_png(chart_figure(chart, size), path)
+
+
+def chart_figure(chart: Chart, size: tuple[float, float] = (7.0, 4.2)) -> Figure:
+    """The chart as a matplotlib figure (not drawn yet)."""
     fig = Figure(figsize=size, dpi=PNG_DPI, layout="constrained")
     ax = fig.add_subplot()
     for s in chart.series:
@@ -143,7 +148,7 @@ def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -
             ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return write_png(fig, path)
+    return fig
 
 
 def mark_final_values(ax, chart: Chart) -> None:

@@ -343,10 +343,11 @@ class Metrics:
         """Training wall time summed over sessions: a resumed session's ``elapsed_s`` starts again at 0."""
         total, last = 0.0, None
         for event in self.steps:
-            if last is not None and event.elapsed_s < last:  # a new session began
-                total += last
-            last = event.elapsed_s
-        return None if last is None else total + last
+            # a new session began after the previous record was written (its clock went back, or it started later)
+            if last is not None and (event.elapsed_s < last.elapsed_s or event.time - event.elapsed_s >= last.time):
+                total += last.elapsed_s
+            last = event
+        return None if last is None else total + last.elapsed_s
 
     def up_to(self, step: int) -> Metrics:
         return Metrics([r for r in self.records if r.step <= step], self.damaged_lines)

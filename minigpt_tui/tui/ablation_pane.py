@@ -99,7 +99,10 @@ class AblationPane(Vertical):
         self.recipe = recipe or self.recipe
         self.query_one("#run-ablation", Button).disabled = False
         self.query_one("#stop-ablation", Button).disabled = True
-        self.query_one("#ablation-sample", Static).update(note)
+        if self.rows:  # the highlighted temperature's sample stays in view, the note above it
+            self.show_sample(min(self.shown_row, len(self.rows) - 1), self.shown_sample, note)
+        else:
+            self.query_one("#ablation-sample", Static).update(note)
 
     @on(DataTable.RowHighlighted)
     def row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -120,11 +123,12 @@ class AblationPane(Vertical):
                 table.move_cursor(row=row)
         self.show_sample(row, sample)
 
-    def show_sample(self, row_index: int, sample: int) -> None:
-        if not 0 <= row_index < len(self.rows) or not self.rows[row_index].samples:
+    def show_sample(self, row_index: int, sample: int, note: str = "") -> None:
+        if not 0 <= row_index < len(self.rows) or not 0 <= sample < len(self.rows[row_index].samples):
             return
         row = self.rows[row_index]
         self.shown_row, self.shown_sample = row_index, sample
         self.query_one("#ablation-sample", Static).update(
-            Text.assemble((f"T={row.temperature:g}", "bold"), f"  sample {sample + 1} of {len(row.samples)}",
+            Text.assemble((f"{note}\n" if note else "", "dim"), (f"T={row.temperature:g}", "bold"),
+                          f"  sample {sample + 1} of {len(row.samples)}",
                           (" ([ ] page through every sample)", "dim"), f"\n{row.samples[sample]}"))

@@ -188,9 +188,17 @@ class MiniGPTApp(App):
                 yield InspectPane(id="inspect")
         yield Footer()
 
+    def query_main(self, selector, expect_type=None):
+        """A widget of the main screen, also while a dialog or the help is on top (``query_one`` searches only
+        the screen on top, so a training message arriving under the help screen would miss its pane)."""
+        if not self.screen_stack:  # shutting down
+            raise NoMatches(f"no main screen for {selector}")
+        screen = self.screen_stack[0]
+        return screen.query_one(selector) if expect_type is None else screen.query_one(selector, expect_type)
+
     @property
     def pane(self) -> TrainingPane:
-        return self.query_one(TrainingPane)
+        return self.query_main(TrainingPane)
 
     def on_mount(self) -> None:
         self.set_interval(self.redraw_interval, self.redraw_if_dirty)
@@ -230,17 +238,17 @@ class MiniGPTApp(App):
             if self.quitting:
                 self.exit()
             elif self.starting_new_run or self.run_info is None:  # the run on screen (if any) is untouched
-                self.query_one("#train-switcher", ContentSwitcher).current = "form"
-                self.query_one(RunForm).show_error(message)
+                self.query_main("#train-switcher", ContentSwitcher).current = "form"
+                self.query_main(RunForm).show_error(message)
                 if self.run_info is not None:
                     self.reload_metrics()
             else:  # back to the run that was on screen before
                 self.reload_metrics()
                 self.pane.status.state = "training failed"
         elif event.worker.group == "generation":
-            self.query_one(GenerationPane).set_running(False)
+            self.query_main(GenerationPane).set_running(False)
         elif event.worker.group == "ablation":
-            self.query_one(AblationPane).finished("")
+            self.query_main(AblationPane).finished("")
         self.refresh_bindings()
 
     # ---- opening and following a run on disk
@@ -253,7 +261,7 @@ class MiniGPTApp(App):
         self.sub_title = run.path.name
         self.reload_metrics()
         self.inspect_new_weights()
-        self.query_one("#train-switcher", ContentSwitcher).current = "training"
+        self.query_main("#train-switcher", ContentSwitcher).current = "training"
         self.refresh_bindings()
         self.call_after_refresh(self.redraw_if_dirty)  # an opened run shows its curves at once, not a tick later
 
@@ -332,8 +340,8 @@ class MiniGPTApp(App):
         self.pane.status.state = state
         self.pane.status.note = ""
         self.dirty = True
-        self.query_one("#train-switcher", ContentSwitcher).current = "training"
-        self.query_one(TabbedContent).active = "train-tab"
+        self.query_main("#train-switcher", ContentSwitcher).current = "training"
+        self.query_main(TabbedContent).active = "train-tab"
         self.refresh_bindings()
         self.train_worker(prepare)
 
@@ -341,7 +349,10 @@ class MiniGPTApp(App):
     def train_worker(self, prepare: Callable) -> None:
         trainer, train_text = prepare()
         trainer.callbacks.append(EventRelay(self, trainer, self.redraw_interval))
-        self.post_message(TrainingStarted(trainer, train_text))
+        # read before the first step: by the time the app handles the message the trainer is steps further
+        start_step = trainer.step
+        earlier = read_metrics(trainer.run_dir.metrics_path).up_to(start_step) if start_step else None
+        self.post_message(TrainingStarted(trainer, train_text, start_step, earlier))
         trainer.run()
 
     @on(TrainingStarted)
@@ -353,10 +364,9 @@ class MiniGPTApp(App):
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
         self.earlier_elapsed_s = 0.0
-        if trainer.step > 0:
-            earlier = read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step)
-            self.pane.curves = Curves.from_metrics(earlier)
-            self.earlier_elapsed_s = earlier.elapsed_s or 0.0
+        if message.earlier is not None:
+            self.pane.curves = Curves.from_metrics(message.earlier)
+            self.earlier_elapsed_s = message.earlier.elapsed_s or 0.0
         self.pane.facts = RunFacts.of(trainer.run_dir)
         s = self.pane.status
         c = trainer.config
@@ -364,9 +374,9 @@ class MiniGPTApp(App):
         s.backend, s.device = trainer.backend.name, trainer.backend.device
         describe(s, c, trainer.run_dir.tokenizer.vocab_size)
         s.corpus = Path(trainer.run_dir.data_source).name
-        s.step = trainer.step
+        s.step = message.start_step
         s.best_val_loss = trainer.best_val_loss
-        self.session_start_step = trainer.step
+        self.session_start_step = message.start_step
         self.dirty = True
         self.refresh_bindings()
         self.inspect_new_weights()
@@ -416,7 +426,7 @@ class MiniGPTApp(App):
 
     def inspect_new_weights(self) -> None:
         """The inspect view reads its text again with the new weights: now if on screen, else when shown."""
-        self.query_one(InspectPane).weights_changed(self.query_one(TabbedContent).active == "inspect-tab")
+        self.query_main(InspectPane).weights_changed(self.query_main(TabbedContent).active == "inspect-tab")
 
     def action_pause(self) -> None:
         if self.trainer is not None and not self.trainer.paused:
@@ -470,8 +480,8 @@ class MiniGPTApp(App):
         if self.training:
             self.notify("a run is training: stop it (s) before starting another", severity="warning")
             return
-        self.query_one(TabbedContent).active = "train-tab"
-        self.query_one("#train-switcher", ContentSwitcher).current = "form"
+        self.query_main(TabbedContent).active = "train-tab"
+        self.query_main("#train-switcher", ContentSwitcher).current = "form"
         self.refresh_bindings()
 
     def action_toggle_log(self) -> None:
@@ -487,14 +497,14 @@ class MiniGPTApp(App):
         self.pane.redraw()
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        self.query_main(TabbedContent).active = tab
         # typing goes where the user is looking: the prompt, the temperature list, or back to the keys
         first_field = {"generate-tab": "#prompt", "ablation-tab": "#temperatures",
                        "inspect-tab": "#inspect-tokens"}.get(tab)
         if first_field:
-            self.query_one(first_field).focus()
+            self.query_main(first_field).focus()
         else:
-            self.query_one(TabbedContent).query_one(Tabs).focus()
+            self.query_main(TabbedContent).query_one(Tabs).focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -510,7 +520,7 @@ class MiniGPTApp(App):
         if action == "continue_training":
             return not self.training and self.run_info is not None
         if action in ("toggle_log", "toggle_quality", "cycle_lower_plot"):
-            return self.query_one("#train-switcher", ContentSwitcher).current == "training"
+            return self.query_main("#train-switcher", ContentSwitcher).current == "training"
         return True
 
     async def action_quit(self) -> None:
@@ -561,7 +571,7 @@ class MiniGPTApp(App):
     @on(GenerateRequest)
     def generate_requested(self, message: GenerateRequest) -> None:
         self.generation_stop.clear()
-        self.query_one(GenerationPane).set_running(True)
+        self.query_main(GenerationPane).set_running(True)
         self.generate_worker(message)
 
     @work(thread=True, exclusive=True, group="generation", exit_on_error=False)
@@ -591,16 +601,16 @@ class MiniGPTApp(App):
 
     @on(GenerationStarted)
     def generation_started(self, message: GenerationStarted) -> None:
-        self.query_one(GenerationPane).started(message.recipe)
+        self.query_main(GenerationPane).started(message.recipe)
 
     @on(GenerationText)
     def generation_text(self, message: GenerationText) -> None:
-        self.query_one(GenerationPane).append(message.text)
+        self.query_main(GenerationPane).append(message.text)
 
     @on(GenerationFinished)
     def generation_finished(self, message: GenerationFinished) -> None:
         verb = "stopped after" if message.stopped else "done:"
-        self.query_one(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
+        self.query_main(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
 
     def action_stop_generation(self) -> None:
         """Escape: stop sampling (and the ablation), and hand the keys back from any field."""
@@ -608,7 +618,7 @@ class MiniGPTApp(App):
         for worker in self.workers:
             if worker.group == "ablation":
                 worker.cancel()
-        self.query_one(TabbedContent).query_one(Tabs).focus()
+        self.query_main(TabbedContent).query_one(Tabs).focus()
 
     # ---- keeping what the app showed
 
@@ -634,7 +644,7 @@ class MiniGPTApp(App):
 
     @on(AblationRequest)
     def ablation_requested(self, message: AblationRequest) -> None:
-        self.query_one(AblationPane).started("the latest weights")
+        self.query_main(AblationPane).started("the latest weights")
         self.ablation_worker(message)
 
     @work(thread=True, exclusive=True, group="ablation", exit_on_error=False)
@@ -657,12 +667,12 @@ class MiniGPTApp(App):
 
     @on(AblationRowReady)
     def ablation_row(self, message: AblationRowReady) -> None:
-        self.query_one(AblationPane).add_row(message.row)
+        self.query_main(AblationPane).add_row(message.row)
 
     @on(AblationFinished)
     def ablation_finished(self, message: AblationFinished) -> None:
         verb = "stopped" if message.stopped else "done"
-        self.query_one(AblationPane).finished(f"{verb}: samples from the {message.recipe.source}; highlight a row "
+        self.query_main(AblationPane).finished(f"{verb}: samples from the {message.recipe.source}; highlight a row "
                                               "to read its samples, [ and ] page through them", message.recipe)
 
 

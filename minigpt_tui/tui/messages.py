@@ -13,6 +13,7 @@ from minigpt_tui.experiments.temperature import TemperatureRow
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
+from minigpt_tui.training.runs import Metrics
 from minigpt_tui.training.sampling import SamplingParams
 
 
@@ -29,6 +30,8 @@ class StartRun(Message):
 class TrainingStarted(Message):
     trainer: object  # minigpt_tui.training.trainer.Trainer, kept untyped so this module stays light
     train_text: str  # the training split, for the ablation's known-word share
+    start_step: int  # where this session began (the trainer itself may be further on already)
+    earlier: Metrics | None  # the run's records up to start_step, when it continues a run
 
 
 @dataclass

@@ -120,40 +120,41 @@ class CurvePlot(GuardedPlot):
     """A plot redrawn only when asked (the pane throttles), always through this widget's own ``plt``."""
 
     def draw(self, ylabel: str, lines: list[Line], log_y: bool, x_max: int) -> None:
+        """A log y axis is drawn as log10 of the values on a linear axis, its ticks labelled with the values:
+        plotext's own log scale rewrites the data in place at each build, so a second render (any refresh)
+        took the log of a log and failed."""
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
         plt.xlabel("step")
         plt.ylabel(ylabel)
-        plt.yscale("log" if log_y else "linear")
         plt.xlim(0, x_max)
         ticks = step_ticks(x_max)
         plt.xticks(ticks, [str(t) for t in ticks])
+        scale = math.log10 if log_y else float
         values: list[float] = []
         for line in lines:
             xs, ys = finite(line.xs, line.ys)
             if xs:
-                plt.plot(xs, ys, marker="braille", color=line.color)  # no label: the legend is drawn above
+                plt.plot(xs, [scale(y) for y in ys], marker="braille", color=line.color)  # the legend is above
                 values += ys
         if not values:
-            plt.yscale("linear")
             plt.text("waiting for the first points…", x=x_max / 2, y=0.5, alignment="center")
             plt.ylim(0, 1)
             plt.yticks([0, 1], [" " * Y_TICK_WIDTH] * 2)
         else:
             lo, hi = axis_limits(values, log_y)
-            # plotext takes the limits in its own (log10) coordinates on a log axis, the ticks as values
-            plt.ylim(*((math.log10(lo), math.log10(hi)) if log_y else (lo, hi)))
+            plt.ylim(scale(lo), scale(hi))
             y_ticks = value_ticks(lo, hi, log_y)
-            plt.yticks(y_ticks, [tick_label(v) for v in y_ticks])
+            plt.yticks([scale(v) for v in y_ticks], [tick_label(v) for v in y_ticks])
         self.refresh()
 
 
 def tick_label(value: float) -> str:
     """Three significant digits in a fixed width (small values such as learning rates in e-notation)."""
+    if abs(value) < 1e-12:  # a zero that rounding left a sign or a speck on: never "-0" or "-1.0e-17"
+        value = 0.0
     text = f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.3g}"
-    if float(text) == 0:  # never "-0" or "-1e-17" for a zero that rounding left a sign on
-        text = "0"
     return text.rjust(Y_TICK_WIDTH)
 
 
