@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
+from backends.base import OutOfMemory
 from minigpt_tui.errors import MiniGPTError, describe_os_error
+from minigpt_tui.storage import STDOUT, atomic_write_text, check_file_name, check_output_file, check_output_folder
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
@@ -28,6 +30,10 @@ class FriendlyGroup(click.Group):
     """Turns a MiniGPTError or a bad option anywhere below into ``error: <message>`` and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        with terminate_as_interrupt():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MiniGPTError as exc:
@@ -39,7 +45,7 @@ class FriendlyGroup(click.Group):
         except OSError as exc:  # disk full, permission, is-a-directory...: checkpoints are written atomically
             click.echo(f"error: {describe_os_error(exc)}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
-        except MemoryError:
+        except (MemoryError, OutOfMemory):
             click.echo("error: out of memory (try a smaller --batch-size, --block-size or model)", err=True)
             ctx.exit(EXIT_BAD_INPUT)
         except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
@@ -51,6 +57,81 @@ class FriendlyGroup(click.Group):
         except Exception as exc:  # a bug: still one line (checkpoints are atomic), and a way to report it
             click.echo(f"error: internal error, please report it: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: every command then cleans up the same way (temporary
+    files and staging folders removed, worker processes ended, one line) instead of dying where it stands."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def param_label(param) -> str:
+    """How an error names the parameter: ``--json`` for an option, ``OUT_DIR`` for an argument."""
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    return param.human_readable_name if param is not None else "output"
+
+
+class OutputFile(click.ParamType):
+    """A file the command will write, checked when the command line is read, before any work
+    (``storage.check_output_file``); ``-`` means standard output where ``allow_stdout``."""
+
+    name = "path"
+
+    def __init__(self, allow_stdout: bool = False) -> None:
+        self.allow_stdout = allow_stdout
+
+    def convert(self, value, param, ctx):
+        option = param_label(param)
+        path = check_output_file(value, option, allow_stdout=self.allow_stdout)
+        return STDOUT if path is None else path
+
+
+class OutputFolder(click.ParamType):
+    """A folder the command will create or write in, checked up front (``storage.check_output_folder``)."""
+
+    name = "folder"
+
+    def convert(self, value, param, ctx):
+        return check_output_folder(value, param_label(param))
+
+
+class FileName(click.ParamType):
+    """A bare file name (``--name``): it cannot point outside ``--out``."""
+
+    name = "name"
+
+    def convert(self, value, param, ctx):
+        return check_file_name(value, param_label(param))
+
+
+def output_file_option(flag: str, dest: str, help: str, *, allow_stdout: bool = False):
+    """``--json``/``--png``-style options of any command: checked before the work (see ``OutputFile``)."""
+    if allow_stdout:
+        help += " '-' writes it to standard output."
+    return click.option(flag, dest, type=OutputFile(allow_stdout), default=None, help=help)
+
+
+def write_output_text(path: Path | str, text: str) -> None:
+    """An output file (atomically) or, for ``-``, standard output."""
+    if path == STDOUT:
+        click.echo(text)
+    else:
+        atomic_write_text(path, text)
 
 
 def config_options(command):
@@ -272,7 +353,7 @@ def sample(
     help="Sliding windows every N tokens: each token scored with >= context - N tokens of context "
     "(default: non-overlapping windows).",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
+@output_file_option("--json", "json_path", "Also write the scores as JSON.", allow_stdout=True)
 def eval_command(
     run_dir: Path,
     data: Path | None,
@@ -284,7 +365,6 @@ def eval_command(
     json_path: Path | None,
 ) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.evaluation import evaluate_run
     from minigpt_tui.training.runs import open_run
@@ -293,9 +373,9 @@ def eval_command(
     report = evaluate_run(
         run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride
     )
-    click.echo(report.summary())
+    click.echo(report.summary(), err=json_path == STDOUT)  # stdout is the JSON's when it is asked for there
     if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1))
+        write_output_text(json_path, json.dumps(report.to_dict(), indent=1))
 
 
 @main.command(name="inspect")
@@ -311,9 +391,9 @@ def eval_command(
 @checkpoint_choice()
 @backend_option
 @device_option
-@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write a figure: surprisal, next-token "
-              "bars at T=0.5/1/1.5, every attention map.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the raw numbers as JSON.")
+@output_file_option("--png", "png_path", "Write a figure: surprisal, next-token bars at T=0.5/1/1.5, every "
+                    "attention map.")
+@output_file_option("--json", "json_path", "Write the raw numbers as JSON.", allow_stdout=True)
 def inspect_command(
     run_dir: Path,
     text: str,
@@ -334,7 +414,6 @@ def inspect_command(
 
     from minigpt_tui.inspection.inspector import inspect_text
     from minigpt_tui.inspection.text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.runs import load_model, open_run
     from minigpt_tui.training.sampling import SamplingParams
 
@@ -347,7 +426,7 @@ def inspect_command(
     inspection.check_head(layer, head)
     view = inspection.next_tokens(position, params, run.tokenizer)
     step, kind = ckpt.state.step, ckpt.state.kind
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=json_path == STDOUT)
     mean_bits = float(inspection.surprisal_bits[1:].mean()) if inspection.length > 1 else float("nan")
     console.print(f"{run.path} ({kind} checkpoint, step {step}, {model.name}): {inspection.length} tokens, "
                   f"mean surprisal {mean_bits:.2f} bits/token")
@@ -367,8 +446,9 @@ def inspect_command(
                     "position": position, "layer": layer, "head": head, **inspection.to_dict(),
                     "next_tokens": view.to_dict(),
                     "attention_from_position": inspection.attention_from(position, layer, head).tolist()}
-        atomic_write_text(json_path, json.dumps(document))
-        click.echo(json_path, err=True)
+        write_output_text(json_path, json.dumps(document))
+        if json_path != STDOUT:
+            click.echo(json_path, err=True)
 
 
 @main.command()
@@ -381,8 +461,8 @@ def inspect_command(
 @dataset_option
 @backend_option
 @device_option
-@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write the table and surprisal as a figure.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
+@output_file_option("--png", "png_path", "Write the table and surprisal as a figure.")
+@output_file_option("--json", "json_path", "Write the numbers as JSON.", allow_stdout=True)
 def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
           png_path: Path | None, json_path: Path | None) -> None:
     """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
@@ -391,7 +471,6 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     from rich.table import Table
 
     from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.runs import model_at, open_run
     from minigpt_tui.training.trainer import tokenize_corpus
@@ -409,7 +488,7 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
         for head in range(roles.mass.shape[1]):
             table.add_row(f"L{layer} H{head}", *(f"{m:.3f}" for m in roles.mass[layer, head]))
     table.add_row("chance", *(f"{c:.3f}" for c in roles.chance), style="dim")
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=json_path == STDOUT)
     console.print(table)
     for kind in TARGET_KINDS:
         layer, head, mass = roles.strongest(kind)
@@ -425,7 +504,7 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
                 f"{roles.window_tokens}"
         click.echo(save_figure(head_roles_figure(roles, title), png_path), err=True)
     if json_path:
-        atomic_write_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
+        write_output_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
                                                  **roles.to_dict()}, indent=1))
 
 
@@ -438,7 +517,7 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 @click.option(
     "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="Threads the backends compute with."
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@output_file_option("--json", "json_path", "Write the results as JSON.", allow_stdout=True)
 def bench(
     backends: tuple[str, ...],
     preset: str,
@@ -453,7 +532,6 @@ def bench(
     from rich.table import Table
 
     from minigpt_tui.experiments.bench import bench_backend
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.config import preset as load_preset
     from minigpt_tui.training.runs import load_backend_class
 
@@ -489,19 +567,20 @@ def bench(
             f"{r.mfu:.1%}",
             f"{r.inspect_ms:.1f}",
         )
-    Console().print(table)
+    Console(stderr=json_path == STDOUT).print(table)
     if json_path:
-        atomic_write_text(
+        write_output_text(
             json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1)
         )
 
 
 @main.command(name="export-plots")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=OutputFolder(), default=None,
               help="Folder for the files (default: RUN_DIR/plots of the first run; the README's figures: "
                    "--out visualizations).")
-@click.option("--name", default=None, help="File-name stem (default: the run folder names joined by '+').")
+@click.option("--name", type=FileName(), default=None,
+              help="File-name stem, no folder part (default: the run folder names joined by '+', shortened).")
 @click.option("--wall-clock", is_flag=True, help="One chart instead: val loss against seconds, run beside run.")
 @click.option("--target", type=float, default=None, help="With --wall-clock: draw this val loss as a level.")
 def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str | None, wall_clock: bool,
@@ -509,7 +588,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
     from minigpt_tui.plots import default_plots_dir, export_plots, export_wall_clock
 
-    out = out or default_plots_dir(list(run_dirs))
+    out = out or check_output_folder(default_plots_dir(list(run_dirs)))
     if wall_clock:
         paths = export_wall_clock(list(run_dirs), out, name, target)
     else:
@@ -520,7 +599,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
 
 @main.command(name="export-hf")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=OutputFolder())
 @checkpoint_choice()
 def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
     """Write a run as a Hugging Face GPT-2 folder (config, safetensors weights, fast tokenizer)."""
@@ -535,7 +614,7 @@ def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
 
 @main.command(name="import-hf")
 @click.argument("hf_dir", type=click.Path(path_type=Path))
-@click.argument("out_run", type=click.Path(path_type=Path))
+@click.argument("out_run", type=OutputFolder())
 @data_option
 @dataset_option
 def import_hf(hf_dir: Path, out_run: Path, data: Path | None, dataset: str | None) -> None:
@@ -567,7 +646,7 @@ def ablate() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
 @click.option("--prompt", default="\n", show_default=True)
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
+    "--out", type=OutputFolder(), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
 )
 @data_option
 @dataset_option
@@ -633,7 +712,7 @@ def ablation_options(command):
             ),
             click.option(
                 "--out",
-                type=click.Path(path_type=Path),
+                type=OutputFolder(),
                 required=True,
                 help="Folder for the variant runs and the report; finished variants are reused.",
             ),
@@ -789,7 +868,7 @@ def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
 @click.option("--length", type=click.IntRange(min=1), default=256, show_default=True, help="Tokens per free run.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-exposure)."
+    "--out", type=OutputFolder(), default=None, help="Report folder (default RUN_DIR/ablate-exposure)."
 )
 @data_option
 @dataset_option
