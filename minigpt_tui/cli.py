@@ -24,6 +24,7 @@ from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
+MAX_BENCH_ROUNDS = 20  # best-of-N throughput: rounds beyond a few only lengthen the wait
 
 
 class FriendlyGroup(click.Group):
@@ -714,13 +715,19 @@ def ablation_options(command):
                 "--out",
                 type=OutputFolder(),
                 required=True,
-                help="Folder for the variant runs and the report; finished variants are reused.",
+                help="Folder for the variant runs and the report; rerun to continue: finished variants with "
+                "the same config and corpus are reused, interrupted ones resumed.",
             ),
             click.option(
                 "--threads",
                 type=click.IntRange(min=1, max=MAX_THREADS),
                 default=None,
                 help="Threads each variant computes with.",
+            ),
+            click.option(
+                "--overwrite",
+                is_flag=True,
+                help="Train every variant afresh, even those --out holds from an earlier ablation.",
             ),
             click.option(
                 "--isolate/--in-process",
@@ -740,17 +747,22 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
     from minigpt_tui.experiments.pipeline import run_training_ablation
     from minigpt_tui.experiments.reports import results_markdown
+    from minigpt_tui.experiments.variants import check_variants
     from minigpt_tui.training.config import config_from_sources
     from minigpt_tui.training.corpus import resolve_corpus
 
     out = options["out"]
     base = config_from_sources(options["preset"], options["config_file"], given_fields(options))
     variants = make_variants(base)
+    check_variants(variants)  # before the corpus is read or any folder touched
     corpus, note = resolve_corpus(options["data"], options["dataset"])
     if note:
         click.echo(note, err=True)
 
     def report(r) -> None:
+        if r.status == "diverged":
+            click.echo(f"{r.name}: diverged (non-finite loss); recorded with NaN scores, {r.wall_s:.0f} s", err=True)
+            return
         click.echo(
             f"{r.name}: val bits/char {r.val_bpc:.4f}, {r.train_tokens_per_s:,.0f} tokens/s, "
             f"{r.wall_s:.0f} s, peak RSS {r.peak_rss_mb:.0f} MB",
@@ -759,7 +771,7 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
 
     results, paths = run_training_ablation(
         kind, base, variants, corpus, out, isolate=options["isolate"], threads=options["threads"],
-        extra_scores=extra_scores, finish=finish, on_result=report,
+        overwrite=options["overwrite"], extra_scores=extra_scores, finish=finish, on_result=report,
     )
     for path in paths:
         click.echo(path, err=True)
@@ -767,11 +779,24 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     return results
 
 
-def int_list(text: str) -> list[int]:
+def int_list(text: str, option: str) -> list[int]:
+    """``"16,32,64"`` -> [16, 32, 64]; an empty list, an empty item or a value given twice is refused."""
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):
+        raise MiniGPTError(f"{option} needs comma-separated integers with none empty, got {text!r}")
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in parts]
     except ValueError:
-        raise MiniGPTError(f"expected comma-separated integers, got {text!r}") from None
+        raise MiniGPTError(f"{option} expects comma-separated integers, got {text!r}") from None
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise MiniGPTError(f"{option} repeats {', '.join(map(str, repeated))}; give each value once")
+    return values
+
+
+def check_no_seed_flag(options: dict) -> None:
+    if options.get("seed") is not None:
+        raise MiniGPTError("--seed conflicts with --seeds here: give the seeds with --seeds")
 
 
 @ablate.command(name="tokenizer")
@@ -781,7 +806,7 @@ def ablate_tokenizer(vocab_sizes: str, **options) -> None:
     """Character level vs byte-level BPE in val bits/char, at the same tokens seen (steps x tokens/step)."""
     from minigpt_tui.experiments.variants import tokenizer_variants
 
-    sizes = int_list(vocab_sizes)
+    sizes = int_list(vocab_sizes, "--vocab-sizes")
     run_ablation("tokenizer", lambda base: tokenizer_variants(base, sizes), options)
 
 
@@ -796,7 +821,7 @@ def ablate_tokenizer(vocab_sizes: str, **options) -> None:
 )
 @click.option(
     "--bench-rounds",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_BENCH_ROUNDS),
     default=3,
     show_default=True,
     help="Round-robin throughput measurements after training (0: skip).",
@@ -806,7 +831,7 @@ def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, **
     """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
     from minigpt_tui.experiments.variants import context_variants, with_throughput
 
-    blocks = int_list(block_sizes)
+    blocks = int_list(block_sizes, "--block-sizes")
     finish = (lambda results, configs: with_throughput(results, configs, rounds=bench_rounds)) if bench_rounds else None
     run_ablation("context", lambda base: context_variants(base, blocks, tokens_per_step), options, finish=finish)
 
@@ -840,7 +865,8 @@ def ablate_sweep(grid: str, seeds: str, **options) -> None:
     """Every combination of the grid over the base config, scored on the whole val split (per seed)."""
     from minigpt_tui.experiments.speedrun import parse_grid, sweep_variants
 
-    values, seed_list = parse_grid(grid), int_list(seeds)
+    check_no_seed_flag(options)
+    values, seed_list = parse_grid(grid), int_list(seeds, "--seeds")
     echo_summary(run_ablation("sweep", lambda base: sweep_variants(base, values, seed_list), options), options["out"])
 
 
@@ -852,13 +878,15 @@ def ablate_sweep(grid: str, seeds: str, **options) -> None:
 @seeds_option("1,2,3")
 @ablation_options
 def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
-    """The record ladder: nanoGPT's baby config, then the speedrun's changes added one at a time (each
-    rung keeps those above it) up to the preset. Config flags given here apply to every rung."""
+    """The record ladder: nanoGPT's baby config (or --preset/--config), then the speedrun's changes added one
+    at a time (each rung keeps those above it) up to the --top preset. Config flags apply to every rung."""
     from minigpt_tui.experiments.speedrun import ladder_variants
 
-    seed_list, row_list = int_list(seeds), rows.split(",") if rows else None
+    check_no_seed_flag(options)
+    seed_list, row_list = int_list(seeds, "--seeds"), rows.split(",") if rows is not None else None
     overrides = given_fields(options)
-    results = run_ablation("ladder", lambda base: ladder_variants(seed_list, top, row_list, overrides), options)
+    results = run_ablation("ladder", lambda base: ladder_variants(seed_list, top, row_list, overrides, base),
+                           options)
     echo_summary(results, options["out"])
 
 
