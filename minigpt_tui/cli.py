@@ -191,7 +191,7 @@ def train(
     from minigpt_tui.training.corpus import corpus_for_run, resolve_corpus
     from minigpt_tui.training.distributed import start_world, stop_world
     from minigpt_tui.training.runs import default_run_dir, open_run
-    from minigpt_tui.training.trainer import new_training, resume_training
+    from minigpt_tui.training.trainer import check_resume_changes, new_training, resume_training
 
     overrides = given_fields(kwargs)
     if not headless:
@@ -201,6 +201,7 @@ def train(
         if preset or config_file or out or overwrite:
             raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out/--overwrite")
         run = open_run(resume)
+        check_resume_changes(run, overrides)  # named as what it is before the config is rebuilt with them
         config = run.config.replace(**overrides)
     else:
         config = config_from_sources(preset, config_file, overrides)
