@@ -16,6 +16,18 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.tokenizer import Tokenizer, check_utf8
 
 BYTE_ALPHABET = 256
+# BPE training time grows with the square of a pre-token's length: a corpus with no whitespace (one "word"
+# of a million characters) would train for hours. Pieces of at most this many characters keep it linear in
+# the corpus; only merges across a cut are lost, and ordinary text (lines far shorter) is fed unchanged.
+MAX_PIECE = 1000
+
+
+def training_pieces(text: str):
+    """The text line by line, long lines cut into ``MAX_PIECE`` pieces; a generator, so that the library
+    comes back to Python between pieces and a Ctrl-C is seen while it reads."""
+    for line in text.splitlines(keepends=True):
+        for start in range(0, len(line), MAX_PIECE):
+            yield line[start:start + MAX_PIECE]
 
 
 class BPETokenizer(Tokenizer):
@@ -36,7 +48,7 @@ class BPETokenizer(Tokenizer):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
         # line by line: the same pre-tokenization, and the library can count words in parallel
-        hf.train_from_iterator(text.splitlines(keepends=True), trainer)
+        hf.train_from_iterator(training_pieces(text), trainer, length=len(text) // MAX_PIECE + 1)
         return cls(hf)
 
     @classmethod
