@@ -22,9 +22,10 @@ from conftest import TINY
 from safetensors.numpy import load_file, save_file
 from test_cli import assert_one_line_error, invoke
 
+import minigpt_tui
 from minigpt_tui.training.checkpoint import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+CODE = Path(minigpt_tui.__file__).resolve().parents[1]  # the tree under test, for subprocesses
 
 
 def copy_run(workspace, tmp_path: Path, name: str = "run") -> Path:
@@ -414,8 +415,8 @@ def test_sigterm_during_export_or_import_prints_one_line_and_removes_the_staging
                                                                                         tmp_path, command):
     source = workspace.run if command == "export-hf" else hf_folder
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_PUBLISH, command, str(source), str(out)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PUBLISH, command, str(source), str(out)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(CODE)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.*")) and time.monotonic() < deadline and proc.poll() is None:
