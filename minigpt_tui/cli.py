@@ -565,7 +565,8 @@ def ablate() -> None:
 @click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True, help="Samples per temperature.")
 @click.option("--length", type=click.IntRange(min=1), default=300, show_default=True, help="Tokens per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
-@click.option("--prompt", default="\n", show_default=True)
+@click.option("--prompt", default=None, help="Text the samples continue (default: the start of the first line of "
+              "the run's validation text).")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
 )
@@ -580,7 +581,7 @@ def ablate_temperature(
     samples: int,
     length: int,
     seed: int,
-    prompt: str,
+    prompt: str | None,
     out: Path | None,
     data: Path | None,
     dataset: str | None,
@@ -588,19 +589,23 @@ def ablate_temperature(
     backend: str | None,
     device: str | None,
 ) -> None:
-    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
+    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature;
+    degenerate samples (blank, looping) are flagged and left out of the diversity figures."""
     from minigpt_tui.experiments.temperature import (
+        default_prompt,
         parse_temperatures,
         temperature_ablation,
         temperature_table_markdown,
         write_temperature_report,
     )
-    from minigpt_tui.training.corpus import training_text
+    from minigpt_tui.training.corpus import corpus_splits
     from minigpt_tui.training.runs import load_model, open_run
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
-    train_text = training_text(run, data, dataset)
+    train_text, val_text = corpus_splits(run, data, dataset)
+    prompt = default_prompt(val_text) if prompt is None else prompt
+    click.echo(f"prompt: {json.dumps(prompt)}", err=True)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     rows = temperature_ablation(
         model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed
