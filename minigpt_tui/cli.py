@@ -385,12 +385,13 @@ def inspect_command(
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
 def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
           png_path: Path | None, json_path: Path | None) -> None:
-    """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
-    surprisal by word start, word middle and after a newline, over the validation split."""
+    """What the heads learned: attention on the previous token, word/line start, newline and (in a play's
+    "NAME:" lines) speaker name, and surprisal by word start, word middle and after a newline, over the
+    validation split."""
     from rich.console import Console
     from rich.table import Table
 
-    from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles
+    from minigpt_tui.inspection.head_roles import head_roles
     from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.runs import model_at, open_run
@@ -403,18 +404,17 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
                         f"{roles.windows} windows of {roles.window_tokens} tokens")
     table.add_column("head")
-    for kind in TARGET_KINDS:
-        table.add_column(kind, justify="right")
+    for label in roles.labels:
+        table.add_column(label, justify="right")
     for layer in range(roles.mass.shape[0]):
         for head in range(roles.mass.shape[1]):
             table.add_row(f"L{layer} H{head}", *(f"{m:.3f}" for m in roles.mass[layer, head]))
     table.add_row("chance", *(f"{c:.3f}" for c in roles.chance), style="dim")
     console = Console(highlight=False)
     console.print(table)
-    for kind in TARGET_KINDS:
+    for k, (kind, label) in enumerate(zip(roles.kinds, roles.labels, strict=True)):
         layer, head, mass = roles.strongest(kind)
-        k = TARGET_KINDS.index(kind)
-        console.print(f"{kind}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
+        console.print(f"{label}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
                       f"{roles.queries[k]} queries)")
     console.print("surprisal (bits/token): " + ", ".join(
         f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))

@@ -120,7 +120,8 @@ def test_whitespace_only_samples_are_flagged_and_score_no_diversity():
     assert degenerate_cell(row) == "3/3: whitespace only"
     table = temperature_table_markdown([row])
     assert "| 3/3: whitespace only | 0 of 3 | n/a | n/a | n/a | n/a | n/a |" in table
-    assert "whitespace only" in sample_table_markdown([row]) and "[400 whitespace characters]" in sample_table_markdown([row])
+    samples = sample_table_markdown([row])
+    assert "(degenerate: whitespace only)" in samples and "[400 whitespace characters]" in samples
 
     mixed = summarize(0.5, [*blank, SampleTrace("the king the queen", [1.0], [1.0])], vocabulary={"the", "king"})
     assert mixed.scored_samples == 1 and degenerate_cell(mixed) == "3/4: whitespace only"

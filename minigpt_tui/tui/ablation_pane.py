@@ -101,4 +101,5 @@ class AblationPane(Vertical):
     def show_sample(self, event: DataTable.RowHighlighted) -> None:
         if 0 <= event.cursor_row < len(self.rows):
             row = self.rows[event.cursor_row]
-            self.query_one("#ablation-sample", Static).update(f"[b]{sample_heading(row)}[/b]\n{shown_sample(row.samples[0])}")
+            text = f"[b]{sample_heading(row)}[/b]\n{shown_sample(row.samples[0])}"
+            self.query_one("#ablation-sample", Static).update(text)
