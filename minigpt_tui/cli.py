@@ -430,6 +430,47 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 
 
 @main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder (default: RUN_DIR/report of the first run).")
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Samples per temperature, and free runs for exposure bias.")
+@click.option("--length", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Tokens per sample and per free run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
+@click.option("--prompt", default=None, help="Text the samples continue (default: the start of a line of the "
+              "first run's validation text).")
+@data_option
+@dataset_option
+@backend_option
+@device_option
+def report(run_dirs: tuple[Path, ...], out: Path | None, samples: int, length: int, seed: int, prompt: str | None,
+           data: Path | None, dataset: str | None, backend: str | None, device: str | None) -> None:
+    """Write up one or more runs: report.md (what was trained, scores, curves, temperature 0.5/1/1.5, exposure
+    bias, attention heads, a comparison of the runs, the journal's three questions) and its PNG figures.
+
+    A rerun reuses the finished computations (cached in OUT/cache by checkpoint and options); Ctrl-C keeps them."""
+    from minigpt_tui.experiments.report import ReportOptions, default_out, gather
+    from minigpt_tui.experiments.report_markdown import report_command, write_report
+    from minigpt_tui.progress import stage_progress
+
+    paths = list(run_dirs)
+    options = ReportOptions(samples=samples, length=length, seed=seed, prompt=prompt)
+    folder = out or default_out(paths)
+    try:
+        with stage_progress(sys.stdout.isatty()) as progress:
+            evidence = gather(paths, options, folder, data=data, dataset=dataset, backend=backend, device=device,
+                              progress=progress, note=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished computations are kept in {folder / 'cache'}; the same command "
+                   "continues from them", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(f"prompt: {json.dumps(evidence[0].prompt)}", err=True)
+    shown_out = str(out) if out is not None else None
+    click.echo(write_report(evidence, folder, options, report_command([str(p) for p in paths], options, shown_out)))
+
+
+@main.command()
 @click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, help="Repeat to compare.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
