@@ -188,6 +188,8 @@ def gather(paths: list[Path], options: ReportOptions, out: Path, *, data: Path |
         raise MiniGPTError(f"samples and length must be positive, got {options.samples} and {options.length}")
     runs = open_runs(paths)
     corpora = [run_corpus(run, data, dataset) for run in runs]
+    if options.prompt is not None:
+        runs[0].tokenizer.encode(options.prompt)  # a character outside the vocabulary fails before any write
     check_out(out, runs)
     cache = ComputationCache(Path(out) / CACHE_DIR, note)
     evidence = []
@@ -229,7 +231,6 @@ def measure_samples(evidence: RunEvidence, model: Backend, train_text: str, val:
     run = evidence.run
     tokenizer = run.tokenizer
     prompt = default_prompt(val_text) if options.prompt is None else options.prompt
-    tokenizer.encode(prompt)  # a character outside the vocabulary fails here, before any sampling
     evidence.prompt = prompt
     sampling = {**key, "samples": options.samples, "length": options.length, "seed": options.seed}
 
