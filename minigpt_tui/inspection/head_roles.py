@@ -124,11 +124,13 @@ def accumulate(inspection: Inspection, mass: np.ndarray, chance: np.ndarray, que
 
 
 def head_roles(backend: Backend, tokenizer: Tokenizer, val_tokens: np.ndarray, *, windows: int = 64) -> HeadRoles:
-    """Statistics over ``windows`` context-long windows spread evenly over ``val_tokens``."""
+    """Statistics over ``windows`` context-long windows spread evenly over ``val_tokens``, at most one per
+    distinct start (more would repeat windows, and allocate without bound)."""
     block = backend.config.block_size
     if len(val_tokens) < block + 1:
         raise MiniGPTError(f"the validation split has {len(val_tokens)} tokens, fewer than one context ({block})")
-    starts = np.linspace(0, len(val_tokens) - block, windows).astype(int)
+    distinct = len(val_tokens) - block + 1
+    starts = np.unique(np.linspace(0, distinct - 1, min(windows, distinct)).astype(int))
     c = backend.config
     mass = np.zeros((c.n_layer, c.n_head, len(TARGET_KINDS)))
     chance, queries = np.zeros(len(TARGET_KINDS)), np.zeros(len(TARGET_KINDS), np.int64)
