@@ -114,9 +114,9 @@ def test_bad_input_is_one_error_line_and_writes_nothing(runs, tmp_path):
     cases = [
         ([runs["run"], runs["other"], "--out", tmp_path / "mixed"], "different corpora"),
         ([no_checkpoint, "--out", tmp_path / "none"], "no checkpoint"),
-        ([runs["run"], "--out", runs["run"] / "checkpoints" / "report"], "inside the checkpoints"),
-        ([runs["run"], "--out", blocker / "report"], "cannot write the report"),
-        ([runs["run"], "--out", blocker], "is a file"),
+        ([runs["run"], "--out", runs["run"] / "checkpoints" / "report"], "inside the run folder's checkpoints"),
+        ([runs["run"], "--out", blocker / "report"], "is a file, not a folder"),
+        ([runs["run"], "--out", blocker], "not a folder"),
         ([runs["run"], "--out", tmp_path / "bad-prompt", "--prompt", "~"], "~"),
     ]
     for args, fragment in cases:

@@ -24,14 +24,14 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.probes import exposure_bias
 from minigpt_tui.experiments.temperature import TemperatureRow, default_prompt, temperature_ablation
 from minigpt_tui.inspection.head_roles import HeadRoles, head_roles
-from minigpt_tui.storage import atomic_write_text
+from minigpt_tui.storage import atomic_write_text, check_output_folder
 from minigpt_tui.training.checkpoint import TrainingState, checkpoint_folder, read_manifest
 from minigpt_tui.training.corpus import corpus_for_run
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import Corpus, sha256
 from minigpt_tui.training.evaluation import SplitScore, evaluate_tokens
 from minigpt_tui.training.events import EvalEvent, StepEvent
-from minigpt_tui.training.runs import CHECKPOINTS, Run, available_checkpoint, load_model, open_run, read_metrics
+from minigpt_tui.training.runs import Run, available_checkpoint, load_model, open_run, read_metrics
 
 REPORT_DIR = "report"
 CACHE_DIR = "cache"
@@ -117,17 +117,10 @@ def corpus_identity(run: Run) -> str:
     return run.data_sha256 or run.data_source
 
 
-def check_out(out: Path, runs: list[Run]) -> None:
-    """Refuse an --out that is a file or lies inside a run's checkpoints (a report there would be taken for
-    a checkpoint, or deleted with it); then make it and check that it can be written."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MiniGPTError(f"--out {out} is a file, not a folder")
-    resolved = out.resolve()
-    for run in runs:
-        checkpoints = (run.path / CHECKPOINTS).resolve()
-        if resolved == checkpoints or checkpoints in resolved.parents:
-            raise MiniGPTError(f"--out {out} is inside the checkpoints of run {run.path}: choose another folder")
+def check_out(out: Path) -> None:
+    """Refuse an --out that is a file, lies inside a run's checkpoints or cannot be written
+    (``storage.check_output_folder``); then make it and check that a file can be created in it."""
+    out = check_output_folder(out)
     try:
         (out / CACHE_DIR).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -190,7 +183,7 @@ def gather(paths: list[Path], options: ReportOptions, out: Path, *, data: Path |
     corpora = [run_corpus(run, data, dataset) for run in runs]
     if options.prompt is not None:
         runs[0].tokenizer.encode(options.prompt)  # a character outside the vocabulary fails before any write
-    check_out(out, runs)
+    check_out(out)
     cache = ComputationCache(Path(out) / CACHE_DIR, note)
     evidence = []
     for index, (path, run, corpus) in enumerate(zip(paths, runs, corpora, strict=True)):

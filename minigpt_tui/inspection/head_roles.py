@@ -156,12 +156,14 @@ def accumulate(inspection: Inspection, kinds: tuple[str, ...], mass: np.ndarray,
 
 def head_roles(backend: Backend, tokenizer: Tokenizer, val_tokens: np.ndarray, *, windows: int = 64,
                on_window: Callable[[int, int], None] | None = None) -> HeadRoles:
-    """Statistics over ``windows`` context-long windows spread evenly over ``val_tokens``, for the targets
-    the text has (``corpus_targets``); ``on_window(done, total)`` after each window."""
+    """Statistics over ``windows`` context-long windows spread evenly over ``val_tokens``, at most one per
+    distinct start (more would repeat windows, and allocate without bound), for the targets the text has
+    (``corpus_targets``); ``on_window(done, total)`` after each window."""
     block = backend.config.block_size
     if len(val_tokens) < block + 1:
         raise MiniGPTError(f"the validation split has {len(val_tokens)} tokens, fewer than one context ({block})")
-    starts = np.linspace(0, len(val_tokens) - block, windows).astype(int)
+    distinct = len(val_tokens) - block + 1
+    starts = np.unique(np.linspace(0, distinct - 1, min(windows, distinct)).astype(int))
     kinds = corpus_targets(tokenizer.decode([int(t) for t in val_tokens]))
     c = backend.config
     mass = np.zeros((c.n_layer, c.n_head, len(kinds)))
