@@ -467,12 +467,13 @@ def inspect_command(
 @output_file_option("--json", "json_path", "Write the numbers as JSON.", allow_stdout=True)
 def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
           png_path: Path | None, json_path: Path | None) -> None:
-    """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
-    surprisal by word start, word middle and after a newline, over the validation split."""
+    """What the heads learned: attention on the previous token, word/line start, newline and (in a play's
+    "NAME:" lines) speaker name, and surprisal by word start, word middle and after a newline, over the
+    validation split."""
     from rich.console import Console
     from rich.table import Table
 
-    from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles
+    from minigpt_tui.inspection.head_roles import head_roles
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.runs import model_at, open_run
     from minigpt_tui.training.trainer import tokenize_corpus
@@ -484,18 +485,17 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
                         f"{roles.windows} windows of {roles.window_tokens} tokens")
     table.add_column("head")
-    for kind in TARGET_KINDS:
-        table.add_column(kind, justify="right")
+    for label in roles.labels:
+        table.add_column(label, justify="right")
     for layer in range(roles.mass.shape[0]):
         for head in range(roles.mass.shape[1]):
             table.add_row(f"L{layer} H{head}", *(f"{m:.3f}" for m in roles.mass[layer, head]))
     table.add_row("chance", *(f"{c:.3f}" for c in roles.chance), style="dim")
     console = Console(highlight=False, stderr=json_path == STDOUT)
     console.print(table)
-    for kind in TARGET_KINDS:
+    for k, (kind, label) in enumerate(zip(roles.kinds, roles.labels, strict=True)):
         layer, head, mass = roles.strongest(kind)
-        k = TARGET_KINDS.index(kind)
-        console.print(f"{kind}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
+        console.print(f"{label}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
                       f"{roles.queries[k]} queries)")
     console.print("surprisal (bits/token): " + ", ".join(
         f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))
@@ -508,6 +508,47 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     if json_path:
         write_output_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
                                                  **roles.to_dict()}, indent=1))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=OutputFolder(), default=None,
+              help="Report folder (default: RUN_DIR/report of the first run).")
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Samples per temperature, and free runs for exposure bias.")
+@click.option("--length", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Tokens per sample and per free run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
+@click.option("--prompt", default=None, help="Text the samples continue (default: the start of a line of the "
+              "first run's validation text).")
+@data_option
+@dataset_option
+@backend_option
+@device_option
+def report(run_dirs: tuple[Path, ...], out: Path | None, samples: int, length: int, seed: int, prompt: str | None,
+           data: Path | None, dataset: str | None, backend: str | None, device: str | None) -> None:
+    """Write up one or more runs: report.md (what was trained, scores, curves, temperature 0.5/1/1.5, exposure
+    bias, attention heads, a comparison of the runs, the journal's three questions) and its PNG figures.
+
+    A rerun reuses the finished computations (cached in OUT/cache by checkpoint and options); Ctrl-C keeps them."""
+    from minigpt_tui.experiments.report import ReportOptions, default_out, gather
+    from minigpt_tui.experiments.report_markdown import report_command, write_report
+    from minigpt_tui.progress import stage_progress
+
+    paths = list(run_dirs)
+    options = ReportOptions(samples=samples, length=length, seed=seed, prompt=prompt)
+    folder = out or default_out(paths)
+    try:
+        with stage_progress(sys.stdout.isatty()) as progress:
+            evidence = gather(paths, options, folder, data=data, dataset=dataset, backend=backend, device=device,
+                              progress=progress, note=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished computations are kept in {folder / 'cache'}; the same command "
+                   "continues from them", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(f"prompt: {json.dumps(evidence[0].prompt)}", err=True)
+    shown_out = str(out) if out is not None else None
+    click.echo(write_report(evidence, folder, options, report_command([str(p) for p in paths], options, shown_out)))
 
 
 @main.command()
@@ -646,7 +687,8 @@ def ablate() -> None:
 @click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True, help="Samples per temperature.")
 @click.option("--length", type=click.IntRange(min=1), default=300, show_default=True, help="Tokens per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
-@click.option("--prompt", default="\n", show_default=True)
+@click.option("--prompt", default=None, help="Text the samples continue (default: the start of the first line of "
+              "the run's validation text).")
 @click.option(
     "--out", type=OutputFolder(), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
 )
@@ -661,7 +703,7 @@ def ablate_temperature(
     samples: int,
     length: int,
     seed: int,
-    prompt: str,
+    prompt: str | None,
     out: Path | None,
     data: Path | None,
     dataset: str | None,
@@ -669,19 +711,23 @@ def ablate_temperature(
     backend: str | None,
     device: str | None,
 ) -> None:
-    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
+    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature;
+    degenerate samples (blank, looping) are flagged and left out of the diversity figures."""
     from minigpt_tui.experiments.temperature import (
+        default_prompt,
         parse_temperatures,
         temperature_ablation,
         temperature_table_markdown,
         write_temperature_report,
     )
-    from minigpt_tui.training.corpus import training_text
+    from minigpt_tui.training.corpus import corpus_splits
     from minigpt_tui.training.runs import load_model, open_run
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
-    train_text = training_text(run, data, dataset)
+    train_text, val_text = corpus_splits(run, data, dataset)
+    prompt = default_prompt(val_text) if prompt is None else prompt
+    click.echo(f"prompt: {json.dumps(prompt)}", err=True)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     rows = temperature_ablation(
         model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed
