@@ -428,3 +428,13 @@ def test_sigterm_during_export_or_import_prints_one_line_and_removes_the_staging
     assert proc.returncode == 130, (proc.returncode, stderr)
     assert [line for line in stderr.splitlines() if line.strip()] == ["interrupted"], stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_files_outputs_protect_are_the_run_folders_own():
+    from minigpt_tui.experiments.variants import RESULT_FILE
+    from minigpt_tui.storage import RUN_FILES, RUN_MARKERS
+    from minigpt_tui.training import runs
+
+    own = {runs.CONFIG_FILE, runs.TOKENIZER_FILE, runs.METRICS_FILE, runs.CHECKPOINTS, runs.LOCK_FILE,
+           runs.OWNER_FILE, RESULT_FILE}
+    assert own <= RUN_FILES and set(RUN_MARKERS) <= own
