@@ -8,6 +8,7 @@ The 256 byte values are always in the vocabulary, so any text encodes (no unknow
 from __future__ import annotations
 
 import json
+import threading
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -30,6 +31,25 @@ def training_pieces(text: str):
             yield line[start:start + MAX_PIECE]
 
 
+def interruptibly(work) -> None:
+    """Run ``work`` in a thread and wait for it here: the library's merge loop (native code, GIL released)
+    never returns to Python, so a Ctrl-C would wait for it; this thread stays free to raise KeyboardInterrupt."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the waiting thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="bpe-training", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failure:
+        raise failure[0]
+
+
 class BPETokenizer(Tokenizer):
     kind = "bpe"
 
@@ -48,7 +68,8 @@ class BPETokenizer(Tokenizer):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
         # line by line: the same pre-tokenization, and the library can count words in parallel
-        hf.train_from_iterator(training_pieces(text), trainer, length=len(text) // MAX_PIECE + 1)
+        interruptibly(lambda: hf.train_from_iterator(training_pieces(text), trainer, length=len(text) // MAX_PIECE
+                                                     + 1))
         return cls(hf)
 
     @classmethod
