@@ -284,7 +284,7 @@ async def test_the_ablation_pages_through_every_sample_and_has_a_stop_button(tra
             await pilot.press("right_square_bracket")
         expected = [(row, i) for row in rows for i in range(2)]
         for text, (row, i) in zip(shown, expected, strict=True):
-            assert f"T={row.temperature:g}  sample {i + 1} of 2" in text
+            assert f"T = {row.temperature:g}" in text and f"sample {i + 1} of 2" in text
             assert row.samples[i].strip().splitlines()[0][:10] in text
 
 

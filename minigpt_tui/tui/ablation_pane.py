@@ -11,10 +11,17 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.keepsakes import AblationRecipe
-from minigpt_tui.experiments.temperature import TemperatureRow, parse_temperatures
+from minigpt_tui.experiments.temperature import (
+    TemperatureRow,
+    degenerate_cell,
+    parse_temperatures,
+    ratio_cell,
+    sample_heading,
+    shown_sample,
+)
 from minigpt_tui.tui.messages import AblationRequest, SaveAblation
 
-COLUMNS = ("T", "NLL/tok", "dist-1", "dist-2", "dist-3", "repeats", "known words", "entropy", "sample")
+COLUMNS = ("T", "NLL/tok", "degenerate", "dist-1", "dist-2", "dist-3", "repeats", "known words", "entropy", "sample")
 EXCERPT = 60  # characters of the first sample shown in the table
 
 
@@ -46,9 +53,10 @@ class AblationPane(Vertical):
             yield Button("Stop", compact=True, id="stop-ablation", disabled=True)
             yield Button("Save", compact=True, id="save-ablation",
                          tooltip="Save the table and samples to RUN_DIR/ablations (Ctrl+S)")
-        yield Static("NLL/tok: how surprising the sample is to the model (coherence, lower is surer); dist-n: share "
-                     "of distinct word n-grams (diversity); repeats: word bigrams repeated within a sample; "
-                     "known words: share found in the training text.",
+        yield Static("NLL/tok: how surprising the sample is to the model (coherence, lower is surer); degenerate: "
+                     "blank or looping samples, left out of the rest; dist-n: share of distinct word n-grams "
+                     "(diversity); repeats: word bigrams repeated within a sample; known words: share found in the "
+                     "training text.",
                      id="ablation-help")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="ablation-table")
         yield Static("", id="ablation-sample")
@@ -91,9 +99,10 @@ class AblationPane(Vertical):
     def add_row(self, row: TemperatureRow) -> None:
         self.rows.append(row)
         self.query_one(DataTable).add_row(
-            f"{row.temperature:g}", f"{row.mean_nll:.3f}", f"{row.distinct_1:.2f}", f"{row.distinct_2:.2f}",
-            f"{row.distinct_3:.2f}", f"{row.repeated_ngram_rate:.1%}", f"{row.known_word_share:.0%}",
-            f"{row.mean_entropy:.2f}", excerpt(row.samples[0]) if row.samples else "")
+            f"{row.temperature:g}", f"{row.mean_nll:.3f}", degenerate_cell(row), ratio_cell(row.distinct_1),
+            ratio_cell(row.distinct_2), ratio_cell(row.distinct_3), ratio_cell(row.repeated_ngram_rate, True),
+            ratio_cell(row.known_word_share, True), f"{row.mean_entropy:.2f}",
+            excerpt(shown_sample(row.samples[0])) if row.samples else "")
 
     def finished(self, note: str, recipe: AblationRecipe | None = None) -> None:
         self.recipe = recipe or self.recipe
@@ -129,6 +138,6 @@ class AblationPane(Vertical):
         row = self.rows[row_index]
         self.shown_row, self.shown_sample = row_index, sample
         self.query_one("#ablation-sample", Static).update(
-            Text.assemble((f"{note}\n" if note else "", "dim"), (f"T={row.temperature:g}", "bold"),
+            Text.assemble((f"{note}\n" if note else "", "dim"), (sample_heading(row, sample), "bold"),
                           f"  sample {sample + 1} of {len(row.samples)}",
-                          (" ([ ] page through every sample)", "dim"), f"\n{row.samples[sample]}"))
+                          (" ([ ] page through every sample)", "dim"), f"\n{shown_sample(row.samples[sample])}"))

@@ -26,9 +26,9 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.keepsakes import AblationRecipe, SampleRecipe, save_sample, save_temperature_table
-from minigpt_tui.experiments.temperature import temperature_ablation
+from minigpt_tui.experiments.temperature import default_prompt, temperature_ablation
 from minigpt_tui.training.config import TrainConfig
-from minigpt_tui.training.corpus import corpus_for_run, training_text
+from minigpt_tui.training.corpus import corpus_for_run, corpus_splits, training_text
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
@@ -80,7 +80,7 @@ from minigpt_tui.tui.training_pane import (
 )
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
-ABLATION_PROMPT, ABLATION_SEED = "\n", 0  # as `minigpt ablate temperature` defaults: sample i uses seed + i
+ABLATION_SEED = 0  # as `minigpt ablate temperature` defaults: sample i uses seed + i
 
 
 @dataclass(frozen=True)
@@ -652,12 +652,12 @@ class MiniGPTApp(App):
         worker = get_current_worker()
         weights = self.current_weights()
         train_text = self.training_text()
-        recipe = AblationRecipe(weights.source, weights.step, ABLATION_PROMPT, request.samples, request.length,
-                                ABLATION_SEED)
+        prompt = default_prompt(corpus_splits(self.run_info)[1])  # what `minigpt ablate temperature` uses
+        recipe = AblationRecipe(weights.source, weights.step, prompt, request.samples, request.length, ABLATION_SEED)
         # one call per temperature so rows appear as they finish; seeds do not depend on the position
         for temperature in request.temperatures:
             rows = temperature_ablation(weights.backend, weights.tokenizer, train_text, [temperature],
-                                        samples=request.samples, length=request.length, prompt=ABLATION_PROMPT,
+                                        samples=request.samples, length=request.length, prompt=prompt,
                                         seed=ABLATION_SEED, should_stop=lambda: worker.is_cancelled)
             if not rows:
                 self.post_message(AblationFinished(recipe, stopped=True))
