@@ -354,6 +354,16 @@ def test_the_perplexity_log_axis_labels_the_final_value(tmp_path: Path):
     assert any(math.isclose(t, evals[-1].val_perplexity, rel_tol=1e-6) for t in ticks)
 
 
+async def test_the_terminal_perplexity_log_axis_has_a_tick_at_the_final_value(trained_run: Path):
+    app = create_app(trained_run, **FAST)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("b", "l")
+        await pilot.pause()
+        final = math.exp(app.pane.curves.val_loss[-1])
+        labels = app.query_one("#quality-plot").plt._active.monitor.ylabels[0]
+        assert any(label.strip() == f"{final:.3g}" for label in labels), labels
+
+
 # ---- a bug that still escapes: a non-zero exit code and the traceback in the log
 
 

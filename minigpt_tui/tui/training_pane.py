@@ -133,11 +133,13 @@ class CurvePlot(GuardedPlot):
         plt.xticks(ticks, [str(t) for t in ticks])
         scale = math.log10 if log_y else float
         values: list[float] = []
+        final = None  # the last value of the last curve (val, usually): a log axis labels it
         for line in lines:
             xs, ys = finite(line.xs, line.ys)
             if xs:
                 plt.plot(xs, [scale(y) for y in ys], marker="braille", color=line.color)  # the legend is above
                 values += ys
+                final = ys[-1] if line.color != REFERENCE_COLOR else final
         if not values:
             plt.text("waiting for the first points…", x=x_max / 2, y=0.5, alignment="center")
             plt.ylim(0, 1)
@@ -146,6 +148,9 @@ class CurvePlot(GuardedPlot):
             lo, hi = axis_limits(values, log_y)
             plt.ylim(scale(lo), scale(hi))
             y_ticks = value_ticks(lo, hi, log_y)
+            if log_y and final is not None:  # the nearest tick moves onto it: a log axis's round ticks are far apart
+                nearest = min(range(len(y_ticks)), key=lambda i: abs(math.log(y_ticks[i] / final)))
+                y_ticks[nearest] = final
             plt.yticks([scale(v) for v in y_ticks], [tick_label(v) for v in y_ticks])
         self.refresh()
 
