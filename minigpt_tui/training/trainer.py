@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import Backend, ModelConfig, StepResult, init_weights
+from backends.base import Backend, ModelConfig, OutOfMemory, StepResult, init_weights
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.training.config import TrainConfig
@@ -238,7 +238,13 @@ class Trainer:
                 lr = self.lr_at(self.step)
                 micro_batches = [self.world.shard(self.samplers.train.next()) for _ in range(c.grad_accum_steps)]
                 with self._weights_lock:
-                    result = self.backend.train_step(micro_batches, lr)
+                    try:
+                        result = self.backend.train_step(micro_batches, lr)
+                    except OutOfMemory as exc:
+                        raise MiniGPTError(
+                            f"out of memory at step {self.step + 1} ({exc}); the last checkpoint is kept "
+                            "(try a smaller --batch-size, --block-size or model)"
+                        ) from None
                 # every rank logs, and judges divergence by, the loss averaged over all ranks
                 result = StepResult(self.world.mean([result.loss])[0], result.grad_norm)
                 if not math.isfinite(result.loss):
