@@ -130,3 +130,14 @@ def test_bad_input_is_one_error_line_and_writes_nothing(runs, tmp_path):
     for name in ("mixed", "none", "bad-prompt"):
         assert not (tmp_path / name).exists()
     assert not (runs["run"] / "checkpoints" / "report").exists()
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(capsys):
+    from minigpt_tui.progress import stage_progress
+
+    with stage_progress(False) as progress:
+        for done in range(101):
+            progress("temperature samples", done, 100)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "temperature samples: 0/100" and lines[-1] == "temperature samples: 100/100"
+    assert len(lines) == 6  # the start, every fifth, the end
