@@ -165,6 +165,8 @@ COMMANDS = {
     "export-plots": lambda run, corpus: ["export-plots", run, "--out", run.parent / "plots"],
     "ablate exposure": lambda run, corpus: ["ablate", "exposure", run, "--data", corpus, "--samples", "1",
                                             "--length", "4", "--out", run.parent / "exposure"],
+    "report": lambda run, corpus: ["report", run, "--data", corpus, "--samples", "1", "--length", "4", "--out",
+                                   run.parent / "report"],
 }
 
 
