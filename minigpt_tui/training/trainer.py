@@ -211,6 +211,20 @@ class Trainer:
         self.save("latest")
         if event.is_best:
             self.save("best")
+        if self.config.snapshots:
+            self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        """The weights at this eval, for time-lapse inspection (no optimizer state: never resumed from)."""
+        if not self.world.is_writer:
+            return
+        state = TrainingState(step=self.step, kind="snapshot", backend=self.backend.name,
+                              best_val_loss=self.best_val_loss)
+        folder = self.run_dir.snapshot_dir(self.step)
+        try:
+            save_checkpoint(folder, Checkpoint(self.backend.get_weights(), {}, {}, state))
+        except OSError as exc:
+            raise MiniGPTError(f"cannot save the snapshot in {folder}: {exc.strerror or exc}") from None
 
     def run(self) -> DoneEvent:
         c = self.config
