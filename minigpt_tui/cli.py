@@ -352,7 +352,7 @@ def inspect_command(
     kind = "snapshot" if step is not None else available_checkpoint(run, checkpoint)
     model, step = model_at(run, kind, backend=backend, device=device, step=step)
     ablation, ablated = None, []
-    if ablate_heads:
+    if ablate_heads is not None:
         from backends.base import HeadAblation
         from minigpt_tui.inspection.head_ablation import head_labels, parse_heads
 
@@ -375,10 +375,11 @@ def inspect_command(
     console.print(attention_text(inspection, inspection.attention_from(position, layer, head), position))
     lens = None
     if logit_lens:
+        from minigpt_tui.inspection.lens import Unembedding
         from minigpt_tui.inspection.lens import logit_lens as read_lens
         from minigpt_tui.inspection.text import lens_table
 
-        lens = read_lens(model, inspection, position, run.tokenizer)
+        lens = read_lens(Unembedding.of(model), inspection, position, run.tokenizer)
         console.print(lens_table(lens, title=f"logit lens: each layer's guess after position {position} ('{piece}')"))
     if png_path:
         from minigpt_tui.inspection.figures import save_figure, write_inspection_figure
@@ -473,7 +474,8 @@ def heads(run_dir: Path, windows: int, whole_split: bool, weights: str, step: in
         console.print(importance_table(importance, roles, title=f"which heads matter ({mode}-ablation, "
                                        f"{importance.windows} windows): Δ val loss in nats, and the head's role"))
         console.print(f"val loss {importance.base_loss:.4f}; every head ablated {importance.all_heads_loss:.4f}; "
-                      f"unigram level {importance.unigram_loss:.4f} (nats/token)")
+                      f"context-free levels: unigram {importance.unigram_loss:.4f}, bigram "
+                      f"{importance.bigram_loss:.4f} (nats/token)")
     if png_path:
         from minigpt_tui.inspection.figures import head_roles_figure, save_figure
 

@@ -100,6 +100,7 @@ class HeadImportance:
     layer_delta_loss: np.ndarray  # (n_layer,): each layer's heads together
     all_heads_loss: float  # every head of every layer ablated
     unigram_loss: float  # the entropy of the split's own token frequencies: the best a context-free guess does
+    bigram_loss: float  # the split's entropy of a token given the one before: the best a one-token context does
     class_delta_bits: np.ndarray  # (n_layer, n_head, classes): rise in mean surprisal per CHAR_CLASSES
     class_base_bits: np.ndarray  # (classes,)
     class_counts: np.ndarray  # (classes,)
@@ -120,6 +121,7 @@ class HeadImportance:
             "layer_delta_loss": self.layer_delta_loss.tolist(),
             "all_heads_loss": self.all_heads_loss,
             "unigram_loss": self.unigram_loss,
+            "bigram_loss": self.bigram_loss,
             "classes": list(CHAR_CLASSES),
             "class_delta_bits": self.class_delta_bits.tolist(),
             "class_base_bits": self.class_base_bits.tolist(),
@@ -131,6 +133,16 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     counts = np.bincount(np.asarray(tokens, np.int64))
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def conditional_entropy(context: np.ndarray, targets: np.ndarray) -> float:
+    """H(target | context) of the pairs themselves (nats): the lowest cross-entropy any predictor that sees
+    only ``context`` (an int code per target) can reach on exactly these pairs."""
+    pairs, counts = np.unique(np.stack([context, targets]), axis=1, return_counts=True)
+    _, inverse = np.unique(pairs[0], return_inverse=True)
+    context_counts = np.bincount(inverse, weights=counts)  # occurrences of each context
+    joint = counts / counts.sum()
+    return float(-(joint * np.log(counts / context_counts[inverse])).sum())
 
 
 def head_importance(backend: Backend, tokenizer: Tokenizer, val_tokens: np.ndarray, *, windows: int | None = 64,
@@ -176,6 +188,7 @@ def head_importance(backend: Backend, tokenizer: Tokenizer, val_tokens: np.ndarr
         layer_delta_loss=layer_delta,
         all_heads_loss=float(losses(np.ones((c.n_layer, c.n_head), bool)).mean()),
         unigram_loss=unigram_entropy(val_tokens),
+        bigram_loss=conditional_entropy(np.asarray(val_tokens[:-1]), np.asarray(val_tokens[1:])),
         class_delta_bits=class_delta,
         class_base_bits=class_bits(base),
         class_counts=counts,

@@ -17,6 +17,12 @@ GROUP_COLOURS = dict(zip(GROUPS, ("tab:red", "tab:blue", "tab:orange", "tab:cyan
                                   "black", "tab:gray"), strict=True))
 
 
+def centred(values: np.ndarray) -> dict[str, float]:
+    """Colour limits symmetric about 0: red where an ablation hurts, blue where it helps."""
+    peak = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    return {"vmin": -(peak or 1.0), "vmax": peak or 1.0}
+
+
 def importance_figure(importance: HeadImportance, roles: HeadRoles, title: str = "") -> Figure:
     """Left: delta loss per head (layers x heads); middle: the same heads' attention roles (multiple of
     uniform attention); right: delta surprisal per character class."""
@@ -24,14 +30,15 @@ def importance_figure(importance: HeadImportance, roles: HeadRoles, title: str =
     fig = Figure(figsize=(14, 1.2 + 0.9 * L + 0.3 * L * H * 0.5), layout="constrained")
     left, middle, right = fig.subplots(1, 3, width_ratios=[H + 1, len(TARGET_KINDS), len(CHAR_CLASSES)])
     grid = np.column_stack([importance.delta_loss, importance.layer_delta_loss])
-    image = left.imshow(grid, cmap="Reds", aspect="auto", vmin=min(0.0, grid.min()))
+    image = left.imshow(grid, cmap="RdBu_r", aspect="auto", **centred(grid))
     for layer in range(L):
         for col in range(H + 1):
             left.text(col, layer, f"{grid[layer, col]:+.3f}", ha="center", va="center", fontsize=8)
     left.set_xticks(range(H + 1), [f"H{h}" for h in range(H)] + ["layer"], fontsize=8)
     left.set_yticks(range(L), [f"L{layer}" for layer in range(L)], fontsize=8)
     left.set_title(f"Δ val loss (nats), {importance.mode}-ablated\nbase {importance.base_loss:.3f}, all heads "
-                   f"{importance.all_heads_loss:.3f}, unigram {importance.unigram_loss:.3f}", fontsize=9)
+                   f"{importance.all_heads_loss:.3f}\nunigram {importance.unigram_loss:.3f}, "
+                   f"bigram {importance.bigram_loss:.3f}", fontsize=9)
     fig.colorbar(image, ax=left, fraction=0.05, pad=0.01)
     ratio = (roles.mass / np.maximum(roles.chance, 1e-12)).reshape(L * H, -1)
     middle.imshow(ratio, cmap="viridis", aspect="auto", vmin=0)
@@ -39,7 +46,7 @@ def importance_figure(importance: HeadImportance, roles: HeadRoles, title: str =
     middle.set_yticks(range(L * H), [f"L{i // H} H{i % H}" for i in range(L * H)], fontsize=7)
     middle.set_title("attention role: mass / uniform", fontsize=9)
     classes = importance.class_delta_bits.reshape(L * H, -1)
-    image = right.imshow(classes, cmap="Reds", aspect="auto", vmin=min(0.0, np.nanmin(classes)))
+    right.imshow(classes, cmap="RdBu_r", aspect="auto", **centred(classes))
     for row in range(L * H):
         for k in range(len(CHAR_CLASSES)):
             right.text(k, row, f"{classes[row, k]:+.2f}", ha="center", va="center", fontsize=7)

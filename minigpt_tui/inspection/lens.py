@@ -61,12 +61,13 @@ class LogitLens:
         return [{"depth": d, "after": depth_name(d), **view.to_dict()} for d, view in enumerate(self.depths)]
 
 
-def logit_lens(backend: Backend, inspection: Inspection, position: int, tokenizer: Tokenizer,
+def logit_lens(unembedding: Unembedding, inspection: Inspection, position: int, tokenizer: Tokenizer,
                k: int = LENS_TOP_K) -> LogitLens:
-    """The lens at ``position`` (negative counts from the end) of an inspected text."""
+    """The lens at ``position`` (negative counts from the end) of a text inspected with the weights
+    ``unembedding`` was taken from (``Unembedding.of(backend)``)."""
     position = inspection.check_position(position)
     actual = inspection.token_ids[position + 1] if position + 1 < inspection.length else None
-    logits = Unembedding.of(backend).logits(inspection.residual[:, position])
+    logits = unembedding.logits(inspection.residual[:, position])
     depths = [next_tokens(row, SamplingParams(1.0), tokenizer, k, position=position, actual=actual) for row in logits]
     return LogitLens(position, depths)
 

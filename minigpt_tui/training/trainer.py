@@ -8,6 +8,7 @@ checkpointing on the way. The CLI and the TUI both drive exactly this.
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -221,6 +222,9 @@ class Trainer:
         state = TrainingState(step=self.step, kind="snapshot", backend=self.backend.name,
                               best_val_loss=self.best_val_loss)
         folder = self.run_dir.snapshot_dir(self.step)
+        # a kill during an earlier snapshot's save left its temporary folder: each snapshot is saved once
+        for leftover in folder.parent.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         try:
             save_checkpoint(folder, Checkpoint(self.backend.get_weights(), {}, {}, state))
         except OSError as exc:
