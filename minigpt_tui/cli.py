@@ -419,6 +419,8 @@ step_option = click.option("--step", type=click.IntRange(min=0), default=None,
               "measure the rise in val loss: (heads + layers + 2) forwards per window.")
 @click.option("--mode", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
               help="With --ablate: replace a head's output by zeros, or by its mean over the windows.")
+@click.option("--logit-lens", is_flag=True, help="Also the loss of each layer's logit lens over the windows: how "
+              "much of the prediction each block has built.")
 @data_option
 @dataset_option
 @backend_option
@@ -426,7 +428,7 @@ step_option = click.option("--step", type=click.IntRange(min=0), default=None,
 @click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write the table and surprisal as a figure.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
 def heads(run_dir: Path, windows: int, whole_split: bool, weights: str, step: int | None, ablate: bool, mode: str,
-          data, dataset, backend: str | None, device: str | None, png_path: Path | None,
+          logit_lens: bool, data, dataset, backend: str | None, device: str | None, png_path: Path | None,
           json_path: Path | None) -> None:
     """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
     surprisal by word start, word middle and after a newline, over the validation split. With --ablate, which
@@ -476,6 +478,13 @@ def heads(run_dir: Path, windows: int, whole_split: bool, weights: str, step: in
         console.print(f"val loss {importance.base_loss:.4f}; every head ablated {importance.all_heads_loss:.4f}; "
                       f"context-free levels: unigram {importance.unigram_loss:.4f}, bigram "
                       f"{importance.bigram_loss:.4f} (nats/token)")
+    lens_losses = None
+    if logit_lens:
+        from minigpt_tui.inspection.lens import depth_name, layer_losses
+
+        lens_losses = layer_losses(model, val, windows=None if whole_split else windows)
+        console.print(f"logit lens loss over {lens_losses.windows} windows (nats/token): " + ", ".join(
+            f"after {depth_name(d)} {loss:.4f}" for d, loss in enumerate(lens_losses.loss)))
     if png_path:
         from minigpt_tui.inspection.figures import head_roles_figure, save_figure
 
@@ -492,6 +501,8 @@ def heads(run_dir: Path, windows: int, whole_split: bool, weights: str, step: in
         document = {"run": str(run.path), "weights": weights, "step": step, **roles.to_dict()}
         if importance is not None:
             document["ablation"] = importance.to_dict()
+        if lens_losses is not None:
+            document["logit_lens_loss"] = lens_losses.to_dict()
         atomic_write_text(json_path, json.dumps(document, indent=1))
 
 

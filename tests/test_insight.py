@@ -40,11 +40,15 @@ def fresh(tmp_path_factory):
 def test_heads_ablate_json_has_one_delta_per_head_and_every_head_knocked_out_is_worse_than_unigram(fresh, tmp_path):
     run, corpus, _ = fresh
     out = tmp_path / "heads.json"
-    result = invoke("heads", run.path, "--ablate", "--windows", "8", "--data", corpus, "--json", out,
+    result = invoke("heads", run.path, "--ablate", "--logit-lens", "--windows", "8", "--data", corpus, "--json", out,
                     "--png", tmp_path / "heads.png")
     assert result.exit_code == 0, result.output + result.stderr
     assert "which heads matter" in result.output and "unigram" in result.output
-    ablation = json.loads(out.read_text())["ablation"]
+    document = json.loads(out.read_text())
+    ablation = document["ablation"]
+    lens_loss = document["logit_lens_loss"]["loss"]
+    assert len(lens_loss) == run.config.model.n_layer + 1
+    assert lens_loss[-1] == pytest.approx(ablation["base_loss"], rel=1e-5)  # the same windows, the last lens
     c = run.config.model
     delta = np.asarray(ablation["delta_loss"])
     assert delta.shape == (c.n_layer, c.n_head)
