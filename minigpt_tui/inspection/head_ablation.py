@@ -18,7 +18,7 @@ import numpy as np
 
 from backends.base import Backend, HeadAblation
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.inspection.head_roles import TARGET_KINDS, HeadRoles, context_class
+from minigpt_tui.inspection.head_roles import HeadRoles, context_class
 from minigpt_tui.inspection.inspector import LN2
 from minigpt_tui.inspection.lens import cross_entropy, window_starts
 from minigpt_tui.training.tokenizer import Tokenizer
@@ -199,4 +199,4 @@ def attention_role(roles: HeadRoles, layer: int, head: int) -> tuple[str, float,
     """(kind, mass, multiple of uniform) of the target a head attends to most above chance."""
     ratio = roles.mass[layer, head] / np.maximum(roles.chance, 1e-12)
     k = int(np.argmax(ratio))
-    return TARGET_KINDS[k], float(roles.mass[layer, head, k]), float(ratio[k])
+    return roles.kinds[k], float(roles.mass[layer, head, k]), float(ratio[k])

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from minigpt_tui.inspection.embedding_map import GROUPS, EmbeddingMap
 from minigpt_tui.inspection.head_ablation import CHAR_CLASSES, HeadImportance
-from minigpt_tui.inspection.head_roles import TARGET_KINDS, HeadRoles
+from minigpt_tui.inspection.head_roles import HeadRoles
 from minigpt_tui.inspection.lens import LayerLosses, LogitLens, depth_name
 from minigpt_tui.inspection.text import label
 from minigpt_tui.inspection.timelapse import Timelapse
@@ -28,7 +28,7 @@ def importance_figure(importance: HeadImportance, roles: HeadRoles, title: str =
     uniform attention); right: delta surprisal per character class."""
     L, H = importance.delta_loss.shape
     fig = Figure(figsize=(14, 1.2 + 0.9 * L + 0.3 * L * H * 0.5), layout="constrained")
-    left, middle, right = fig.subplots(1, 3, width_ratios=[H + 1, len(TARGET_KINDS), len(CHAR_CLASSES)])
+    left, middle, right = fig.subplots(1, 3, width_ratios=[H + 1, len(roles.kinds), len(CHAR_CLASSES)])
     grid = np.column_stack([importance.delta_loss, importance.layer_delta_loss])
     image = left.imshow(grid, cmap="RdBu_r", aspect="auto", **centred(grid))
     for layer in range(L):
@@ -42,7 +42,7 @@ def importance_figure(importance: HeadImportance, roles: HeadRoles, title: str =
     fig.colorbar(image, ax=left, fraction=0.05, pad=0.01)
     ratio = (roles.mass / np.maximum(roles.chance, 1e-12)).reshape(L * H, -1)
     middle.imshow(ratio, cmap="viridis", aspect="auto", vmin=0)
-    middle.set_xticks(range(len(TARGET_KINDS)), TARGET_KINDS, fontsize=7, rotation=30)
+    middle.set_xticks(range(len(roles.kinds)), roles.labels, fontsize=7, rotation=30)
     middle.set_yticks(range(L * H), [f"L{i // H} H{i % H}" for i in range(L * H)], fontsize=7)
     middle.set_title("attention role: mass / uniform", fontsize=9)
     classes = importance.class_delta_bits.reshape(L * H, -1)
