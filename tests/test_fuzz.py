@@ -30,7 +30,7 @@ from test_cli import invoke
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training import memory
 from minigpt_tui.training.checkpoint import load_checkpoint
-from minigpt_tui.training.runs import load_model, open_run
+from minigpt_tui.training.runs import load_model, open_run, snapshot_steps
 from minigpt_tui.training.trainer import Trainer
 
 COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -66,6 +66,8 @@ def loadable(run: Path) -> bool:
     try:
         load_model(open_run(run), which="latest")
         load_checkpoint(run / "checkpoints" / "latest")
+        for step in snapshot_steps(open_run(run)):  # snapshots are kept as carefully as checkpoints
+            load_checkpoint(open_run(run).snapshot_dir(step), with_optimizer=False)
     except MiniGPTError:
         return False
     return True
@@ -165,6 +167,12 @@ COMMANDS = {
     "export-plots": lambda run, corpus: ["export-plots", run, "--out", run.parent / "plots"],
     "ablate exposure": lambda run, corpus: ["ablate", "exposure", run, "--data", corpus, "--samples", "1",
                                             "--length", "4", "--out", run.parent / "exposure"],
+    "report": lambda run, corpus: ["report", run, "--data", corpus, "--samples", "1", "--length", "4", "--out",
+                                   run.parent / "report"],
+    "inspect at a snapshot": lambda run, corpus: ["inspect", run, "--text", "the", "--step", "2", "--logit-lens"],
+    "heads ablate": lambda run, corpus: ["heads", run, "--ablate", "--windows", "1", "--data", corpus],
+    "timelapse": lambda run, corpus: ["timelapse", run, "--data", corpus, "--windows", "1", "--sample-tokens", "3",
+                                      "--text", "the"],
 }
 
 

@@ -8,6 +8,7 @@ checkpointing on the way. The CLI and the TUI both drive exactly this.
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -213,6 +214,23 @@ class Trainer:
         self.save("latest")
         if event.is_best:
             self.save("best")
+        if self.config.snapshots:
+            self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        """The weights at this eval, for time-lapse inspection (no optimizer state: never resumed from)."""
+        if not self.world.is_writer:
+            return
+        state = TrainingState(step=self.step, kind="snapshot", backend=self.backend.name,
+                              best_val_loss=self.best_val_loss)
+        folder = self.run_dir.snapshot_dir(self.step)
+        # a kill during an earlier snapshot's save left its temporary folder: each snapshot is saved once
+        for leftover in folder.parent.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            save_checkpoint(folder, Checkpoint(self.backend.get_weights(), {}, {}, state))
+        except OSError as exc:
+            raise MiniGPTError(f"cannot save the snapshot in {folder}: {exc.strerror or exc}") from None
 
     def run(self) -> DoneEvent:
         c = self.config
@@ -341,7 +359,8 @@ def new_training(
     data.check_fits(config.model.block_size)
     backend = build_backend(config, init_weights(config.model, config.rng_seed))
     tokens_per_char = len(val_tokens) / max(1, len(val_text))
-    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus))
+    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus),
+              device_used=backend.device)
     lock = create_run(out, run, overwrite=overwrite) if world.is_writer else None
     return Trainer(run, backend, data, world=world, lock=lock)
 
@@ -427,6 +446,7 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
         sampler_state=checkpoint.state.samplers,
         world=world,
     )
+    run.device_used = backend.device
     if world.is_writer:  # only once the overrides are proven usable: a failed resume leaves the run as it was
         run.write_config()
     return trainer
