@@ -236,10 +236,12 @@ def bpe_run(workspace):
     return out
 
 
-def test_non_utf8_text_on_a_bpe_run_is_one_error_line(bpe_run):
+@pytest.mark.parametrize("which", ["bpe", "char"])
+def test_non_utf8_text_is_one_error_line_naming_it(bpe_run, workspace, which):
+    run = bpe_run if which == "bpe" else workspace.run
     text = b"the \xff\xfe king".decode("utf-8", "surrogateescape")  # what a shell hands over
-    assert_one_line_error(invoke("sample", bpe_run, "--prompt", text, "--max-new-tokens", "2"), "not valid UTF-8")
-    assert_one_line_error(invoke("inspect", bpe_run, "--text", text), "not valid UTF-8")
+    assert_one_line_error(invoke("sample", run, "--prompt", text, "--max-new-tokens", "2"), "not valid UTF-8")
+    assert_one_line_error(invoke("inspect", run, "--text", text), "not valid UTF-8")
 
 
 @pytest.fixture(scope="module")

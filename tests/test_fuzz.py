@@ -167,6 +167,8 @@ COMMANDS = {
     "export-plots": lambda run, corpus: ["export-plots", run, "--out", run.parent / "plots"],
     "ablate exposure": lambda run, corpus: ["ablate", "exposure", run, "--data", corpus, "--samples", "1",
                                             "--length", "4", "--out", run.parent / "exposure"],
+    "report": lambda run, corpus: ["report", run, "--data", corpus, "--samples", "1", "--length", "4", "--out",
+                                   run.parent / "report"],
     "inspect at a snapshot": lambda run, corpus: ["inspect", run, "--text", "the", "--step", "2", "--logit-lens"],
     "heads ablate": lambda run, corpus: ["heads", run, "--ablate", "--windows", "1", "--data", corpus],
     "timelapse": lambda run, corpus: ["timelapse", run, "--data", corpus, "--windows", "1", "--sample-tokens", "3",

@@ -126,7 +126,7 @@ class Inspection:
 
 def entropy_bits(probs: np.ndarray) -> float:
     nonzero = probs[probs > 0]
-    return float(-(nonzero * np.log2(nonzero)).sum())
+    return max(0.0, float(-(nonzero * np.log2(nonzero)).sum()))  # a certain choice is 0 bits, never "-0.00"
 
 
 def next_tokens(logits: np.ndarray, params: SamplingParams, tokenizer: Tokenizer, k: int = TOP_K, *,

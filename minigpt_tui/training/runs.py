@@ -70,6 +70,7 @@ class Run:
     tokens_per_char: float  # of the val split: converts per-token loss to bits per character
     world_size: int = 1  # training processes (torchrun); each step sees world_size x the config's batch
     data_sha256: str = ""  # of the corpus text; "" when unknown
+    device_used: str = ""  # the device the last session trained on ("cpu", "cuda:0"): what "auto" chose
 
     @property
     def metrics_path(self) -> Path:
@@ -93,6 +94,7 @@ class Run:
             "tokens_per_char": self.tokens_per_char,
             "world_size": self.world_size,
             "global_tokens_per_step": self.config.tokens_per_step * self.world_size,
+            "device_used": self.device_used,
         }
         atomic_write_text(self.path / CONFIG_FILE, json.dumps(document, indent=1))
 
@@ -238,6 +240,7 @@ def read_config(path: Path) -> dict:
         "data_sha256": _field(document, "data_sha256", str, where, ""),
         "tokens_per_char": _field(document, "tokens_per_char", float, where),
         "world_size": _field(document, "world_size", int, where, 1),
+        "device_used": _field(document, "device_used", str, where, ""),
     }
     if not (values["tokens_per_char"] > 0 and math.isfinite(values["tokens_per_char"])):
         raise MiniGPTError(f"{where}: tokens_per_char must be a finite number > 0")
@@ -370,6 +373,17 @@ class Metrics:
     @property
     def evals(self) -> list[EvalEvent]:
         return sorted((r for r in self.records if isinstance(r, EvalEvent)), key=lambda r: r.step)
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Training wall time summed over sessions: a resumed session's ``elapsed_s`` starts again at 0."""
+        total, last = 0.0, None
+        for event in self.steps:
+            # a new session began after the previous record was written (its clock went back, or it started later)
+            if last is not None and (event.elapsed_s < last.elapsed_s or event.time - event.elapsed_s >= last.time):
+                total += last.elapsed_s
+            last = event
+        return None if last is None else total + last.elapsed_s
 
     def up_to(self, step: int) -> Metrics:
         return Metrics([r for r in self.records if r.step <= step], self.damaged_lines)

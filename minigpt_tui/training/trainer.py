@@ -359,7 +359,8 @@ def new_training(
     data.check_fits(config.model.block_size)
     backend = build_backend(config, init_weights(config.model, config.rng_seed))
     tokens_per_char = len(val_tokens) / max(1, len(val_text))
-    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus))
+    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus),
+              device_used=backend.device)
     lock = create_run(out, run, overwrite=overwrite) if world.is_writer else None
     return Trainer(run, backend, data, world=world, lock=lock)
 
@@ -445,6 +446,7 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
         sampler_state=checkpoint.state.samplers,
         world=world,
     )
+    run.device_used = backend.device
     if world.is_writer:  # only once the overrides are proven usable: a failed resume leaves the run as it was
         run.write_config()
     return trainer

@@ -28,7 +28,6 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, Label, Static
 from textual.worker import get_current_worker
-from textual_plotext import PlotextPlot
 
 from backends.base import HeadAblation
 from minigpt_tui.errors import MiniGPTError
@@ -41,6 +40,7 @@ from minigpt_tui.training.runs import model_at, snapshot_steps
 from minigpt_tui.training.sampling import SamplingParams
 from minigpt_tui.training.tokenizer import Tokenizer
 from minigpt_tui.tui.fields import read_number
+from minigpt_tui.tui.guarded_plot import GuardedPlot
 
 EXCERPT_CONTEXTS = 4  # the default text is this many contexts of the validation split
 # the chart's two bars per candidate, as plotext names them and as the same ANSI colours in rich
@@ -189,7 +189,7 @@ class TokenText(Widget, can_focus=True):
             column += len(drawn)
 
 
-class NextTokenChart(PlotextPlot):
+class NextTokenChart(GuardedPlot):
     """The candidates' probability at T=1 beside the one sampling draws from, through this widget's ``plt``."""
 
     def draw(self, view: NextTokens | None) -> None:
@@ -204,7 +204,9 @@ class NextTokenChart(PlotextPlot):
             names = [label(c.text) for c in candidates]
             plt.multiple_bar(names, [[c.probability for c in candidates], [c.sampled for c in candidates]],
                              color=[RAW_COLOR, SAMPLED_COLOR])
-            plt.ylim(0, 1)
+            # the axis fits the tallest bar: a flat distribution's small bars are still readable
+            tallest = max(max(c.probability, c.sampled) for c in candidates)
+            plt.ylim(0, min(1.0, max(0.05, tallest * 1.1)))
             plt.title(f"next token: H {view.entropy_bits:.2f} bits")
         self.refresh()
 
