@@ -71,6 +71,7 @@ def terminate_as_interrupt():
         return
 
     def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up it starts finish
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)

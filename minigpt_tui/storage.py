@@ -29,8 +29,8 @@ from minigpt_tui.errors import MiniGPTError
 STDOUT = "-"  # the name that means "write to standard output" where an option allows it
 # the files and folders that make a folder a run (see training.runs); a user-named output never replaces one
 RUN_MARKERS = (".lock", "checkpoints")
-RUN_FILES = frozenset({"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", ".lock", ".lock.owner",
-                       "result.json"})
+RUN_FILES = frozenset({"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "snapshots", ".lock",
+                       ".lock.owner", "result.json"})
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 MAX_INPUT_BYTES = 64 * 2**20  # a config or tokenizer file beyond this is no config (e.g. /dev/zero behind a link)
 

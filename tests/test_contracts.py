@@ -437,6 +437,6 @@ def test_the_run_files_outputs_protect_are_the_run_folders_own():
     from minigpt_tui.storage import RUN_FILES, RUN_MARKERS
     from minigpt_tui.training import runs
 
-    own = {runs.CONFIG_FILE, runs.TOKENIZER_FILE, runs.METRICS_FILE, runs.CHECKPOINTS, runs.LOCK_FILE,
-           runs.OWNER_FILE, RESULT_FILE}
+    own = {runs.CONFIG_FILE, runs.TOKENIZER_FILE, runs.METRICS_FILE, runs.CHECKPOINTS, runs.SNAPSHOTS,
+           runs.LOCK_FILE, runs.OWNER_FILE, RESULT_FILE}
     assert own <= RUN_FILES and set(RUN_MARKERS) <= own
