@@ -18,10 +18,10 @@ from minigpt_tui.errors import MiniGPTError, describe_os_error
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
+from minigpt_tui.training.threads import AUTO, parse_threads
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
 
 
 class FriendlyGroup(click.Group):
@@ -71,6 +71,26 @@ def given_fields(kwargs: dict) -> dict:
     return {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
 
 
+class ThreadsType(click.ParamType):
+    """``--threads auto|N``: a bad value is click's one-line usage error."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_threads(value)
+        except MiniGPTError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def threads_option(what: str = "The CPU threads the math runs on"):
+    return click.option(
+        "--threads", type=ThreadsType(), default=AUTO, show_default=True, envvar="MINIGPT_THREADS",
+        help=f"{what}: auto measures the candidate counts and keeps the fastest (training measures again when "
+        "step times drift); N uses exactly N (bit-for-bit repeatable runs). Env: MINIGPT_THREADS.",
+    )
+
+
 data_option = click.option(
     "--data", type=click.Path(path_type=Path), help="A UTF-8 text file or a folder of .txt files."
 )
@@ -92,6 +112,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<timestamp>).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out folder that already holds one.")
+@threads_option()
 @config_options
 def train(
     headless: bool,
@@ -102,6 +123,7 @@ def train(
     out: Path | None,
     resume: Path | None,
     overwrite: bool,
+    threads,
     **kwargs,
 ) -> None:
     """Train a model (headless), or resume one with --resume RUN_DIR."""
@@ -113,7 +135,7 @@ def train(
 
     overrides = given_fields(kwargs)
     if not headless:
-        open_tui(data, dataset, preset, config_file, out, resume, overrides)
+        open_tui(data, dataset, preset, config_file, out, resume, overrides, threads)
         return
     if resume is not None:
         if preset or config_file or out or overwrite:
@@ -126,12 +148,13 @@ def train(
     world = start_world(config.backend, config.device)
     try:
         if resume is not None:
-            trainer = resume_training(resume, corpus_for_run(run, data, dataset), overrides, world)
+            trainer = resume_training(resume, corpus_for_run(run, data, dataset), overrides, world, threads=threads)
         else:
             corpus, note = resolve_corpus(data, dataset)
             if note and world.is_writer:
                 click.echo(note, err=True)
-            trainer = new_training(config, corpus, out or default_run_dir(), world, overwrite=overwrite)
+            trainer = new_training(config, corpus, out or default_run_dir(), world, overwrite=overwrite,
+                                   threads=threads)
         run_headless(trainer)
     except SystemExit:  # stopped or diverged: decided by all ranks together
         stop_world(world)
@@ -150,6 +173,7 @@ def open_tui(
     out: Path | None,
     resume: Path | None,
     overrides: dict,
+    threads,
 ) -> None:
     """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
     from minigpt_tui.training.config import config_from_sources
@@ -160,11 +184,11 @@ def open_tui(
         if overrides or preset or config_file or out or data or dataset:
             raise MiniGPTError("the TUI resumes a run as it is (press c); add --headless to resume with options")
         check_terminal()
-        create_app(resume).run()
+        create_app(resume, threads=threads).run()
         return
     config = config_from_sources(preset, config_file, overrides)
     check_terminal()
-    create_app(config=config, data=data, dataset=dataset, out=out).run()
+    create_app(config=config, data=data, dataset=dataset, out=out, threads=threads).run()
 
 
 def run_headless(trainer) -> None:
@@ -231,6 +255,7 @@ device_option = click.option("--device", default=None, help="auto, cpu, cuda, cu
 @checkpoint_choice()
 @backend_option
 @device_option
+@threads_option()
 def sample(
     run_dir: Path,
     prompt: str,
@@ -242,15 +267,18 @@ def sample(
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    threads,
 ) -> None:
     """Stream a sample from a trained run."""
     from minigpt_tui.training.runs import load_model, open_run
-    from minigpt_tui.training.sampling import SamplingParams, generate_text
+    from minigpt_tui.training.sampling import SamplingParams, decode_step, generate_text
+    from minigpt_tui.training.threads import apply_threads
 
     params = SamplingParams(temperature, top_k, top_p)
     run = open_run(run_dir)
     run.tokenizer.encode(prompt)  # unknown characters fail before the model loads
     model, _ = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, decode_step(model))
     click.echo(prompt, nl=False)
     for piece in generate_text(model, run.tokenizer, prompt, max_new_tokens, params, seed):
         sys.stdout.write(piece)
@@ -273,6 +301,7 @@ def sample(
     "(default: non-overlapping windows).",
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
+@threads_option()
 def eval_command(
     run_dir: Path,
     data: Path | None,
@@ -282,6 +311,7 @@ def eval_command(
     device: str | None,
     stride: int | None,
     json_path: Path | None,
+    threads,
 ) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
     from minigpt_tui.storage import atomic_write_text
@@ -291,7 +321,8 @@ def eval_command(
 
     run = open_run(run_dir)
     report = evaluate_run(
-        run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride
+        run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride,
+        threads=threads,
     )
     click.echo(report.summary())
     if json_path:
@@ -314,6 +345,7 @@ def eval_command(
 @click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write a figure: surprisal, next-token "
               "bars at T=0.5/1/1.5, every attention map.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the raw numbers as JSON.")
+@threads_option()
 def inspect_command(
     run_dir: Path,
     text: str,
@@ -328,6 +360,7 @@ def inspect_command(
     device: str | None,
     png_path: Path | None,
     json_path: Path | None,
+    threads,
 ) -> None:
     """Why the model predicts what it does: surprisal per token, next-token table, attention."""
     from rich.console import Console
@@ -337,11 +370,13 @@ def inspect_command(
     from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.runs import load_model, open_run
     from minigpt_tui.training.sampling import SamplingParams
+    from minigpt_tui.training.threads import apply_threads
 
     params = SamplingParams(temperature, top_k, top_p)
     text = text.replace("\\n", "\n")
     run = open_run(run_dir)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, lambda: inspect_text(model, run.tokenizer, text))
     inspection = inspect_text(model, run.tokenizer, text)
     position = inspection.check_position(position)
     inspection.check_head(layer, head)
@@ -435,9 +470,7 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
-@click.option(
-    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="Threads the backends compute with."
-)
+@threads_option()
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 def bench(
     backends: tuple[str, ...],
@@ -445,7 +478,7 @@ def bench(
     iters: int,
     gen_tokens: int,
     device: str | None,
-    threads: int | None,
+    threads,
     json_path: Path | None,
 ) -> None:
     """Training and generation tokens/s, FLOPs/token and MFU per backend."""
@@ -455,19 +488,17 @@ def bench(
     from minigpt_tui.experiments.bench import bench_backend
     from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.config import preset as load_preset
-    from minigpt_tui.training.runs import load_backend_class
 
-    if threads:
-        for name in backends:
-            load_backend_class(name).set_threads(threads)
     config: TrainConfig = load_preset(preset)
     results = [
-        bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device) for name in backends
+        bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device, threads=threads)
+        for name in backends
     ]
     table = Table(title=f"minigpt bench: preset {preset}")
     for column in (
         "backend",
         "device",
+        "threads",
         "train tok/s",
         "ms/iter",
         "gen tok/s (KV cache)",
@@ -481,6 +512,7 @@ def bench(
         table.add_row(
             r.backend,
             r.device,
+            str(r.threads),
             f"{r.train_tokens_per_s:,.0f}",
             f"{r.train_ms_per_iter:.1f}",
             f"{r.generate_tokens_per_s:,.0f}",
@@ -574,6 +606,7 @@ def ablate() -> None:
 @checkpoint_choice()
 @backend_option
 @device_option
+@threads_option()
 def ablate_temperature(
     run_dir: Path,
     temperatures: str,
@@ -587,6 +620,7 @@ def ablate_temperature(
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    threads,
 ) -> None:
     """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
     from minigpt_tui.experiments.temperature import (
@@ -597,11 +631,14 @@ def ablate_temperature(
     )
     from minigpt_tui.training.corpus import training_text
     from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.sampling import decode_step
+    from minigpt_tui.training.threads import apply_threads
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
     train_text = training_text(run, data, dataset)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, decode_step(model, batch=samples))  # the samples decode as one batch
     rows = temperature_ablation(
         model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed
     )
@@ -637,12 +674,7 @@ def ablation_options(command):
                 required=True,
                 help="Folder for the variant runs and the report; finished variants are reused.",
             ),
-            click.option(
-                "--threads",
-                type=click.IntRange(min=1, max=MAX_THREADS),
-                default=None,
-                help="Threads each variant computes with.",
-            ),
+            threads_option("The threads each variant trains with"),
             click.option(
                 "--isolate/--in-process",
                 default=True,
@@ -796,6 +828,7 @@ def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
 @checkpoint_choice()
 @backend_option
 @device_option
+@threads_option()
 def ablate_exposure(
     run_dir: Path,
     samples: int,
@@ -807,17 +840,21 @@ def ablate_exposure(
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    threads,
 ) -> None:
     """Teacher forcing vs free running: NLL per position on true prefixes vs the model's own samples."""
     from minigpt_tui.experiments.probes import exposure_bias
     from minigpt_tui.experiments.reports import write_exposure_report
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.sampling import decode_step
+    from minigpt_tui.training.threads import apply_threads
     from minigpt_tui.training.trainer import tokenize_corpus
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
     model, _ = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, decode_step(model, batch=samples))
     scores = exposure_bias(model, run.tokenizer, val, samples=samples, length=length, seed=seed)
     for path in write_exposure_report(scores, out or run.path / "ablate-exposure", {"run": str(run.path)}):
         click.echo(path, err=True)

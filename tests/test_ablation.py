@@ -49,16 +49,18 @@ def test_same_seed_same_samples_and_greedy_has_zero_entropy(tiny_run):
     assert greedy.samples[0] == greedy.samples[1]
 
 
-def test_should_stop_cancels_between_samples(tiny_run):
+def test_should_stop_cancels_between_tokens(tiny_run):
     run, model = tiny_run
     calls = []
 
-    def stop_after_two():
+    def stop_after_first_temperature():  # polled before each token of a batch: 5 tokens, then the next batch
         calls.append(1)
-        return len(calls) > 2
+        return len(calls) > 5
 
-    rows = temperature_ablation(model, run.tokenizer, TEXT, [0.5, 1.0], samples=2, length=5, should_stop=stop_after_two)
+    rows = temperature_ablation(model, run.tokenizer, TEXT, [0.5, 1.0], samples=2, length=5,
+                                should_stop=stop_after_first_temperature)
     assert [r.temperature for r in rows] == [0.5]
+    assert len(calls) == 6
 
 
 def test_bad_input_is_a_minigpt_error(tiny_run):

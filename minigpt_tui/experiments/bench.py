@@ -14,6 +14,7 @@ from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.metrics import flops_per_token
 from minigpt_tui.training.runs import build_backend
 from minigpt_tui.training.sampling import SamplingParams, generate, generate_nocache
+from minigpt_tui.training.threads import ThreadSetting, apply_threads
 from minigpt_tui.training.tokenizer import CharTokenizer
 
 BENCH_VOCAB = 65  # tiny Shakespeare's character vocabulary
@@ -31,13 +32,15 @@ class BenchResult:
     flops_per_token: float
     mfu: float  # achieved training FLOP/s over the measured matmul peak of this machine
     inspect_ms: float  # median time to inspect INSPECT_TOKENS tokens (logits, surprisal, every attention map)
+    threads: int  # what the training steps ran on (after --threads auto measured, the count it chose)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_tokens: int = 500,
-                  nocache_tokens: int = 100, device: str | None = None) -> BenchResult:
+                  nocache_tokens: int = 100, device: str | None = None,
+                  threads: ThreadSetting | None = None) -> BenchResult:
     config = config.with_vocab_size(BENCH_VOCAB)
     model_config = config.model
     backend = build_backend(config, init_weights(model_config, config.rng_seed), backend=name, device=device)
@@ -50,6 +53,8 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
     batches = [[batch() for _ in range(config.grad_accum_steps)] for _ in range(train_iters + 3)]
     for micro in batches[:3]:  # warm-up: allocations, kernels, compilation
         backend.train_step(micro, config.learning_rate)
+    apply_threads(threads, backend.set_threads, lambda: backend.train_step(batches[0], config.learning_rate))
+    threads_used = backend.get_threads()
     start = time.perf_counter()
     for micro in batches[3:]:
         backend.train_step(micro, config.learning_rate)
@@ -71,7 +76,7 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
     fpt = flops_per_token(model_config)
     mfu = train_tps * fpt / backend.matmul_peak_flops()
     return BenchResult(name, backend.device, train_tps, per_iter * 1000, gen_tps, nocache_tps, fpt, mfu,
-                       time_inspection(backend))
+                       time_inspection(backend), threads_used)
 
 
 def time_inspection(backend, repeats: int = 7) -> float:

@@ -30,6 +30,7 @@ from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.evaluation import evaluate_tokens
 from minigpt_tui.training.runs import METRICS_FILE, load_backend_class, load_model, open_run, read_metrics
 from minigpt_tui.training.sampling import SamplingParams, generate_text
+from minigpt_tui.training.threads import ThreadSetting
 
 RESULT_FILE = "result.json"
 SAMPLE_CHARS = 300
@@ -73,12 +74,13 @@ def median_throughput(run_dir: Path) -> float:
 
 
 def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
-                  extra_scores: Callable[[Backend, object, np.ndarray], dict] | None = None) -> VariantResult:
+                  extra_scores: Callable[[Backend, object, np.ndarray], dict] | None = None,
+                  threads: ThreadSetting | None = None) -> VariantResult:
     """Train one variant in this process and score it; ``extra_scores(model, run, val_tokens)`` adds fields."""
     from minigpt_tui.training.trainer import new_training, tokenize_corpus
 
     run_dir = Path(out) / name
-    trainer = new_training(config, corpus, run_dir)
+    trainer = new_training(config, corpus, run_dir, threads=threads)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     done = trainer.run()
@@ -106,21 +108,21 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
     return result
 
 
-def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores, threads: int | None):
-    if threads:
-        load_backend_class(config["backend"]).set_threads(threads)
-    return train_variant(name, TrainConfig.from_dict(config), Corpus(text, source), Path(out), extra_scores).to_dict()
+def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores,
+                    threads: ThreadSetting | None):
+    return train_variant(name, TrainConfig.from_dict(config), Corpus(text, source), Path(out), extra_scores,
+                         threads).to_dict()
 
 
 def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: Path, *, isolate: bool = True,
-                 threads: int | None = None, extra_scores=None,
+                 threads: ThreadSetting | None = None, extra_scores=None,
                  on_result: Callable[[VariantResult], None] | None = None) -> list[VariantResult]:
     """Train every (name, config) not already done under ``out``; results in the order given.
 
     ``extra_scores`` must be a module-level function when ``isolate`` (it crosses a process boundary).
     """
     out = Path(out)
-    if threads:  # for in-process training and for whatever the caller measures afterwards
+    if isinstance(threads, int):  # for whatever the caller measures afterwards (each trainer sets its own)
         for backend in {config.backend for _, config in variants}:
             load_backend_class(backend).set_threads(threads)
     results = []
@@ -135,7 +137,7 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
                                                     extra_scores, threads))
             result = VariantResult(**data)
         else:
-            result = train_variant(name, config, corpus, out, extra_scores)
+            result = train_variant(name, config, corpus, out, extra_scores, threads)
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -23,7 +23,7 @@ from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.data import BatchSampler, TokenData, split_text
 from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.distributed import SINGLE_PROCESS, World
-from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent, ThreadsEvent
 from minigpt_tui.training.memory import check_fits_in_memory
 from minigpt_tui.training.metrics import bits_per_char, perplexity
 from minigpt_tui.training.runs import (
@@ -38,6 +38,7 @@ from minigpt_tui.training.runs import (
     open_run,
 )
 from minigpt_tui.training.schedule import learning_rate
+from minigpt_tui.training.threads import AUTO, ThreadSetting, thread_controller
 from minigpt_tui.training.vocabulary import build_tokenizer
 
 # what a resumed run cannot change: the network's shape (every model field but dropout) and the tokenizer
@@ -89,6 +90,7 @@ class Trainer:
         sampler_state: dict | None = None,
         world: World = SINGLE_PROCESS,
         lock: RunLock | None = None,
+        threads: ThreadSetting | None = None,
     ) -> None:
         self.run_dir = run
         self.lock = lock  # held by the writer from creation or resume until ``run`` returns
@@ -116,6 +118,8 @@ class Trainer:
         # held around each optimizer step so another thread can copy consistent weights
         self._weights_lock = threading.Lock()
         self.last_eval: EvalEvent | None = None
+        self.threads_setting = distributed_setting(threads, world)
+        self.threads_in_use: int | None = None  # what the controller set last (None: never touched)
 
     # control, safe to call from another thread or a signal handler
     def request_stop(self) -> None:
@@ -185,6 +189,11 @@ class Trainer:
         self.emit(event)
         return event
 
+    def record_threads(self, event: ThreadsEvent | None, metrics: MetricsWriter) -> None:
+        if event is not None:
+            metrics.write(event)
+            self.emit(event)
+
     def save(self, kind: str) -> None:
         if not self.world.is_writer:
             return
@@ -221,7 +230,11 @@ class Trainer:
         started = time.perf_counter()
         interval_start, interval_steps = time.perf_counter(), 0
         tokens_per_s = 0.0
+        # set here, on the thread that trains: torch keeps the OpenMP team size per thread
+        threads = thread_controller(self.threads_setting, self._set_threads)
         try:
+            if threads is not None:
+                self.record_threads(threads.start(self.step), metrics)
             if self.step == 0:
                 self.checkpoint_after_eval(self.evaluate(metrics))
             while self.step < c.max_iters:
@@ -236,7 +249,9 @@ class Trainer:
                 lr = self.lr_at(self.step)
                 micro_batches = [self.world.shard(self.samplers.train.next()) for _ in range(c.grad_accum_steps)]
                 with self._weights_lock:
+                    step_started = time.perf_counter()
                     result = self.backend.train_step(micro_batches, lr)
+                    step_seconds = time.perf_counter() - step_started
                 # every rank logs, and judges divergence by, the loss averaged over all ranks
                 result = StepResult(self.world.mean([result.loss])[0], result.grad_norm)
                 if not math.isfinite(result.loss):
@@ -247,6 +262,8 @@ class Trainer:
                     )
                 self.step += 1
                 interval_steps += 1
+                if threads is not None:
+                    self.record_threads(threads.observe(self.step, step_seconds), metrics)
                 log_now = self.step % c.log_interval == 0 or self.step == c.max_iters
                 if log_now:
                     now = time.perf_counter()
@@ -292,10 +309,20 @@ class Trainer:
                 self.lock.release()
                 self.lock = None
 
+    def _set_threads(self, count: int) -> None:
+        self.backend.set_threads(count)
+        self.threads_in_use = count
+
     def _done(self, reason: str, message: str) -> DoneEvent:
         event = DoneEvent(self.step, reason, message, self.best_val_loss)
         self.emit(event)
         return event
+
+
+def distributed_setting(threads: ThreadSetting | None, world: World) -> ThreadSetting | None:
+    """Under torchrun every rank waits for the others at each step, so no rank can time its own threads:
+    ``auto`` leaves them as torchrun set them (OMP_NUM_THREADS); a fixed count still applies."""
+    return None if world.is_distributed and threads == AUTO else threads
 
 
 def continuation_target(config: TrainConfig, steps_done: int) -> int:
@@ -309,7 +336,8 @@ def tokenize_corpus(run: Run, text: str) -> TokenData:
 
 
 def new_training(
-    config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS, *, overwrite: bool = False
+    config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS, *, overwrite: bool = False,
+    threads: ThreadSetting | None = None,
 ) -> Trainer:
     """A fresh run in ``out``: a tokenizer for the corpus, initial weights from the seed.
 
@@ -335,10 +363,11 @@ def new_training(
     tokens_per_char = len(val_tokens) / max(1, len(val_text))
     run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus))
     lock = create_run(out, run, overwrite=overwrite) if world.is_writer else None
-    return Trainer(run, backend, data, world=world, lock=lock)
+    return Trainer(run, backend, data, world=world, lock=lock, threads=threads)
 
 
-def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World = SINGLE_PROCESS) -> Trainer:
+def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World = SINGLE_PROCESS,
+                    threads: ThreadSetting | None = None) -> Trainer:
     """Continue a run from its latest checkpoint; ``overrides`` may extend max_iters, change backend...
 
     Any world size can resume any checkpoint: all ranks read it, rank 0 alone locks the run and
@@ -353,6 +382,7 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
             lock.release()
         raise
     trainer.lock = lock
+    trainer.threads_setting = distributed_setting(threads, world)
     return trainer
 
 
