@@ -467,27 +467,51 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 @main.command()
 @click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, help="Repeat to compare.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
-@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Timed training steps (default 20; with --contention 200 per mode).")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
 @threads_option()
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option("--contention", is_flag=True, help="Training tokens/s beside busy processes the benchmark starts and "
+              "stops: auto, each thread count, torch's default (with and without OMP_WAIT_POLICY=PASSIVE).")
+@click.option("--loads", default="0,1,2", show_default=True, help="With --contention: busy processes per condition.")
+@click.option("--modes", default=None, help="With --contention: comma-separated from auto, thread counts, default, "
+              "default-passive (default: all of them, counts 1, 2, 4, ... up to the cores).")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="With --contention: the longest one measurement may train (a slow mode reports what it did).")
+@click.option("--peer-cmd", default=None, help="With --contention: a shell command (nanoGPT's train.py, say) run "
+              "under each load too; its tokens/s are read from 'iter N: ... time T ms' lines.")
+@click.option("--peer-tokens-per-iter", type=click.IntRange(min=1), default=768, show_default=True,
+              help="Tokens in one of the peer's iterations (baby: batch 12 x context 64).")
 def bench(
     backends: tuple[str, ...],
     preset: str,
-    iters: int,
+    iters: int | None,
     gen_tokens: int,
     device: str | None,
     threads,
     json_path: Path | None,
+    contention: bool,
+    loads: str,
+    modes: str | None,
+    max_seconds: float,
+    peer_cmd: str | None,
+    peer_tokens_per_iter: int,
 ) -> None:
-    """Training and generation tokens/s, FLOPs/token and MFU per backend."""
+    """Training and generation tokens/s, FLOPs/token and MFU per backend; or, with --contention, training
+    tokens/s on a machine made busy on purpose."""
     from rich.console import Console
     from rich.table import Table
 
     from minigpt_tui.experiments.bench import bench_backend
     from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.config import preset as load_preset
+
+    if contention:
+        bench_contention(preset, iters or 200, loads, modes, max_seconds, peer_cmd, peer_tokens_per_iter, json_path)
+        return
+    iters = iters or 20
 
     config: TrainConfig = load_preset(preset)
     results = [
@@ -526,6 +550,35 @@ def bench(
         atomic_write_text(
             json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1)
         )
+
+
+def bench_contention(preset: str, steps: int, loads: str, modes: str | None, max_seconds: float,
+                     peer_cmd: str | None, peer_tokens_per_iter: int, json_path: Path | None) -> None:
+    from minigpt_tui.experiments.contention import (
+        contention_markdown,
+        default_modes,
+        parse_loads,
+        parse_modes,
+        peer_command_line,
+        run_contention,
+    )
+    from minigpt_tui.storage import atomic_write_text
+
+    load_list = parse_loads(loads)
+    mode_list = parse_modes(modes) if modes else default_modes()
+    peer = peer_command_line(peer_cmd) if peer_cmd else None
+
+    def report(m) -> None:
+        click.echo(f"{m.load} busy, {m.mode}: {m.tokens_per_s:,.0f} tokens/s over {m.steps} steps "
+                   f"({m.threads} threads, {m.wall_s:.0f} s){' ' + m.note if m.note else ''}", err=True)
+
+    results = run_contention(loads=load_list, modes=mode_list, preset=preset, steps=steps, max_seconds=max_seconds,
+                             peer_command=peer, peer_tokens_per_iter=peer_tokens_per_iter, on_result=report)
+    click.echo(contention_markdown(results))
+    if json_path:
+        document = {"preset": preset, "steps": steps, "max_seconds": max_seconds, "peer_cmd": peer,
+                    "cores": os.cpu_count(), "results": [m.to_dict() for m in results]}
+        atomic_write_text(json_path, json.dumps(document, indent=1))
 
 
 @main.command(name="export-plots")

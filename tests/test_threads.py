@@ -45,7 +45,7 @@ def commands(workspace) -> dict[str, list]:
 
 @pytest.mark.parametrize("value", BAD_THREADS)
 def test_bad_threads_are_one_line_errors_everywhere(workspace, value):
-    for name, args in commands(workspace).items():
+    for args in commands(workspace).values():
         result = invoke(*args, "--threads", value)
         assert_one_line_error(result, "threads must be 'auto' or a whole number")
 

@@ -29,6 +29,7 @@ PROBE_STEPS = 3  # timed steps per candidate (after one warm-up step that absorb
 WINDOW = 8  # steps whose mean is compared with the measured time of the chosen count
 DRIFT = 0.3  # a window mean this far (relative) from the measurement means the machine changed: measure again
 REPROBE_S = 60.0  # measure again after this long even without drift (a machine that got quieter is no slower)
+MIN_GAP_S = 3.0  # no re-measurement sooner than this after the last: a noisy machine must not keep it measuring
 HOPELESS = 2.0  # a candidate this many times slower than the best so far is not measured to the end
 HYSTERESIS = 0.05  # keep the current count unless another is at least this much faster
 
@@ -97,9 +98,10 @@ class AdaptiveThreads:
 
     def __init__(self, set_threads: Callable[[int], None], candidates: list[int], *, probe_steps: int = PROBE_STEPS,
                  window: int = WINDOW, drift: float = DRIFT, reprobe_s: float = REPROBE_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 min_gap_s: float = MIN_GAP_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.set_threads, self.candidates = set_threads, list(candidates)
         self.probe_steps, self.drift, self.reprobe_s, self.clock = probe_steps, drift, reprobe_s, clock
+        self.min_gap_s = min_gap_s
         self.recent: deque[float] = deque(maxlen=window)
         self.current = 0  # the chosen count (0 before the first measurement ends)
         self.active = 0  # the count set now (differs from current while measuring)
@@ -132,12 +134,13 @@ class AdaptiveThreads:
         if self.times is not None:
             return self._measure_step(step, seconds)
         self.recent.append(seconds)
-        if len(self.recent) == self.recent.maxlen:
+        since = self.clock() - self.measured_at
+        if len(self.recent) == self.recent.maxlen and since >= self.min_gap_s:
             mean = statistics.fmean(self.recent)
             if abs(mean - self.reference) > self.drift * self.reference:
                 self._measure("drift")
                 return None
-        if self.clock() - self.measured_at >= self.reprobe_s:
+        if since >= self.reprobe_s:
             self._measure("periodic")
         return None
 
