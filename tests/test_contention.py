@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from test_cli import assert_one_line_error, invoke
 
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.contention import (
@@ -21,7 +22,6 @@ from minigpt_tui.experiments.contention import (
     parse_modes,
     run_contention,
 )
-from test_cli import assert_one_line_error, invoke
 
 NANOGPT_LINES = "tokens per iteration will be: 768\\niter 0: loss 4.2, time 900.00ms, mfu -100.00%\\n" \
                 "iter 1: loss 4.1, time 40.00ms, mfu 1.00%\\niter 2: loss 4.0, time 60.00ms, mfu 1.00%\\n"

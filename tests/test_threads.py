@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from conftest import TINY
 from hypothesis import given
 from hypothesis import strategies as st
+from test_cli import assert_one_line_error, invoke
 
 from minigpt_tui.cli import main
 from minigpt_tui.errors import MiniGPTError
@@ -23,7 +24,6 @@ from minigpt_tui.training.threads import (
     parse_threads,
     spare_threads,
 )
-from test_cli import assert_one_line_error, invoke
 
 BAD_THREADS = ["0", "-1", "-4096", str(MAX_THREADS + 1), str(2**70), "1.5", "two", "", "auto2", "1e3", "0x2"]
 

@@ -190,7 +190,8 @@ def contention_markdown(results: list[Measurement]) -> str:
         if r is None:
             return ""
         text = "-" if math.isnan(r.tokens_per_s) else f"{r.tokens_per_s:,.0f}"
-        return text + (f" ({r.threads} threads)" if r.mode.startswith(AUTO) else "") + (f" [{r.note}]" if r.note else "")
+        threads = f" ({r.threads} threads)" if r.mode.startswith(AUTO) else ""
+        return text + threads + (f" [{r.note}]" if r.note else "")
 
     lines = ["| mode | " + " | ".join(name(n) for n in loads) + " |", "|---|" + "---|" * len(loads)]
     lines += [f"| {mode} | " + " | ".join(rate(cell.get((n, mode))) for n in loads) + " |" for mode in modes]
