@@ -18,7 +18,7 @@ from minigpt_tui.errors import MiniGPTError, describe_os_error
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
-from minigpt_tui.training.threads import AUTO, parse_threads
+from minigpt_tui.training.threads import AUTO, ENV_VAR, parse_threads
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -85,7 +85,7 @@ class ThreadsType(click.ParamType):
 
 def threads_option(what: str = "The CPU threads the math runs on"):
     return click.option(
-        "--threads", type=ThreadsType(), default=AUTO, show_default=True, envvar="MINIGPT_THREADS",
+        "--threads", type=ThreadsType(), default=AUTO, show_default=True, envvar=ENV_VAR,
         help=f"{what}: auto measures the candidate counts and keeps the fastest (training measures again when "
         "step times drift); N uses exactly N (bit-for-bit repeatable runs). Env: MINIGPT_THREADS.",
     )

@@ -24,6 +24,7 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.events import ThreadsEvent
 
 AUTO = "auto"
+ENV_VAR = "MINIGPT_THREADS"  # the default of every --threads (tests pin it to 1)
 MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
 PROBE_STEPS = 3  # timed steps per candidate (after one warm-up step that absorbs the switch)
 WINDOW = 8  # steps whose mean is compared with the measured time of the chosen count
@@ -48,6 +49,11 @@ def parse_threads(value) -> ThreadSetting:
     if not 1 <= count <= MAX_THREADS:
         raise MiniGPTError(f"threads must be 'auto' or a whole number from 1 to {MAX_THREADS}, got {count}")
     return count
+
+
+def default_threads() -> ThreadSetting:
+    """``$MINIGPT_THREADS`` if set (a bad value is a MiniGPTError), else auto."""
+    return parse_threads(os.environ.get(ENV_VAR, AUTO))
 
 
 def available_cores() -> int:

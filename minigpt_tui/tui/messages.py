@@ -11,7 +11,7 @@ from textual.message import Message
 from minigpt_tui.experiments.temperature import TemperatureRow
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.datasets import Corpus
-from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent, ThreadsEvent
 from minigpt_tui.training.sampling import SamplingParams
 
 
@@ -22,6 +22,7 @@ class StartRun(Message):
     config: TrainConfig
     load_corpus: Callable[[], Corpus]  # a named dataset may need a download: called in the worker
     out: Path | None
+    threads: int | str = "auto"  # --threads: a count, or auto
 
 
 @dataclass
@@ -33,6 +34,11 @@ class TrainingStarted(Message):
 @dataclass
 class TrainingProgress(Message):
     steps: list[StepEvent]  # batched: a few messages per second, never one per step
+
+
+@dataclass
+class TrainingThreads(Message):
+    event: ThreadsEvent  # the count training runs on now, and why
 
 
 @dataclass

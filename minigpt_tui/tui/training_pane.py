@@ -18,7 +18,7 @@ from textual_plotext import PlotextPlot
 from backends.base import count_parameters
 from minigpt_tui.plots import axis_limits, step_ticks, value_ticks
 from minigpt_tui.training.config import TrainConfig
-from minigpt_tui.training.events import EvalEvent, StepEvent
+from minigpt_tui.training.events import EvalEvent, StepEvent, ThreadsEvent
 from minigpt_tui.training.metrics import perplexity
 from minigpt_tui.training.runs import Metrics, Run
 
@@ -174,6 +174,7 @@ class Status:
     elapsed_s: float | None = None
     eta_s: float | None = None
     best_val_loss: float | None = None
+    threads: str = "-"  # the CPU threads training runs on, and why (auto's measurement, or fixed)
     saved: str = "-"  # the last checkpoint written, e.g. "best @ 1500"
     note: str = ""
 
@@ -205,7 +206,7 @@ class StatusPanel(Static):
             ("params", "-" if s.parameters is None else f"{s.parameters / 1e6:.3f}M"), ("model", s.model),
             ("batch", s.batch), ("corpus", s.corpus),
             ("step", f"{s.step} / {s.max_iters}"),
-            ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"),
+            ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"), ("threads", s.threads),
             ("lr", "-" if s.lr is None else f"{s.lr:.2e}"),
             ("elapsed", clock(s.elapsed_s)), ("ETA", clock(s.eta_s)), ("best val", best),
             ("guessing", uniform), ("saved", s.saved),
@@ -344,4 +345,12 @@ def status_from_metrics(run: Run, metrics: Metrics) -> Status:
         status.elapsed_s = times[-1] - times[0]
     if evals:
         status.best_val_loss = min(r.val_loss for r in evals)
+    threads = [r for r in records if isinstance(r, ThreadsEvent)]
+    if threads:
+        status.threads = threads_label(threads[-1])
     return status
+
+
+def threads_label(event: ThreadsEvent) -> str:
+    """``2 (auto: start)``, ``1 (fixed)``: the count and what set it."""
+    return f"{event.threads} (fixed)" if event.reason == "fixed" else f"{event.threads} (auto: {event.reason})"
