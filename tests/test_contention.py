@@ -11,6 +11,7 @@ import pytest
 from test_cli import assert_one_line_error, invoke
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.experiments import contention
 from minigpt_tui.experiments.contention import (
     Measurement,
     busy_processes,
@@ -64,6 +65,15 @@ def test_peer_tokens_per_s_come_from_its_iteration_lines():
     assert m.steps == 2 and m.tokens_per_s == pytest.approx(768 * 2 / 0.1) and m.note == ""
     silent = measure_peer(0, f"{shlex.quote(sys.executable)} -c pass", 768, max_seconds=30)
     assert math.isnan(silent.tokens_per_s) and "no 'iter N" in silent.note
+
+
+def test_a_peer_out_of_time_is_killed_with_its_children_and_keeps_what_it_printed(monkeypatch):
+    monkeypatch.setattr(contention, "STARTUP_S", 0.0)
+    script = "import time; print('iter 1: loss 4.0, time 50.00ms, mfu 1%'); time.sleep(60)"
+    started = time.perf_counter()
+    m = measure_peer(2, f"true && {shlex.quote(sys.executable)} -c {shlex.quote(script)}", 768, max_seconds=3)
+    assert time.perf_counter() - started < 30 and m.note == "stopped after 3 s"
+    assert m.steps == 1 and m.tokens_per_s == pytest.approx(768 / 0.05)
 
 
 def test_markdown_compares_auto_with_the_fixed_counts_and_the_default():

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ PASSIVE = "-passive"
 PEER = "peer"
 BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss [^,]+, time ([0-9.]+)ms", re.MULTILINE)
-STARTUP_S = 30.0  # a worker's allowance beyond its step cap: interpreter, torch import, corpus, first evaluation
+STARTUP_S = 120.0  # a worker's allowance beyond its step cap (torch import, corpus, evaluations) on a busy machine
 
 
 def default_modes(cores: int | None = None) -> list[str]:
@@ -109,6 +110,21 @@ def busy_processes(count: int, seconds: float) -> Iterator[list[subprocess.Popen
                 proc.wait()
 
 
+def run_bounded(command: list[str] | str, timeout: float, env: dict | None = None) -> tuple[int | None, str]:
+    """(exit code, or None when it ran out of time; stdout and stderr as far as they got). A string is a shell
+    line; its whole process group is killed on time, so nothing it started keeps loading the machine."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}  # partial output survives a kill
+    proc = subprocess.Popen(command, shell=isinstance(command, str), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return None, output
+
+
 def worker_command(mode: str, preset: str, steps: int, max_seconds: float) -> tuple[list[str], dict]:
     """The fresh process that measures one mode, and its environment."""
     env = dict(os.environ)
@@ -125,14 +141,13 @@ def worker_command(mode: str, preset: str, steps: int, max_seconds: float) -> tu
 def measure_mode(load: int, mode: str, preset: str, steps: int, max_seconds: float) -> Measurement:
     command, env = worker_command(mode, preset, steps, max_seconds)
     started = time.perf_counter()
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=max_seconds + STARTUP_S)
-    except subprocess.TimeoutExpired:
-        return Measurement(load, mode, math.nan, 0, time.perf_counter() - started, "-", "timed out")
+    code, output = run_bounded(command, max_seconds + STARTUP_S, env)
     wall = time.perf_counter() - started
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    if code is None:
+        return Measurement(load, mode, math.nan, 0, wall, "-", "timed out")
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    if code != 0 or not lines:
+        reason = (output.strip().splitlines() or [f"exit code {code}"])[-1]
         return Measurement(load, mode, math.nan, 0, wall, "-", f"failed: {reason}")
     result = json.loads(lines[-1])
     return Measurement(load, mode, result["tokens_per_s"], result["steps"], wall, result["threads"], result["note"])
@@ -141,16 +156,9 @@ def measure_mode(load: int, mode: str, preset: str, steps: int, max_seconds: flo
 def measure_peer(load: int, command: str, tokens_per_iter: int, max_seconds: float) -> Measurement:
     """Run ``command`` (a shell line) and read nanoGPT-style iteration times from its output."""
     started = time.perf_counter()
-    note = ""
-    try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=max_seconds)
-        output = done.stdout + done.stderr
-        if done.returncode != 0:
-            note = f"exit code {done.returncode}"
-    except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        note = f"stopped after {max_seconds:g} s"
+    code, output = run_bounded(command, max_seconds + STARTUP_S)  # the same allowance as a worker's
     wall = time.perf_counter() - started
+    note = f"stopped after {max_seconds + STARTUP_S:g} s" if code is None else (f"exit code {code}" if code else "")
     times = [float(ms) / 1000 for it, ms in NANOGPT_ITER.findall(output) if int(it) > 0]  # iter 0 warms up
     tokens_per_s = tokens_per_iter * len(times) / sum(times) if times else math.nan
     if not times:
