@@ -30,6 +30,12 @@ MUON_EPS = 1e-7
 SINUSOID_SCALE = 0.02 * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2); this gives RMS 0.02
 
 
+class OutOfMemory(Exception):
+    """The device or the host ran out of memory in the middle of a computation. Backends raise this
+    instead of their library's own error (torch's OutOfMemoryError, a failed CPU allocation) so that
+    the core can say so in one line without knowing the library."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the network; everything a backend needs to build it."""
@@ -392,7 +398,8 @@ def time_matmuls(product, size: int, seconds: float, synchronize=lambda: None) -
 
 
 def check_weights(config: ModelConfig, weights: dict[str, np.ndarray]) -> None:
-    """Raise ValueError naming the first missing, unexpected or misshapen parameter."""
+    """Raise ValueError naming the first missing, unexpected, misshapen or non-finite parameter (a NaN
+    weight computes NaN everywhere: it is named here rather than found as a NaN loss later)."""
     expected = canonical_shapes(config)
     missing = expected.keys() - weights.keys()
     extra = weights.keys() - expected.keys()
@@ -403,3 +410,6 @@ def check_weights(config: ModelConfig, weights: dict[str, np.ndarray]) -> None:
     for name, shape in expected.items():
         if tuple(weights[name].shape) != shape:
             raise ValueError(f"weight {name} has shape {tuple(weights[name].shape)}, expected {shape}")
+    for name in expected:
+        if not np.all(np.isfinite(weights[name])):
+            raise ValueError(f"weight {name} holds non-finite values (NaN or infinity)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 
 import numpy as np
@@ -16,6 +17,7 @@ from backends.base import (
     GenerationSession,
     ModelConfig,
     OptimConfig,
+    OutOfMemory,
     StepResult,
     canonical_shapes,
     check_weights,
@@ -27,6 +29,24 @@ from backends.torch_model import GPT, Decoder, KVCache
 from backends.torch_muon import StackedMuon
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+CPU_ALLOCATION_FAILED = "can't allocate memory"  # the RuntimeError torch's CPU allocator raises
+
+
+def out_of_memory_as_ours(method):
+    """torch's out-of-memory errors (CUDA/MPS, or a failed CPU allocation) as ``base.OutOfMemory``."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from None
+        except RuntimeError as exc:
+            if CPU_ALLOCATION_FAILED not in str(exc):
+                raise
+            raise OutOfMemory(str(exc).splitlines()[0]) from None
+
+    return wrapper
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -139,6 +159,7 @@ class TorchBackend(Backend):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), self._tensor(targets).view(-1))
 
+    @out_of_memory_as_ours
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
         self._train_forward.train()
         last = len(micro_batches) - 1
@@ -164,11 +185,13 @@ class TorchBackend(Backend):
         return StepResult(loss=total.item(), grad_norm=float(norm))
 
     @torch.inference_mode()
+    @out_of_memory_as_ours
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:
         self.model.eval()
         return float(self._loss(self.model, inputs, targets))
 
     @torch.inference_mode()
+    @out_of_memory_as_ours
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         self.model.eval()
         with self._autocast:
@@ -176,6 +199,7 @@ class TorchBackend(Backend):
         return out.float().cpu().numpy()
 
     @torch.inference_mode()
+    @out_of_memory_as_ours
     def trace(self, tokens: np.ndarray) -> ForwardTrace:
         if tokens.ndim != 2 or tokens.shape[0] != 1:
             raise ValueError(f"trace takes one sequence, shape (1, T), got {tokens.shape}")

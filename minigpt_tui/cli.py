@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
+from backends.base import OutOfMemory
 from minigpt_tui.errors import MiniGPTError, describe_os_error
+from minigpt_tui.storage import STDOUT, atomic_write_text, check_file_name, check_output_file, check_output_folder
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
@@ -22,12 +24,17 @@ from minigpt_tui.training.threads import AUTO, ENV_VAR, parse_threads
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_BENCH_ROUNDS = 20  # best-of-N throughput: rounds beyond a few only lengthen the wait
 
 
 class FriendlyGroup(click.Group):
     """Turns a MiniGPTError or a bad option anywhere below into ``error: <message>`` and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        with terminate_as_interrupt():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MiniGPTError as exc:
@@ -39,7 +46,7 @@ class FriendlyGroup(click.Group):
         except OSError as exc:  # disk full, permission, is-a-directory...: checkpoints are written atomically
             click.echo(f"error: {describe_os_error(exc)}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
-        except MemoryError:
+        except (MemoryError, OutOfMemory):
             click.echo("error: out of memory (try a smaller --batch-size, --block-size or model)", err=True)
             ctx.exit(EXIT_BAD_INPUT)
         except click.UsageError as exc:  # click would print three lines of usage; one line like the rest
@@ -51,6 +58,81 @@ class FriendlyGroup(click.Group):
         except Exception as exc:  # a bug: still one line (checkpoints are atomic), and a way to report it
             click.echo(f"error: internal error, please report it: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: every command then cleans up the same way (temporary
+    files and staging folders removed, worker processes ended, one line) instead of dying where it stands."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def param_label(param) -> str:
+    """How an error names the parameter: ``--json`` for an option, ``OUT_DIR`` for an argument."""
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    return param.human_readable_name if param is not None else "output"
+
+
+class OutputFile(click.ParamType):
+    """A file the command will write, checked when the command line is read, before any work
+    (``storage.check_output_file``); ``-`` means standard output where ``allow_stdout``."""
+
+    name = "path"
+
+    def __init__(self, allow_stdout: bool = False) -> None:
+        self.allow_stdout = allow_stdout
+
+    def convert(self, value, param, ctx):
+        option = param_label(param)
+        path = check_output_file(value, option, allow_stdout=self.allow_stdout)
+        return STDOUT if path is None else path
+
+
+class OutputFolder(click.ParamType):
+    """A folder the command will create or write in, checked up front (``storage.check_output_folder``)."""
+
+    name = "folder"
+
+    def convert(self, value, param, ctx):
+        return check_output_folder(value, param_label(param))
+
+
+class FileName(click.ParamType):
+    """A bare file name (``--name``): it cannot point outside ``--out``."""
+
+    name = "name"
+
+    def convert(self, value, param, ctx):
+        return check_file_name(value, param_label(param))
+
+
+def output_file_option(flag: str, dest: str, help: str, *, allow_stdout: bool = False):
+    """``--json``/``--png``-style options of any command: checked before the work (see ``OutputFile``)."""
+    if allow_stdout:
+        help += " '-' writes it to standard output."
+    return click.option(flag, dest, type=OutputFile(allow_stdout), default=None, help=help)
+
+
+def write_output_text(path: Path | str, text: str) -> None:
+    """An output file (atomically) or, for ``-``, standard output."""
+    if path == STDOUT:
+        click.echo(text)
+    else:
+        atomic_write_text(path, text)
 
 
 def config_options(command):
@@ -131,7 +213,7 @@ def train(
     from minigpt_tui.training.corpus import corpus_for_run, resolve_corpus
     from minigpt_tui.training.distributed import start_world, stop_world
     from minigpt_tui.training.runs import default_run_dir, open_run
-    from minigpt_tui.training.trainer import new_training, resume_training
+    from minigpt_tui.training.trainer import check_resume_changes, new_training, resume_training
 
     overrides = given_fields(kwargs)
     if not headless:
@@ -141,6 +223,7 @@ def train(
         if preset or config_file or out or overwrite:
             raise MiniGPTError("--resume continues a run with its own config; drop --preset/--config/--out/--overwrite")
         run = open_run(resume)
+        check_resume_changes(run, overrides)  # named as what it is before the config is rebuilt with them
         config = run.config.replace(**overrides)
     else:
         config = config_from_sources(preset, config_file, overrides)
@@ -300,7 +383,7 @@ def sample(
     help="Sliding windows every N tokens: each token scored with >= context - N tokens of context "
     "(default: non-overlapping windows).",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
+@output_file_option("--json", "json_path", "Also write the scores as JSON.", allow_stdout=True)
 @threads_option()
 def eval_command(
     run_dir: Path,
@@ -314,7 +397,6 @@ def eval_command(
     threads,
 ) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.evaluation import evaluate_run
     from minigpt_tui.training.runs import open_run
@@ -324,9 +406,9 @@ def eval_command(
         run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride,
         threads=threads,
     )
-    click.echo(report.summary())
+    click.echo(report.summary(), err=json_path == STDOUT)  # stdout is the JSON's when it is asked for there
     if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1))
+        write_output_text(json_path, json.dumps(report.to_dict(), indent=1))
 
 
 @main.command(name="inspect")
@@ -342,9 +424,9 @@ def eval_command(
 @checkpoint_choice()
 @backend_option
 @device_option
-@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write a figure: surprisal, next-token "
-              "bars at T=0.5/1/1.5, every attention map.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the raw numbers as JSON.")
+@output_file_option("--png", "png_path", "Write a figure: surprisal, next-token bars at T=0.5/1/1.5, every "
+                    "attention map.")
+@output_file_option("--json", "json_path", "Write the raw numbers as JSON.", allow_stdout=True)
 @threads_option()
 def inspect_command(
     run_dir: Path,
@@ -367,7 +449,6 @@ def inspect_command(
 
     from minigpt_tui.inspection.inspector import inspect_text
     from minigpt_tui.inspection.text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.runs import load_model, open_run
     from minigpt_tui.training.sampling import SamplingParams
     from minigpt_tui.training.threads import apply_threads
@@ -382,7 +463,7 @@ def inspect_command(
     inspection.check_head(layer, head)
     view = inspection.next_tokens(position, params, run.tokenizer)
     step, kind = ckpt.state.step, ckpt.state.kind
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=json_path == STDOUT)
     mean_bits = float(inspection.surprisal_bits[1:].mean()) if inspection.length > 1 else float("nan")
     console.print(f"{run.path} ({kind} checkpoint, step {step}, {model.name}): {inspection.length} tokens, "
                   f"mean surprisal {mean_bits:.2f} bits/token")
@@ -402,8 +483,9 @@ def inspect_command(
                     "position": position, "layer": layer, "head": head, **inspection.to_dict(),
                     "next_tokens": view.to_dict(),
                     "attention_from_position": inspection.attention_from(position, layer, head).tolist()}
-        atomic_write_text(json_path, json.dumps(document))
-        click.echo(json_path, err=True)
+        write_output_text(json_path, json.dumps(document))
+        if json_path != STDOUT:
+            click.echo(json_path, err=True)
 
 
 @main.command()
@@ -416,17 +498,17 @@ def inspect_command(
 @dataset_option
 @backend_option
 @device_option
-@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write the table and surprisal as a figure.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
+@output_file_option("--png", "png_path", "Write the table and surprisal as a figure.")
+@output_file_option("--json", "json_path", "Write the numbers as JSON.", allow_stdout=True)
 def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
           png_path: Path | None, json_path: Path | None) -> None:
-    """What the heads learned: attention on the previous token, word/line start, newline and speaker name, and
-    surprisal by word start, word middle and after a newline, over the validation split."""
+    """What the heads learned: attention on the previous token, word/line start, newline and (in a play's
+    "NAME:" lines) speaker name, and surprisal by word start, word middle and after a newline, over the
+    validation split."""
     from rich.console import Console
     from rich.table import Table
 
-    from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles
-    from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.inspection.head_roles import head_roles
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.runs import model_at, open_run
     from minigpt_tui.training.trainer import tokenize_corpus
@@ -438,18 +520,17 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
     table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
                         f"{roles.windows} windows of {roles.window_tokens} tokens")
     table.add_column("head")
-    for kind in TARGET_KINDS:
-        table.add_column(kind, justify="right")
+    for label in roles.labels:
+        table.add_column(label, justify="right")
     for layer in range(roles.mass.shape[0]):
         for head in range(roles.mass.shape[1]):
             table.add_row(f"L{layer} H{head}", *(f"{m:.3f}" for m in roles.mass[layer, head]))
     table.add_row("chance", *(f"{c:.3f}" for c in roles.chance), style="dim")
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=json_path == STDOUT)
     console.print(table)
-    for kind in TARGET_KINDS:
+    for k, (kind, label) in enumerate(zip(roles.kinds, roles.labels, strict=True)):
         layer, head, mass = roles.strongest(kind)
-        k = TARGET_KINDS.index(kind)
-        console.print(f"{kind}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
+        console.print(f"{label}: strongest L{layer} H{head} {mass:.3f} (chance {roles.chance[k]:.3f}, "
                       f"{roles.queries[k]} queries)")
     console.print("surprisal (bits/token): " + ", ".join(
         f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))
@@ -460,8 +541,49 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
                 f"{roles.window_tokens}"
         click.echo(save_figure(head_roles_figure(roles, title), png_path), err=True)
     if json_path:
-        atomic_write_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
+        write_output_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
                                                  **roles.to_dict()}, indent=1))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=OutputFolder(), default=None,
+              help="Report folder (default: RUN_DIR/report of the first run).")
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Samples per temperature, and free runs for exposure bias.")
+@click.option("--length", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Tokens per sample and per free run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
+@click.option("--prompt", default=None, help="Text the samples continue (default: the start of a line of the "
+              "first run's validation text).")
+@data_option
+@dataset_option
+@backend_option
+@device_option
+def report(run_dirs: tuple[Path, ...], out: Path | None, samples: int, length: int, seed: int, prompt: str | None,
+           data: Path | None, dataset: str | None, backend: str | None, device: str | None) -> None:
+    """Write up one or more runs: report.md (what was trained, scores, curves, temperature 0.5/1/1.5, exposure
+    bias, attention heads, a comparison of the runs, the journal's three questions) and its PNG figures.
+
+    A rerun reuses the finished computations (cached in OUT/cache by checkpoint and options); Ctrl-C keeps them."""
+    from minigpt_tui.experiments.report import ReportOptions, default_out, gather
+    from minigpt_tui.experiments.report_markdown import report_command, write_report
+    from minigpt_tui.progress import stage_progress
+
+    paths = list(run_dirs)
+    options = ReportOptions(samples=samples, length=length, seed=seed, prompt=prompt)
+    folder = out or default_out(paths)
+    try:
+        with stage_progress(sys.stdout.isatty()) as progress:
+            evidence = gather(paths, options, folder, data=data, dataset=dataset, backend=backend, device=device,
+                              progress=progress, note=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished computations are kept in {folder / 'cache'}; the same command "
+                   "continues from them", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(f"prompt: {json.dumps(evidence[0].prompt)}", err=True)
+    shown_out = str(out) if out is not None else None
+    click.echo(write_report(evidence, folder, options, report_command([str(p) for p in paths], options, shown_out)))
 
 
 @main.command()
@@ -472,7 +594,7 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
 @threads_option()
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@output_file_option("--json", "json_path", "Write the results as JSON.", allow_stdout=True)
 @click.option("--contention", is_flag=True, help="Training tokens/s beside busy processes the benchmark starts and "
               "stops: auto, each thread count, torch's default (with and without OMP_WAIT_POLICY=PASSIVE).")
 @click.option("--loads", default="0,1,2", show_default=True, help="With --contention: busy processes per condition.")
@@ -505,7 +627,6 @@ def bench(
     from rich.table import Table
 
     from minigpt_tui.experiments.bench import bench_backend
-    from minigpt_tui.storage import atomic_write_text
     from minigpt_tui.training.config import preset as load_preset
 
     if contention:
@@ -545,9 +666,9 @@ def bench(
             f"{r.mfu:.1%}",
             f"{r.inspect_ms:.1f}",
         )
-    Console().print(table)
+    Console(stderr=json_path == STDOUT).print(table)
     if json_path:
-        atomic_write_text(
+        write_output_text(
             json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1)
         )
 
@@ -562,7 +683,7 @@ def bench_contention(preset: str, steps: int, loads: str, modes: str | None, max
         peer_command_line,
         run_contention,
     )
-    from minigpt_tui.storage import atomic_write_text
+    from minigpt_tui.training.threads import available_cores
 
     load_list = parse_loads(loads)
     mode_list = parse_modes(modes) if modes else default_modes()
@@ -574,19 +695,20 @@ def bench_contention(preset: str, steps: int, loads: str, modes: str | None, max
 
     results = run_contention(loads=load_list, modes=mode_list, preset=preset, steps=steps, max_seconds=max_seconds,
                              peer_command=peer, peer_tokens_per_iter=peer_tokens_per_iter, on_result=report)
-    click.echo(contention_markdown(results))
+    click.echo(contention_markdown(results), err=json_path == STDOUT)  # stdout is the JSON's when asked there
     if json_path:
         document = {"preset": preset, "steps": steps, "max_seconds": max_seconds, "peer_cmd": peer,
-                    "cores": os.cpu_count(), "results": [m.to_dict() for m in results]}
-        atomic_write_text(json_path, json.dumps(document, indent=1))
+                    "cores": available_cores(), "results": [m.to_dict() for m in results]}
+        write_output_text(json_path, json.dumps(document, indent=1))
 
 
 @main.command(name="export-plots")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=OutputFolder(), default=None,
               help="Folder for the files (default: RUN_DIR/plots of the first run; the README's figures: "
                    "--out visualizations).")
-@click.option("--name", default=None, help="File-name stem (default: the run folder names joined by '+').")
+@click.option("--name", type=FileName(), default=None,
+              help="File-name stem, no folder part (default: the run folder names joined by '+', shortened).")
 @click.option("--wall-clock", is_flag=True, help="One chart instead: val loss against seconds, run beside run.")
 @click.option("--target", type=float, default=None, help="With --wall-clock: draw this val loss as a level.")
 def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str | None, wall_clock: bool,
@@ -594,7 +716,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
     """Loss, perplexity and bits/char curves of one or more runs, as PNG and text."""
     from minigpt_tui.plots import default_plots_dir, export_plots, export_wall_clock
 
-    out = out or default_plots_dir(list(run_dirs))
+    out = out or check_output_folder(default_plots_dir(list(run_dirs)))
     if wall_clock:
         paths = export_wall_clock(list(run_dirs), out, name, target)
     else:
@@ -605,7 +727,7 @@ def export_plots_command(run_dirs: tuple[Path, ...], out: Path | None, name: str
 
 @main.command(name="export-hf")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=OutputFolder())
 @checkpoint_choice()
 def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
     """Write a run as a Hugging Face GPT-2 folder (config, safetensors weights, fast tokenizer)."""
@@ -620,7 +742,7 @@ def export_hf(run_dir: Path, out_dir: Path, checkpoint: str) -> None:
 
 @main.command(name="import-hf")
 @click.argument("hf_dir", type=click.Path(path_type=Path))
-@click.argument("out_run", type=click.Path(path_type=Path))
+@click.argument("out_run", type=OutputFolder())
 @data_option
 @dataset_option
 def import_hf(hf_dir: Path, out_run: Path, data: Path | None, dataset: str | None) -> None:
@@ -650,9 +772,10 @@ def ablate() -> None:
 @click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True, help="Samples per temperature.")
 @click.option("--length", type=click.IntRange(min=1), default=300, show_default=True, help="Tokens per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed + i at every temperature.")
-@click.option("--prompt", default="\n", show_default=True)
+@click.option("--prompt", default=None, help="Text the samples continue (default: the start of the first line of "
+              "the run's validation text).")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
+    "--out", type=OutputFolder(), default=None, help="Report folder (default RUN_DIR/ablate-temperature)."
 )
 @data_option
 @dataset_option
@@ -666,7 +789,7 @@ def ablate_temperature(
     samples: int,
     length: int,
     seed: int,
-    prompt: str,
+    prompt: str | None,
     out: Path | None,
     data: Path | None,
     dataset: str | None,
@@ -675,21 +798,25 @@ def ablate_temperature(
     device: str | None,
     threads,
 ) -> None:
-    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature."""
+    """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature;
+    degenerate samples (blank, looping) are flagged and left out of the diversity figures."""
     from minigpt_tui.experiments.temperature import (
+        default_prompt,
         parse_temperatures,
         temperature_ablation,
         temperature_table_markdown,
         write_temperature_report,
     )
-    from minigpt_tui.training.corpus import training_text
+    from minigpt_tui.training.corpus import corpus_splits
     from minigpt_tui.training.runs import load_model, open_run
     from minigpt_tui.training.sampling import decode_step
     from minigpt_tui.training.threads import apply_threads
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
-    train_text = training_text(run, data, dataset)
+    train_text, val_text = corpus_splits(run, data, dataset)
+    prompt = default_prompt(val_text) if prompt is None else prompt
+    click.echo(f"prompt: {json.dumps(prompt)}", err=True)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
     apply_threads(threads, model.set_threads, decode_step(model, batch=samples))  # the samples decode as one batch
     rows = temperature_ablation(
@@ -723,11 +850,17 @@ def ablation_options(command):
             ),
             click.option(
                 "--out",
-                type=click.Path(path_type=Path),
+                type=OutputFolder(),
                 required=True,
-                help="Folder for the variant runs and the report; finished variants are reused.",
+                help="Folder for the variant runs and the report; rerun to continue: finished variants with "
+                "the same config and corpus are reused, interrupted ones resumed.",
             ),
             threads_option("The threads each variant trains with"),
+            click.option(
+                "--overwrite",
+                is_flag=True,
+                help="Train every variant afresh, even those --out holds from an earlier ablation.",
+            ),
             click.option(
                 "--isolate/--in-process",
                 default=True,
@@ -746,17 +879,22 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     ``options`` holds the ``ablation_options`` and the config-field flags, as click passed them."""
     from minigpt_tui.experiments.pipeline import run_training_ablation
     from minigpt_tui.experiments.reports import results_markdown
+    from minigpt_tui.experiments.variants import check_variants
     from minigpt_tui.training.config import config_from_sources
     from minigpt_tui.training.corpus import resolve_corpus
 
     out = options["out"]
     base = config_from_sources(options["preset"], options["config_file"], given_fields(options))
     variants = make_variants(base)
+    check_variants(variants)  # before the corpus is read or any folder touched
     corpus, note = resolve_corpus(options["data"], options["dataset"])
     if note:
         click.echo(note, err=True)
 
     def report(r) -> None:
+        if r.status == "diverged":
+            click.echo(f"{r.name}: diverged (non-finite loss); recorded with NaN scores, {r.wall_s:.0f} s", err=True)
+            return
         click.echo(
             f"{r.name}: val bits/char {r.val_bpc:.4f}, {r.train_tokens_per_s:,.0f} tokens/s, "
             f"{r.wall_s:.0f} s, peak RSS {r.peak_rss_mb:.0f} MB",
@@ -765,7 +903,7 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
 
     results, paths = run_training_ablation(
         kind, base, variants, corpus, out, isolate=options["isolate"], threads=options["threads"],
-        extra_scores=extra_scores, finish=finish, on_result=report,
+        overwrite=options["overwrite"], extra_scores=extra_scores, finish=finish, on_result=report,
     )
     for path in paths:
         click.echo(path, err=True)
@@ -773,11 +911,24 @@ def run_ablation(kind: str, make_variants, options: dict, extra_scores=None, fin
     return results
 
 
-def int_list(text: str) -> list[int]:
+def int_list(text: str, option: str) -> list[int]:
+    """``"16,32,64"`` -> [16, 32, 64]; an empty list, an empty item or a value given twice is refused."""
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):
+        raise MiniGPTError(f"{option} needs comma-separated integers with none empty, got {text!r}")
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in parts]
     except ValueError:
-        raise MiniGPTError(f"expected comma-separated integers, got {text!r}") from None
+        raise MiniGPTError(f"{option} expects comma-separated integers, got {text!r}") from None
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise MiniGPTError(f"{option} repeats {', '.join(map(str, repeated))}; give each value once")
+    return values
+
+
+def check_no_seed_flag(options: dict) -> None:
+    if options.get("seed") is not None:
+        raise MiniGPTError("--seed conflicts with --seeds here: give the seeds with --seeds")
 
 
 @ablate.command(name="tokenizer")
@@ -787,7 +938,7 @@ def ablate_tokenizer(vocab_sizes: str, **options) -> None:
     """Character level vs byte-level BPE in val bits/char, at the same tokens seen (steps x tokens/step)."""
     from minigpt_tui.experiments.variants import tokenizer_variants
 
-    sizes = int_list(vocab_sizes)
+    sizes = int_list(vocab_sizes, "--vocab-sizes")
     run_ablation("tokenizer", lambda base: tokenizer_variants(base, sizes), options)
 
 
@@ -802,7 +953,7 @@ def ablate_tokenizer(vocab_sizes: str, **options) -> None:
 )
 @click.option(
     "--bench-rounds",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_BENCH_ROUNDS),
     default=3,
     show_default=True,
     help="Round-robin throughput measurements after training (0: skip).",
@@ -812,7 +963,7 @@ def ablate_context(block_sizes: str, tokens_per_step: int, bench_rounds: int, **
     """Context length vs val bits/char, training tokens/s and memory, at a fixed token budget."""
     from minigpt_tui.experiments.variants import context_variants, with_throughput
 
-    blocks = int_list(block_sizes)
+    blocks = int_list(block_sizes, "--block-sizes")
     finish = (lambda results, configs: with_throughput(results, configs, rounds=bench_rounds)) if bench_rounds else None
     run_ablation("context", lambda base: context_variants(base, blocks, tokens_per_step), options, finish=finish)
 
@@ -846,7 +997,8 @@ def ablate_sweep(grid: str, seeds: str, **options) -> None:
     """Every combination of the grid over the base config, scored on the whole val split (per seed)."""
     from minigpt_tui.experiments.speedrun import parse_grid, sweep_variants
 
-    values, seed_list = parse_grid(grid), int_list(seeds)
+    check_no_seed_flag(options)
+    values, seed_list = parse_grid(grid), int_list(seeds, "--seeds")
     echo_summary(run_ablation("sweep", lambda base: sweep_variants(base, values, seed_list), options), options["out"])
 
 
@@ -858,13 +1010,15 @@ def ablate_sweep(grid: str, seeds: str, **options) -> None:
 @seeds_option("1,2,3")
 @ablation_options
 def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
-    """The record ladder: nanoGPT's baby config, then the speedrun's changes added one at a time (each
-    rung keeps those above it) up to the preset. Config flags given here apply to every rung."""
+    """The record ladder: nanoGPT's baby config (or --preset/--config), then the speedrun's changes added one
+    at a time (each rung keeps those above it) up to the --top preset. Config flags apply to every rung."""
     from minigpt_tui.experiments.speedrun import ladder_variants
 
-    seed_list, row_list = int_list(seeds), rows.split(",") if rows else None
+    check_no_seed_flag(options)
+    seed_list, row_list = int_list(seeds, "--seeds"), rows.split(",") if rows is not None else None
     overrides = given_fields(options)
-    results = run_ablation("ladder", lambda base: ladder_variants(seed_list, top, row_list, overrides), options)
+    results = run_ablation("ladder", lambda base: ladder_variants(seed_list, top, row_list, overrides, base),
+                           options)
     echo_summary(results, options["out"])
 
 
@@ -874,7 +1028,7 @@ def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
 @click.option("--length", type=click.IntRange(min=1), default=256, show_default=True, help="Tokens per free run.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Report folder (default RUN_DIR/ablate-exposure)."
+    "--out", type=OutputFolder(), default=None, help="Report folder (default RUN_DIR/ablate-exposure)."
 )
 @data_option
 @dataset_option

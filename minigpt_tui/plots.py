@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from plotext._figure import _figure_class as TextFigure
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.storage import atomic_write_text
+from minigpt_tui.storage import atomic_write, atomic_write_text
+from minigpt_tui.training.datasets import sha256
 from minigpt_tui.training.events import EvalEvent, StepEvent
 from minigpt_tui.training.runs import METRICS_FILE, read_metrics
 
@@ -139,10 +140,7 @@ def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -
 def write_png(fig: Figure, path: Path, dpi: float | str = "figure") -> Path:
     """``fig`` as a PNG at ``path`` (written whole or not at all), its folder made if need be."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", metadata=PNG_METADATA, dpi=dpi)
-    tmp.replace(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", metadata=PNG_METADATA, dpi=dpi))
     return path
 
 
@@ -178,9 +176,16 @@ def save_chart(chart: Chart, out: Path, stem: str) -> list[Path]:
     return [save_png(chart, out / f"{stem}.png"), text_path]
 
 
+MAX_STEM = 120  # leaves room for "-perplexity.png" and the temporary file's prefix and suffix within NAME_MAX
+
+
 def file_stem(labels: list[str]) -> str:
-    """A deterministic, file-system-safe name for a set of runs, e.g. ``baseline`` or ``ctx16+ctx64``."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(labels))
+    """A deterministic, file-system-safe name for a set of runs, e.g. ``baseline`` or ``ctx16+ctx64``; one
+    too long for a file name is cut and given a digest of the whole, so different sets still differ."""
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(labels)).lstrip(".") or "runs"
+    if len(stem) > MAX_STEM:
+        stem = f"{stem[:MAX_STEM - 13]}+{sha256(stem.encode())[:12]}"
+    return stem
 
 
 def export_wall_clock(run_dirs: list[Path], out: Path, name: str | None = None,

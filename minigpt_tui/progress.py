@@ -74,3 +74,28 @@ def _rich_progress(trainer):
         finally:
             trainer.callbacks.remove(on_event)
             sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def stage_progress(is_terminal: bool, plain_steps: int = 5):
+    """A ``(stage, done, total)`` callback for long work in named stages: one rich bar per stage on a
+    terminal; otherwise a plain line when a stage starts, about every 1/``plain_steps`` of it, and at its end."""
+    if not is_terminal:
+        def line(stage: str, done: int, total: int) -> None:
+            every = max(1, total // plain_steps)
+            if done == 0 or done == total or done % every == 0:
+                print(f"{stage}: {done}/{total}", flush=True)
+
+        yield line
+        return
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+    tasks: dict[str, int] = {}
+
+    def bar(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    with progress:
+        yield bar

@@ -19,6 +19,7 @@ from minigpt_tui.training.runs import load_model, open_run
 from minigpt_tui.training.sampling import SamplingParams
 from minigpt_tui.training.trainer import new_training
 
+PROMPT = "to be"
 TEXT = "to be or not to be, that is the question.\nwhether tis nobler in the mind to suffer.\n" * 40
 
 
@@ -35,7 +36,8 @@ def tiny_run(tmp_path_factory):
 def test_temperature_ablation_rows_are_sane(tiny_run):
     run, model = tiny_run
     train_text, _ = split_text(TEXT)
-    rows = temperature_ablation(model, run.tokenizer, train_text, [0.5, 1.0, 1.5], samples=2, length=60, seed=3)
+    rows = temperature_ablation(model, run.tokenizer, train_text, [0.5, 1.0, 1.5], samples=2, length=60, seed=3,
+                                prompt=PROMPT)
     assert [r.temperature for r in rows] == [0.5, 1.0, 1.5]
     for row in rows:
         assert len(row.samples) == 2 and all(len(s) == 60 for s in row.samples)  # char tokenizer: 1 token = 1 char
@@ -50,10 +52,10 @@ def test_temperature_ablation_rows_are_sane(tiny_run):
 
 def test_same_seed_same_samples_and_greedy_has_zero_entropy(tiny_run):
     run, model = tiny_run
-    a = temperature_ablation(model, run.tokenizer, TEXT, [0.8], samples=1, length=20, seed=5)
-    b = temperature_ablation(model, run.tokenizer, TEXT, [0.8], samples=1, length=20, seed=5)
+    a = temperature_ablation(model, run.tokenizer, TEXT, [0.8], samples=1, length=20, seed=5, prompt=PROMPT)
+    b = temperature_ablation(model, run.tokenizer, TEXT, [0.8], samples=1, length=20, seed=5, prompt=PROMPT)
     assert a == b
-    greedy = temperature_ablation(model, run.tokenizer, TEXT, [0.0], samples=2, length=20, seed=5)[0]
+    greedy = temperature_ablation(model, run.tokenizer, TEXT, [0.0], samples=2, length=20, seed=5, prompt=PROMPT)[0]
     assert greedy.mean_entropy == 0.0
     assert greedy.samples[0] == greedy.samples[1]
 
@@ -66,7 +68,7 @@ def test_should_stop_cancels_between_tokens(tiny_run):
         calls.append(1)
         return len(calls) > 5
 
-    rows = temperature_ablation(model, run.tokenizer, TEXT, [0.5, 1.0], samples=2, length=5,
+    rows = temperature_ablation(model, run.tokenizer, TEXT, [0.5, 1.0], samples=2, length=5, prompt=PROMPT,
                                 should_stop=stop_after_first_temperature)
     assert [r.temperature for r in rows] == [0.5]
     assert len(calls) == 6
@@ -75,7 +77,7 @@ def test_should_stop_cancels_between_tokens(tiny_run):
 def test_bad_input_is_a_minigpt_error(tiny_run):
     run, model = tiny_run
     with pytest.raises(MiniGPTError):
-        temperature_ablation(model, run.tokenizer, TEXT, [-1.0], samples=1, length=5)
+        temperature_ablation(model, run.tokenizer, TEXT, [-1.0], samples=1, length=5, prompt=PROMPT)
     with pytest.raises(MiniGPTError):
         temperature_ablation(model, run.tokenizer, TEXT, [1.0], samples=1, length=5, prompt="Z")
     with pytest.raises(MiniGPTError):
@@ -84,13 +86,16 @@ def test_bad_input_is_a_minigpt_error(tiny_run):
 
 
 def test_summarize_by_hand():
-    traces = [SampleTrace("the cat the cat the", [1.0, 2.0], [0.5, 0.5]), SampleTrace("dog zzq", [3.0], [2.0])]
+    traces = [SampleTrace("the cat saw the dog and the cat ran", [1.0, 2.0], [0.5, 0.5]),
+              SampleTrace("dog zzq", [3.0], [2.0]),
+              SampleTrace("the cat the cat the cat", [2.0], [1.0])]  # a loop: in NLL and entropy, not diversity
     row = summarize(0.7, traces, vocabulary={"the", "cat", "dog"})
     assert row.mean_nll == 2.0
     assert row.mean_entropy == 1.0
-    assert row.distinct_1 == pytest.approx(4 / 7)  # the, cat, dog, zzq of 7 words
-    assert row.repeated_ngram_rate == pytest.approx(2 / 5)  # (the, cat) and (cat, the) repeat once each; 5 bigrams
-    assert row.known_word_share == pytest.approx(6 / 7)
+    assert row.degenerate == ["", "", "repeats 'the'"] and row.scored_samples == 2
+    assert row.distinct_1 == pytest.approx(7 / 11)  # the, cat, saw, dog, and, ran, zzq of 11 words
+    assert row.repeated_ngram_rate == pytest.approx(1 / 9)  # (the, cat) repeats once; 8 + 1 bigrams
+    assert row.known_word_share == pytest.approx(7 / 11)
 
 
 def test_cli_ablate_temperature_writes_the_report(tiny_run, tmp_path):
@@ -146,3 +151,34 @@ def test_a_batch_needs_one_seed_per_prompt_of_one_length(tiny_run):
         sample_batch_with_scores(model, run.tokenizer, [ids, ids[:2]], 5, SamplingParams(1.0), [1, 2])
     with pytest.raises(MiniGPTError):
         sample_batch_with_scores(model, run.tokenizer, [ids, ids], 5, SamplingParams(1.0), [1])
+
+
+def test_whitespace_only_samples_are_flagged_and_score_no_diversity():
+    """The misleading case: every T=0.5 sample 400 spaces. It used to report distinct-1 0.750 and 93.8% known
+    words (the few words of other samples); now the blanks are flagged and figures cover text only."""
+    from minigpt_tui.experiments.temperature import degenerate_cell, sample_table_markdown, temperature_table_markdown
+
+    blank = [SampleTrace(" " * 400, [0.1] * 400, [0.2] * 400) for _ in range(3)]
+    row = summarize(0.5, blank, vocabulary={"the", "king"})
+    assert row.degenerate == ["whitespace only"] * 3 and row.scored_samples == 0
+    assert all(math.isnan(v) for v in (row.distinct_1, row.distinct_2, row.repeated_ngram_rate, row.known_word_share))
+    assert degenerate_cell(row) == "3/3: whitespace only"
+    table = temperature_table_markdown([row])
+    assert "| 3/3: whitespace only | 0 of 3 | n/a | n/a | n/a | n/a | n/a |" in table
+    samples = sample_table_markdown([row])
+    assert "(degenerate: whitespace only)" in samples and "[400 whitespace characters]" in samples
+
+    mixed = summarize(0.5, [*blank, SampleTrace("the king the queen", [1.0], [1.0])], vocabulary={"the", "king"})
+    assert mixed.scored_samples == 1 and degenerate_cell(mixed) == "3/4: whitespace only"
+    assert mixed.distinct_1 == pytest.approx(3 / 4) and mixed.known_word_share == pytest.approx(3 / 4)
+    assert "| 1 of 4 |" in temperature_table_markdown([mixed])
+
+
+def test_default_prompt_is_a_line_start_of_the_validation_text():
+    from minigpt_tui.experiments.temperature import default_prompt
+
+    assert default_prompt("tail of a line\n\n   indented\nKING RICHARD: now is the winter of our discontent\n") == \
+        "KING RICHARD: now is the"
+    assert default_prompt("x\nShort line\n") == "Short line"
+    with pytest.raises(MiniGPTError, match="give --prompt"):
+        default_prompt("only a partial line")

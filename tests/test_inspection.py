@@ -15,7 +15,7 @@ from conftest import make_corpus_text, train_tiny
 from backends.base import init_weights
 from minigpt_tui.cli import main
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.inspection.head_roles import TARGET_KINDS, head_roles, targets
+from minigpt_tui.inspection.head_roles import ALWAYS_TARGETS, corpus_targets, head_roles, target_label, targets
 from minigpt_tui.inspection.inspector import inspect_text, windows
 from minigpt_tui.training.runs import build_backend, load_model, open_run
 from minigpt_tui.training.sampling import SamplingParams, probabilities
@@ -142,7 +142,8 @@ def test_uniform_attention_scores_chance(run_dir):
     backend = build_backend(run.config, weights)
     val = np.asarray(run.tokenizer.encode(make_corpus_text(20, seed=3)))
     roles = head_roles(backend, run.tokenizer, val, windows=4)
-    assert roles.queries[TARGET_KINDS.index("speaker name")] == 0  # no "Name:" lines in this text
+    assert roles.kinds == ALWAYS_TARGETS  # no "Name:" lines in this text: no speaker target
+    assert roles.labels[1] == "previous character"
     seen = roles.queries > 0
     chance = np.broadcast_to(roles.chance[seen], roles.mass[:, :, seen].shape)
     np.testing.assert_allclose(roles.mass[:, :, seen], chance, rtol=1e-5)
@@ -189,6 +190,15 @@ def test_heads_command(run_dir, tmp_path):
     out = tmp_path / "heads.json"
     result = invoke("heads", run_dir, "--weights", "init", "--windows", "3", "--json", out)
     assert result.exit_code == 0, result.output
-    assert "previous: strongest" in result.stdout and "surprisal (bits/token)" in result.stdout
+    assert "previous character: strongest" in result.stdout and "surprisal (bits/token)" in result.stdout
     document = json.loads(out.read_text())
-    assert document["step"] == 0 and np.asarray(document["mass"]).shape == (2, 2, len(TARGET_KINDS))
+    assert document["step"] == 0 and np.asarray(document["mass"]).shape == (2, 2, len(document["kinds"]))
+    assert "speaker name" not in document["kinds"] and "previous character: strongest" in result.stdout
+
+
+def test_targets_follow_the_corpus():
+    play = "ROMEO:\nBut soft!\n\nJULIET:\nAy me.\n\nFirst Citizen:\nSpeak.\n"
+    assert corpus_targets(play)[-1] == "speaker name"
+    assert corpus_targets("NAME\n    ls - list directory contents\nNote: one line is not a play\n") == ALWAYS_TARGETS
+    assert target_label("previous", "char") == "previous character"
+    assert target_label("previous", "bpe") == "previous token" and target_label("word start", "bpe") == "word start"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from minigpt_tui.experiments.textmetrics import (
+    degeneracy,
     distinct_n,
     entropy,
     known_word_share,
@@ -58,3 +59,16 @@ def test_entropy_by_hand():
 def test_nll():
     assert nll(np.array([0.25, 0.75]), 0) == pytest.approx(math.log(4))
     assert nll(np.array([1.0, 0.0]), 1) == math.inf
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"),
+    (" \n\t  \n", "whitespace only"),
+    ("the the the the the king", "repeats 'the'"),
+    ("to be to be to be to be or not", "repeats 'to be'"),
+    (",,,,,,,,,,,,", "repeats ','"),
+    ("The king and queen walked into the garden where roses grew by the old stone wall.", ""),
+    ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.", ""),
+])
+def test_degeneracy(text, reason):
+    assert degeneracy(text) == reason

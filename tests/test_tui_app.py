@@ -17,6 +17,7 @@ from minigpt_tui.training.checkpoint import load_checkpoint
 from minigpt_tui.training.events import ThreadsEvent
 from minigpt_tui.training.runs import open_run, read_metrics
 from minigpt_tui.training.threads import spare_threads
+from minigpt_tui.tui.ablation_pane import COLUMNS as ABLATION_COLUMNS
 from minigpt_tui.tui.app import create_app
 from minigpt_tui.tui.continue_dialog import ContinueDialog
 from minigpt_tui.tui.generation_pane import GenerationPane
@@ -187,7 +188,10 @@ async def test_ablation_gives_one_row_per_temperature(trained_run: Path):
         assert table.row_count == 3
         assert [table.get_row_at(i)[0] for i in range(3)] == ["0.5", "1", "1.5"]
         assert [row.temperature for row in app.query_one("#ablation").rows] == [0.5, 1.0, 1.5]
-        assert table.get_row_at(0)[5].endswith("%")  # repeats as a percentage, as in the README
+        row = table.get_row_at(0)
+        assert row[ABLATION_COLUMNS.index("degenerate")] in ("0/1", "1/1") or row[2].startswith("1/1: ")
+        repeats = row[ABLATION_COLUMNS.index("repeats")]
+        assert repeats.endswith("%") or (repeats == "n/a" and row[2].startswith("1/1"))  # n/a only with no text
         await pilot.click("#save-ablation")
         saved = list((trained_run / "ablations").iterdir())
         assert len(saved) == 1 and "| 1.5 |" in saved[0].read_text()

@@ -21,6 +21,7 @@ def run_training_ablation(
     *,
     isolate: bool = True,
     threads: ThreadSetting | None = None,
+    overwrite: bool = False,
     extra_scores=None,
     finish: Callable[[list[VariantResult], list[TrainConfig]], list[VariantResult]] | None = None,
     on_result: Callable[[VariantResult], None] | None = None,
@@ -29,7 +30,8 @@ def run_training_ablation(
 
     Returns the results and the report files written."""
     results = run_variants(
-        variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores, on_result=on_result
+        variants, corpus, out, isolate=isolate, threads=threads, extra_scores=extra_scores, overwrite=overwrite,
+        on_result=on_result,
     )
     if finish is not None:
         results = finish(results, [config for _, config in variants])

@@ -96,15 +96,21 @@ def write_ablation_report(kind: str, results: list[VariantResult], out: Path, me
     return paths + export_plots([Path(r.run_dir) for r in results], out, name=f"{kind}-runs")
 
 
+def exposure_chart(scores: dict):
+    """Teacher-forced NLL by position in the window beside free-running NLL by position in the sample."""
+    from minigpt_tui.plots import Chart, Series
+
+    teacher, free = scores["teacher_forced_by_position"], scores["free_running_by_position"]
+    return Chart("Teacher forcing vs free running", "position", "NLL (nats/token)", [
+        Series("true prefix (teacher forcing)", list(range(len(teacher))), teacher),
+        Series("own samples at T=1 (free running)", list(range(len(free))), free),
+    ], vline=len(teacher))
+
+
 def write_exposure_report(scores: dict, out: Path, meta: dict) -> list[Path]:
-    from minigpt_tui.plots import Chart, Series, save_chart
+    from minigpt_tui.plots import save_chart
 
     out = Path(out)
     json_path = out / "exposure.json"
     atomic_write_text(json_path, json.dumps({**meta, **scores}, indent=1))
-    teacher, free = scores["teacher_forced_by_position"], scores["free_running_by_position"]
-    chart = Chart("Teacher forcing vs free running", "position", "NLL (nats/token)", [
-        Series("true prefix (teacher forcing)", list(range(len(teacher))), teacher),
-        Series("own samples at T=1 (free running)", list(range(len(free))), free),
-    ], vline=len(teacher))
-    return [json_path, *save_chart(chart, out, "exposure")]
+    return [json_path, *save_chart(exposure_chart(scores), out, "exposure")]

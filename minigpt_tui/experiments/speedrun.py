@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments.variants import VariantResult
+from minigpt_tui.experiments.variants import VariantResult, check_variant_count
 from minigpt_tui.storage import atomic_write_text
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_names, field_type, preset
 from minigpt_tui.training.runs import METRICS_FILE, read_metrics
@@ -34,8 +34,16 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+def value_label(value) -> str:
+    """How a grid value appears in a variant's name (and so in its folder's)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def parse_grid(text: str) -> dict[str, list]:
-    """``"learning_rate=1e-3,2e-3 muon_lr_scale=5,10"`` -> {field: [values]}, typed like the config."""
+    """``"learning_rate=1e-3,2e-3 muon_lr_scale=5,10"`` -> {field: [values]}, typed like the config.
+
+    Refused, before anything runs: a field given twice, an empty value, two values with one label (the
+    variants would share a folder), and ``seed`` (seeds are ``--seeds``)."""
     grid: dict[str, list] = {}
     for part in text.split():
         name, sep, values = part.partition("=")
@@ -43,14 +51,25 @@ def parse_grid(text: str) -> dict[str, list]:
             raise MiniGPTError(f"grid entries look like field=v1,v2; got {part!r}")
         if name not in field_names():
             raise MiniGPTError(f"unknown config field {name!r} in the grid")
+        if name == "seed":
+            raise MiniGPTError("seed cannot be in the grid: give the seeds with --seeds")
+        if name in grid:
+            raise MiniGPTError(f"{name} is given twice in the grid; list all its values once: {name}=v1,v2")
+        items = values.split(",")
+        if not all(item.strip() for item in items):
+            raise MiniGPTError(f"{name} has an empty value in the grid ({values!r})")
         kind = field_type(name)
         try:
             if kind is bool:
-                grid[name] = [{"true": True, "false": False}[v.lower()] for v in values.split(",")]
+                grid[name] = [{"true": True, "false": False}[v.lower()] for v in items]
             else:
-                grid[name] = [kind(v) for v in values.split(",")]
-        except (ValueError, KeyError):
+                grid[name] = [kind(v) for v in items]
+        except (ValueError, KeyError, OverflowError):
             raise MiniGPTError(f"{name} takes {kind.__name__} values, got {values!r}") from None
+        labels = [value_label(v) for v in grid[name]]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise MiniGPTError(f"{name}: the values {values!r} repeat {', '.join(repeated)}; give each value once")
     if not grid:
         raise MiniGPTError("the grid is empty")
     return grid
@@ -64,17 +83,19 @@ def with_seeds(variants: list[tuple[str, TrainConfig]], seeds: list[int]) -> lis
 def sweep_variants(base: TrainConfig, grid: dict[str, list], seeds: list[int]) -> list[tuple[str, TrainConfig]]:
     """The cartesian product of the grid over ``base``, named like ``learning_rate=0.002,max_iters=400``."""
     names = list(grid)
+    check_variant_count(math.prod(len(grid[n]) for n in names) * len(seeds), "the grid")
     variants = []
     for values in itertools.product(*(grid[n] for n in names)):
         changes = dict(zip(names, values, strict=True))
-        label = ",".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in changes.items())
+        label = ",".join(f"{n}={value_label(v)}" for n, v in changes.items())
         variants.append((label, base.replace(**changes)))
     return with_seeds(variants, seeds)
 
 
-def ladder_configs(top: str = "speedrun") -> list[tuple[str, TrainConfig]]:
-    """The rungs from the baby preset up to preset ``top``: each rung takes its fields from ``top``."""
-    target, config, rungs = PRESETS[top], preset("baby"), []
+def ladder_configs(top: str = "speedrun", base: TrainConfig | None = None) -> list[tuple[str, TrainConfig]]:
+    """The rungs from ``base`` (default: the baby preset) up to preset ``top``: each rung takes its fields
+    from ``top``."""
+    target, config, rungs = PRESETS[top], base or preset("baby"), []
     for name, fields in LADDER:
         config = config.replace(**{f: target[f] for f in fields if f in target})
         rungs.append((name, config))
@@ -82,8 +103,10 @@ def ladder_configs(top: str = "speedrun") -> list[tuple[str, TrainConfig]]:
 
 
 def ladder_variants(seeds: list[int], top: str = "speedrun", rows: list[str] | None = None,
-                    overrides: dict | None = None) -> list[tuple[str, TrainConfig]]:
-    rungs = [(f"{i}-{name}", config) for i, (name, config) in enumerate(ladder_configs(top))]
+                    overrides: dict | None = None, base: TrainConfig | None = None) -> list[tuple[str, TrainConfig]]:
+    """The ladder from ``base`` (--preset and --config; default baby), once per seed; ``overrides`` (the
+    config flags) apply to every rung, after the rung's own fields."""
+    rungs = [(f"{i}-{name}", config) for i, (name, config) in enumerate(ladder_configs(top, base))]
     if rows is not None:
         unknown = set(rows) - {name for name, _ in LADDER}
         if unknown:

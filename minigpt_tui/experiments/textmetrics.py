@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -64,3 +65,39 @@ def nll(probs: np.ndarray, token: int) -> float:
     """-ln p(token): the surprise of one token in nats (inf for an impossible token)."""
     p = float(np.asarray(probs)[token])
     return -math.log(p) if p > 0 else math.inf
+
+
+# a sample counts as looping when one unit (a word n-gram, or a short run of characters) repeated back to
+# back makes up this share of it: ordinary prose repeats words, but not half of itself
+DOMINATED_SHARE = 0.5
+LOOP_MAX_WORDS = 4  # longest word n-gram checked
+LOOP_MAX_CHARS = 8  # longest character period checked (",,,,", "ha ha ha ")
+
+
+def degeneracy(text: str) -> str:
+    """Why a sample says nothing about diversity or plausibility, or "" when it is ordinary text.
+
+    "empty", "whitespace only", or "repeats '<unit>'" when a word n-gram or a short character unit
+    covers at least ``DOMINATED_SHARE`` of the sample. Such samples would otherwise score like text:
+    400 spaces have no words, so no repeated words either.
+    """
+    if not text:
+        return "empty"
+    if not text.strip():
+        return "whitespace only"
+    tokens = words(text)
+    for n in range(1, LOOP_MAX_WORDS + 1):
+        grams = ngrams(tokens, n)
+        if len(grams) < 3:
+            break
+        gram, count = Counter(grams).most_common(1)[0]
+        if count >= 3 and count * n >= DOMINATED_SHARE * len(tokens):
+            return f"repeats '{' '.join(gram)}'"
+    chars = text.strip()
+    for period in range(1, LOOP_MAX_CHARS + 1):
+        if len(chars) < 3 * period:
+            break
+        same = sum(chars[i] == chars[i - period] for i in range(period, len(chars)))
+        if same >= (1 - DOMINATED_SHARE / 2) * (len(chars) - period):  # three quarters of it one unit
+            return f"repeats {chars[:period]!r}"
+    return ""

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from minigpt_tui.inspection.head_roles import CONTEXT_CLASSES, TARGET_KINDS, HeadRoles
+from minigpt_tui.inspection.head_roles import CONTEXT_CLASSES, HeadRoles
 from minigpt_tui.inspection.inspector import Inspection
 from minigpt_tui.inspection.text import SURPRISAL_FULL_BITS, label
 from minigpt_tui.plots import PNG_DPI, write_png
@@ -83,7 +83,7 @@ def head_roles_figure(roles: HeadRoles, title: str = "") -> Figure:
         for k in range(K):
             left.text(k, row, f"{roles.mass.reshape(L * H, K)[row, k]:.2f}", ha="center", va="center", fontsize=7,
                       color="white")
-    left.set_xticks(range(K), TARGET_KINDS, fontsize=8)
+    left.set_xticks(range(K), roles.labels, fontsize=8)
     left.set_yticks(range(L * H), [f"L{i // H} H{i % H}" for i in range(L * H)], fontsize=7)
     left.set_title("attention mass on each target (number); colour: multiple of uniform attention", fontsize=9)
     fig.colorbar(image, ax=left, fraction=0.04, pad=0.01)

@@ -34,7 +34,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from backends.base import ModelConfig, canonical_shapes, check_weights, count_parameters
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.storage import atomic_write_bytes, atomic_write_text
+from minigpt_tui.storage import atomic_write_bytes, atomic_write_text, check_input_file, read_input_bytes
 from minigpt_tui.training.bpe import BPETokenizer
 from minigpt_tui.training.checkpoint import FOLDER_MODE, Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.training.config import TrainConfig, preset
@@ -42,6 +42,7 @@ from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.runs import Run, available_checkpoint, corpus_fingerprint, create_run, open_run
 from minigpt_tui.training.tokenizer import CharTokenizer, Tokenizer
+from minigpt_tui.typed import checked_value
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -157,37 +158,68 @@ class GPT2Shape:
     bias_free_on_export: bool  # written by minigpt from a bias-free model (its biases are zeros)
 
 
+# the GPT2Config fields minigpt reads: type and GPT2Config's default (a missing field takes it); None
+# in the type's place means the field may be null
+GPT2_CONFIG_FIELDS: dict[str, tuple[type, object, bool]] = {
+    "model_type": (str, None, False),
+    "vocab_size": (int, 50257, False),
+    "n_positions": (int, 1024, False),
+    "n_layer": (int, 12, False),
+    "n_head": (int, 12, False),
+    "n_embd": (int, 768, False),
+    "n_inner": (int, None, True),
+    "resid_pdrop": (float, 0.1, False),
+    "tie_word_embeddings": (bool, True, False),
+    "activation_function": (str, "gelu_new", False),
+    "layer_norm_epsilon": (float, 1e-5, False),
+    "scale_attn_weights": (bool, True, False),
+    "scale_attn_by_inverse_layer_idx": (bool, False, False),
+    "add_cross_attention": (bool, False, False),
+}
+
+
+def gpt2_fields(document: dict, where: str) -> dict:
+    """The fields of ``GPT2_CONFIG_FIELDS`` from ``document``, each type-checked (MiniGPTError naming it)."""
+    values = {}
+    for name, (kind, default, nullable) in GPT2_CONFIG_FIELDS.items():
+        value = document.get(name, default)
+        values[name] = value if value is None and (nullable or name not in document) else checked_value(
+            kind, value, f"{where}: field {name}")
+    return values
+
+
 def read_gpt2_config(document: dict, source: Path) -> GPT2Shape:
     """ModelConfig of a GPT-2 config.json; MiniGPTError naming the first thing minigpt cannot run."""
-    model_type = document.get("model_type")
-    if model_type != "gpt2":
-        raise MiniGPTError(f"{source} holds a {model_type or 'unknown'} model, not GPT-2 (model_type must be 'gpt2')")
-    n_embd = int(document.get("n_embd", 768))
+    fields = gpt2_fields(document, f"{source}/{HF_CONFIG}")
+    if fields["model_type"] != "gpt2":
+        raise MiniGPTError(f"{source} holds a {fields['model_type'] or 'unknown'} model, not GPT-2 "
+                           "(model_type must be 'gpt2')")
+    n_embd = fields["n_embd"]
     checks = [
-        ("activation_function", document.get("activation_function", "gelu_new") in TANH_GELUS, "gelu_new"),
-        ("layer_norm_epsilon", math.isclose(document.get("layer_norm_epsilon", 1e-5), LAYER_NORM_EPS), 1e-5),
-        ("n_inner", document.get("n_inner") in (None, 4 * n_embd), f"null or {4 * n_embd}"),
-        ("scale_attn_weights", document.get("scale_attn_weights", True) is True, True),
-        ("scale_attn_by_inverse_layer_idx", document.get("scale_attn_by_inverse_layer_idx", False) is False, False),
-        ("add_cross_attention", document.get("add_cross_attention", False) is False, False),
+        ("activation_function", fields["activation_function"] in TANH_GELUS, "gelu_new"),
+        ("layer_norm_epsilon", math.isclose(fields["layer_norm_epsilon"], LAYER_NORM_EPS), 1e-5),
+        ("n_inner", fields["n_inner"] in (None, 4 * n_embd), f"null or {4 * n_embd}"),
+        ("scale_attn_weights", fields["scale_attn_weights"] is True, True),
+        ("scale_attn_by_inverse_layer_idx", fields["scale_attn_by_inverse_layer_idx"] is False, False),
+        ("add_cross_attention", fields["add_cross_attention"] is False, False),
     ]
     for name, ok, wanted in checks:
         if not ok:
-            raise MiniGPTError(f"{source}: {name}={document.get(name)!r} has no minigpt equivalent (needs {wanted})")
+            raise MiniGPTError(f"{source}: {name}={fields[name]!r} has no minigpt equivalent (needs {wanted})")
     marker = document.get(MARKER) if isinstance(document.get(MARKER), dict) else {}
     try:
         config = ModelConfig(
-            vocab_size=int(document.get("vocab_size", 50257)),
-            block_size=int(document.get("n_positions", 1024)),
-            n_layer=int(document.get("n_layer", 12)),
-            n_head=int(document.get("n_head", 12)),
+            vocab_size=fields["vocab_size"],
+            block_size=fields["n_positions"],
+            n_layer=fields["n_layer"],
+            n_head=fields["n_head"],
             n_embd=n_embd,
-            dropout=float(document.get("resid_pdrop", 0.1)),
+            dropout=fields["resid_pdrop"],
             bias=True,
             pos_encoding="learned",
-            tie_weights=bool(document.get("tie_word_embeddings", True)),
+            tie_weights=fields["tie_word_embeddings"],
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise MiniGPTError(f"{source}: {exc}") from None
     return GPT2Shape(config, marker.get("bias") is False)
 
@@ -240,13 +272,17 @@ def tokenizer_config(block_size: int) -> dict:
 def read_hf_tokenizer(hf_dir: Path) -> HFTokenizer:
     """tokenizer.json, or GPT-2's older vocab.json + merges.txt pair (byte-level BPE)."""
     try:
-        if (hf_dir / HF_TOKENIZER).is_file():
-            return HFTokenizer.from_file(str(hf_dir / HF_TOKENIZER))
-        if (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
+        if os.path.lexists(hf_dir / HF_TOKENIZER):
+            return HFTokenizer.from_str(read_input_bytes(hf_dir / HF_TOKENIZER, "tokenizer").decode("utf-8"))
+        if os.path.lexists(hf_dir / "vocab.json") and os.path.lexists(hf_dir / "merges.txt"):
+            for name in ("vocab.json", "merges.txt"):
+                check_input_file(hf_dir / name, "tokenizer file")
             hf = HFTokenizer(models.BPE.from_file(str(hf_dir / "vocab.json"), str(hf_dir / "merges.txt")))
             hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             hf.decoder = decoders.ByteLevel()
             return hf
+    except MiniGPTError:
+        raise
     except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
         raise MiniGPTError(f"{hf_dir}: cannot read the tokenizer: {exc}") from None
     raise MiniGPTError(f"{hf_dir} has no tokenizer ({HF_TOKENIZER}, or vocab.json and merges.txt)")
@@ -315,14 +351,17 @@ def export_run(run_dir: Path, out: Path, which: str = "best") -> Export:
 
 def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
     """The tensors of ``model.safetensors`` or of the shards its index names; never a pickle."""
-    if (hf_dir / HF_WEIGHTS).is_file():
+    if os.path.lexists(hf_dir / HF_WEIGHTS):
         files = [hf_dir / HF_WEIGHTS]
-    elif (hf_dir / HF_WEIGHTS_INDEX).is_file():
+    elif os.path.lexists(hf_dir / HF_WEIGHTS_INDEX):
         try:
-            index = json.loads((hf_dir / HF_WEIGHTS_INDEX).read_text(encoding="utf-8"))
-            files = [hf_dir / name for name in sorted(set(index["weight_map"].values()))]
-        except (ValueError, KeyError, TypeError, AttributeError):
+            index = json.loads(read_input_bytes(hf_dir / HF_WEIGHTS_INDEX, "weights index"))
+            names = sorted(set(index["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
             raise MiniGPTError(f"{hf_dir}/{HF_WEIGHTS_INDEX} is corrupt") from None
+        if not all(isinstance(n, str) and n and Path(n).name == n and n not in (".", "..") for n in names):
+            raise MiniGPTError(f"{hf_dir}/{HF_WEIGHTS_INDEX} is corrupt: shards must be file names in the folder")
+        files = [hf_dir / name for name in names]
     elif (hf_dir / "pytorch_model.bin").is_file():
         raise MiniGPTError(
             f"{hf_dir} holds only pytorch_model.bin, a pickle minigpt will not load (it can run code); "
@@ -333,7 +372,10 @@ def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
     tensors = {}
     for file in files:
         try:
+            check_input_file(file, "weights file")
             tensors.update(load_file(str(file)))
+        except IsADirectoryError:
+            raise MiniGPTError(f"{file} is a folder, not a weights file") from None
         except FileNotFoundError:
             raise MiniGPTError(f"{file} is missing") from None
         except (SafetensorError, ValueError, TypeError) as exc:  # bfloat16 has no NumPy dtype: a TypeError
@@ -356,9 +398,11 @@ def import_hf(hf_dir: Path, out: Path, corpus: Corpus | None = None) -> Run:
     if not hf_dir.is_dir():
         raise MiniGPTError(f"folder not found: {hf_dir}")
     try:
-        document = json.loads((hf_dir / HF_CONFIG).read_text(encoding="utf-8"))
+        document = json.loads(read_input_bytes(hf_dir / HF_CONFIG, "config file"))
     except FileNotFoundError:
         raise MiniGPTError(f"{hf_dir} is not a Hugging Face model folder (no {HF_CONFIG})") from None
+    except IsADirectoryError:
+        raise MiniGPTError(f"{hf_dir}/{HF_CONFIG} is a folder, not a file") from None
     except (ValueError, UnicodeDecodeError):
         raise MiniGPTError(f"{hf_dir}/{HF_CONFIG} is corrupt") from None
     if not isinstance(document, dict):

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.training.tokenizer import Tokenizer
+from minigpt_tui.training.tokenizer import Tokenizer, check_utf8
 
 BYTE_ALPHABET = 256
 
@@ -51,7 +51,7 @@ class BPETokenizer(Tokenizer):
         return self.hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text).ids
+        return self.hf.encode(check_utf8(text)).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)

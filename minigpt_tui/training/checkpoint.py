@@ -30,7 +30,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.storage import atomic_write_bytes, atomic_write_text
+from minigpt_tui.storage import atomic_write_bytes, atomic_write_text, read_input_bytes
 from minigpt_tui.training.datasets import sha256
 from minigpt_tui.typed import from_fields
 
@@ -129,7 +129,7 @@ def checkpoint_folder(folder: Path) -> Path:
 
 def _read(folder: Path, name: str) -> bytes:
     try:
-        return (folder / name).read_bytes()
+        return read_input_bytes(folder / name, "checkpoint file", limit=None)
     except FileNotFoundError:
         raise MiniGPTError(f"checkpoint {folder} is incomplete: {name} is missing") from None
     except IsADirectoryError:

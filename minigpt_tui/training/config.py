@@ -19,6 +19,7 @@ from pathlib import Path
 
 from backends.base import FLOAT32_MAX, ModelConfig, OptimConfig
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.storage import read_input_bytes
 from minigpt_tui.typed import checked_value, from_fields, scalar_type
 
 if sys.version_info >= (3, 11):
@@ -70,6 +71,9 @@ class TrainConfig:
         for name in ("warmup_iters", "lr_decay_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_rate * self.optim.muon_lr_scale > FLOAT32_MAX:  # Muon's rate is lr x scale, in float32
+            raise ValueError(f"muon_lr_scale x learning_rate must be at most {FLOAT32_MAX:.3g}, got "
+                             f"{self.optim.muon_lr_scale:g} x {self.learning_rate:g}")
         if self.min_lr > self.learning_rate:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         if self.tokenizer not in TOKENIZERS:
@@ -290,17 +294,32 @@ def preset(name: str) -> TrainConfig:
 def load_toml(path: Path) -> dict:
     """Flat fields from a TOML file (flat, or under a [train] table); unknown keys are an error."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(read_input_bytes(Path(path), "config file").decode("utf-8"))
     except FileNotFoundError:
         raise MiniGPTError(f"config file not found: {path}") from None
     except OSError as exc:
         raise MiniGPTError(f"cannot read config file {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MiniGPTError(f"config file {path} is not valid TOML: {exc}") from None
-    data = data.get("train", data)
+    if "train" in data:
+        beside = sorted(set(data) - {"train"})
+        if beside:  # they would be silently ignored
+            raise MiniGPTError(f"config file {path}: {', '.join(beside)} beside the [train] table; put every "
+                               "field under [train], or drop the table and keep them all at the top")
+        data = data["train"]
+        if not isinstance(data, dict):
+            raise MiniGPTError(f"config file {path}: train must be one [train] table, not an array of tables")
+    tables = sorted(name for name, value in data.items() if isinstance(value, (dict, list)) and name in FLAT_FIELDS)
     unknown = sorted(set(data) - set(FLAT_FIELDS) - {"preset"})
     if unknown:
-        raise MiniGPTError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+        kinds = ["table [" + name + "]" if isinstance(data[name], dict) else
+                 "array of tables [[" + name + "]]" if isinstance(data[name], list) and data[name]
+                 and all(isinstance(v, dict) for v in data[name]) else "field " + name for name in unknown]
+        raise MiniGPTError(f"config file {path}: unknown {', '.join(kinds)} (fields are flat, e.g. n_layer = 4)")
+    if tables:
+        raise MiniGPTError(f"config file {path}: {tables[0]} must be a single value, not a table or a list")
+    if "preset" in data and not isinstance(data["preset"], str):
+        raise MiniGPTError(f"config file {path}: preset must be a preset name (a string)")
     return data
 
 

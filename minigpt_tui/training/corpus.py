@@ -33,6 +33,11 @@ def corpus_for_run(run: Run, data: Path | None, dataset: str | None) -> Corpus:
     raise MiniGPTError(f"the run's corpus {run.data_source} is gone; pass --data PATH or --dataset NAME")
 
 
+def corpus_splits(run: Run, data: Path | None = None, dataset: str | None = None) -> tuple[str, str]:
+    """The train and validation text of the run's corpus."""
+    return split_text(corpus_for_run(run, data, dataset).text)
+
+
 def training_text(run: Run, data: Path | None = None, dataset: str | None = None) -> str:
     """The train split of the run's corpus: what "a word found in the training text" is checked against."""
-    return split_text(corpus_for_run(run, data, dataset).text)[0]
+    return corpus_splits(run, data, dataset)[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.storage import read_input_bytes
 from minigpt_tui.training.datasets import Corpus
 
 TRAIN_FRACTION = 0.9
@@ -35,7 +36,7 @@ def read_corpus(path: Path) -> Corpus:
 
 def _read_text(path: Path) -> str:
     try:
-        data = path.read_bytes()
+        data = read_input_bytes(path, "corpus", limit=None)  # checked again when opened: a FIFO never ends
     except OSError as exc:
         raise MiniGPTError(f"cannot read corpus {path}: {exc.strerror}") from None
     if b"\x00" in data:

@@ -29,7 +29,7 @@ import filelock
 from backends import load_backend
 from backends.base import Backend
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.storage import atomic_write_text
+from minigpt_tui.storage import atomic_write_text, read_input_bytes
 from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, load_checkpoint, load_state
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.datasets import Corpus, sha256
@@ -213,7 +213,7 @@ def read_config(path: Path) -> dict:
     """config.json of the run at ``path`` as checked values; MiniGPTError naming the file and the field."""
     where = f"{Path(path) / CONFIG_FILE}"
     try:
-        document = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+        document = json.loads(read_input_bytes(Path(path) / CONFIG_FILE, "config file"))
     except FileNotFoundError:
         raise MiniGPTError(f"{path} is not a minigpt run folder (no {CONFIG_FILE})") from None
     except IsADirectoryError:

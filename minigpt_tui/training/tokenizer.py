@@ -40,6 +40,17 @@ class Tokenizer(ABC):
         atomic_write_text(Path(path), self.to_json())
 
 
+def check_utf8(text: str) -> str:
+    """``text`` if it is valid Unicode. A command line of bytes that are not UTF-8 reaches Python as lone
+    surrogates (``surrogateescape``); no tokenizer can encode those, and a byte-level one would crash."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = text[exc.start:exc.end].encode("utf-8", "surrogateescape")
+        raise MiniGPTError(f"the text is not valid UTF-8 (bytes {raw!r} at character {exc.start})") from None
+    return text
+
+
 class CharTokenizer(Tokenizer):
     kind = "char"
 

@@ -41,8 +41,10 @@ from minigpt_tui.training.schedule import learning_rate
 from minigpt_tui.training.threads import AUTO, ThreadSetting, thread_controller
 from minigpt_tui.training.vocabulary import build_tokenizer
 
-# what a resumed run cannot change: the network's shape (every model field but dropout) and the tokenizer
-SHAPE_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "dropout") + ("tokenizer",)
+# what a resumed run cannot change: its tokenizer (tokenizer.json is part of the run), and the network's shape
+# (every model field but dropout)
+TOKENIZER_FIELDS = ("tokenizer", "vocab_size")
+SHAPE_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("dropout", *TOKENIZER_FIELDS))
 # the optimizer a checkpoint's state was made for (AdamW moments or Muon momentum): switching is not a resume
 FIXED_ON_RESUME = ("optimizer",)
 
@@ -386,13 +388,26 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
     return trainer
 
 
-def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) -> Trainer:
-    run.world_size = world.size
+def check_resume_changes(run: Run, overrides: dict) -> None:
+    """MiniGPTError for a change a resumed run cannot take: its tokenizer, its shape, its optimizer."""
+    changed = [name for name in TOKENIZER_FIELDS if name in overrides and overrides[name] != run.config.get(name)]
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise MiniGPTError(
+            f"cannot change the tokenizer when resuming ({flags}): "
+            f"run {run.path} reads its text with its own {run.tokenizer.kind} tokenizer of {run.tokenizer.vocab_size} "
+            "tokens; start a new run for another tokenizer"
+        )
     for fixed, why in ((SHAPE_FIELDS, "the weights have a fixed shape"),
                        (FIXED_ON_RESUME, "the checkpoint was trained with them")):
         changed = [name for name in fixed if name in overrides and overrides[name] != run.config.get(name)]
         if changed:
             raise MiniGPTError(f"cannot change {', '.join(changed)} when resuming ({why})")
+
+
+def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) -> Trainer:
+    run.world_size = world.size
+    check_resume_changes(run, overrides)
     if "max_iters" in overrides and not run.config.lr_decay_iters and "lr_decay_iters" not in overrides and (
         run.has_checkpoint("latest") and checkpoint_state(run).step > 0
     ):
@@ -409,6 +424,15 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
     if not run.has_checkpoint("latest"):
         raise MiniGPTError(f"run {run.path} has no checkpoint to resume from; start it afresh with --out {run.path}")
     checkpoint = load_checkpoint(run.checkpoint_dir("latest"))
+    if checkpoint.state.step >= run.config.max_iters:  # nothing to train: refuse before anything is rewritten
+        given = f"--max-iters {run.config.max_iters}" if "max_iters" in overrides else \
+            f"its max_iters ({run.config.max_iters})"
+        raise MiniGPTError(f"run {run.path} is at step {checkpoint.state.step}: {given} trains nothing; give "
+                           f"--max-iters above {checkpoint.state.step} to train on")
+    if not run.data_sha256:  # an imported run (or one from before fingerprints): bound to the corpus it trains on
+        val_text = split_text(corpus.text)[1]
+        run.data_source, run.data_sha256 = corpus.source, corpus_fingerprint(corpus)
+        run.tokens_per_char = len(run.tokenizer.encode(val_text)) / max(1, len(val_text))
     data = tokenize_corpus(run, corpus.text)
     data.check_fits(run.config.model.block_size)
     backend = build_backend(run.config, checkpoint.weights)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.storage import read_input_bytes
 from minigpt_tui.training.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -32,7 +33,7 @@ def tokenizer_from_json(text: str) -> Tokenizer:
 
 def load_tokenizer(path: Path) -> Tokenizer:
     try:
-        return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))
+        return tokenizer_from_json(read_input_bytes(Path(path), "tokenizer").decode("utf-8"))
     except FileNotFoundError:
         raise MiniGPTError(f"cannot read tokenizer {path}: it is missing") from None
     except UnicodeDecodeError:

@@ -9,10 +9,17 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, Static
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments.temperature import TemperatureRow, parse_temperatures
+from minigpt_tui.experiments.temperature import (
+    TemperatureRow,
+    degenerate_cell,
+    parse_temperatures,
+    ratio_cell,
+    sample_heading,
+    shown_sample,
+)
 from minigpt_tui.tui.messages import AblationRequest, SaveAblation
 
-COLUMNS = ("T", "NLL/tok", "dist-1", "dist-2", "dist-3", "repeats", "known words", "entropy", "sample")
+COLUMNS = ("T", "NLL/tok", "degenerate", "dist-1", "dist-2", "dist-3", "repeats", "known words", "entropy", "sample")
 EXCERPT = 60  # characters of the first sample shown in the table
 
 
@@ -40,9 +47,10 @@ class AblationPane(Vertical):
             yield Button("Run", variant="primary", compact=True, id="run-ablation")
             yield Button("Save", compact=True, id="save-ablation",
                          tooltip="Save the table and samples to RUN_DIR/ablations (Ctrl+S)")
-        yield Static("NLL/tok: how surprising the sample is to the model (coherence, lower is surer); dist-n: share "
-                     "of distinct word n-grams (diversity); repeats: word bigrams repeated within a sample; "
-                     "known words: share found in the training text.",
+        yield Static("NLL/tok: how surprising the sample is to the model (coherence, lower is surer); degenerate: "
+                     "blank or looping samples, left out of the rest; dist-n: share of distinct word n-grams "
+                     "(diversity); repeats: word bigrams repeated within a sample; known words: share found in the "
+                     "training text.",
                      id="ablation-help")
         yield DataTable(cursor_type="row", zebra_stripes=True, id="ablation-table")
         yield Static("", id="ablation-sample")
@@ -79,9 +87,10 @@ class AblationPane(Vertical):
     def add_row(self, row: TemperatureRow) -> None:
         self.rows.append(row)
         self.query_one(DataTable).add_row(
-            f"{row.temperature:g}", f"{row.mean_nll:.3f}", f"{row.distinct_1:.2f}", f"{row.distinct_2:.2f}",
-            f"{row.distinct_3:.2f}", f"{row.repeated_ngram_rate:.1%}", f"{row.known_word_share:.0%}",
-            f"{row.mean_entropy:.2f}", excerpt(row.samples[0]) if row.samples else "")
+            f"{row.temperature:g}", f"{row.mean_nll:.3f}", degenerate_cell(row), ratio_cell(row.distinct_1),
+            ratio_cell(row.distinct_2), ratio_cell(row.distinct_3), ratio_cell(row.repeated_ngram_rate, True),
+            ratio_cell(row.known_word_share, True), f"{row.mean_entropy:.2f}",
+            excerpt(shown_sample(row.samples[0])) if row.samples else "")
 
     def finished(self, note: str, source: str = "") -> None:
         self.source = source or self.source
@@ -92,4 +101,5 @@ class AblationPane(Vertical):
     def show_sample(self, event: DataTable.RowHighlighted) -> None:
         if 0 <= event.cursor_row < len(self.rows):
             row = self.rows[event.cursor_row]
-            self.query_one("#ablation-sample", Static).update(f"[b]T={row.temperature:g}[/b]\n{row.samples[0]}")
+            text = f"[b]{sample_heading(row)}[/b]\n{shown_sample(row.samples[0])}"
+            self.query_one("#ablation-sample", Static).update(text)

@@ -24,9 +24,9 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.keepsakes import save_sample, save_temperature_table
-from minigpt_tui.experiments.temperature import temperature_ablation
+from minigpt_tui.experiments.temperature import default_prompt, temperature_ablation
 from minigpt_tui.training.config import TrainConfig
-from minigpt_tui.training.corpus import corpus_for_run, training_text
+from minigpt_tui.training.corpus import corpus_for_run, corpus_splits, training_text
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent, ThreadsEvent
@@ -607,10 +607,12 @@ class MiniGPTApp(App):
         backend, tokenizer, source = self.current_model()
         self.limit_threads(backend)
         train_text = self.training_text()
+        prompt = default_prompt(corpus_splits(self.run_info)[1])  # what `minigpt ablate temperature` uses
+        source = f"{source}, prompt {prompt!r}"
         # one call per temperature so rows appear as they finish; seeds do not depend on the position
         for temperature in request.temperatures:
             rows = temperature_ablation(backend, tokenizer, train_text, [temperature], samples=request.samples,
-                                        length=request.length, should_stop=lambda: worker.is_cancelled)
+                                        length=request.length, prompt=prompt, should_stop=lambda: worker.is_cancelled)
             if not rows:
                 self.post_message(AblationFinished(source, stopped=True))
                 return
