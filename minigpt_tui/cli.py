@@ -651,6 +651,7 @@ def bench(
         "FLOPs/token",
         "MFU",
         "inspect 256 (ms)",
+        "ablation tok/s: 1 by 1 / batch of 10",
     ):
         table.add_column(column, justify="right")
     for r in results:
@@ -665,6 +666,7 @@ def bench(
             f"{r.flops_per_token / 1e6:.2f}M",
             f"{r.mfu:.1%}",
             f"{r.inspect_ms:.1f}",
+            f"{r.ablation_tokens_per_s_serial:,.0f} / {r.ablation_tokens_per_s_batched:,.0f}",
         )
     Console(stderr=json_path == STDOUT).print(table)
     if json_path:
