@@ -1,6 +1,7 @@
 # Two commands from a fresh clone (only Python >= 3.10 needed):
 #   make run    create .venv if missing, install, train the baby preset on the bundled tiny Shakespeare
 #   make test   the same install, then ruff and the test suite (the commands .ci/run runs after `make install`)
+#   make screenshots   train a small run and save a PNG of each view of the app into visualizations/
 # On a GPU machine pick the torch build for your CUDA, e.g.  make run TORCH_SPEC=torch
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/quickstart
 BIN := $(VENV)/bin
 
-.PHONY: install run test tui
+.PHONY: install run test tui screenshots
 
 # reinstalled when pyproject.toml changes; the stamp lives inside the venv, so deleting .venv starts over
 $(VENV)/.installed: pyproject.toml
@@ -36,3 +37,6 @@ tui: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+screenshots: $(VENV)/.installed
+	$(BIN)/python -m minigpt_tui.tui.screenshots --out visualizations

@@ -224,6 +224,37 @@ class ForwardTrace:
 
     logits: np.ndarray  # (T, vocab_size): the next-token logits at every position
     attention: np.ndarray  # (n_layer, n_head, T, T): softmax rows, query i over keys 0..i (zero above)
+    # (n_layer + 1, T, n_embd): the stream after the embedding and after each block; the final LayerNorm
+    # and the head applied to entry l give what the model would predict if it stopped there (logit lens)
+    residual: np.ndarray
+    head_outputs: np.ndarray  # (n_layer, n_head, T, head_size): each head's output before c_proj (after ablation)
+
+
+@dataclass(frozen=True)
+class HeadAblation:
+    """Heads a trace knocks out: each marked head's output (its slice of the attention output, before
+    ``c_proj``) is replaced by ``values`` (mean-ablation: the head's mean output over some text) or zeros."""
+
+    heads: np.ndarray  # (n_layer, n_head) bool: True where the head is ablated
+    values: np.ndarray | None = None  # (n_layer, n_head, head_size); None: zero-ablation
+
+    def __post_init__(self) -> None:
+        if self.heads.ndim != 2 or self.heads.dtype != bool:
+            raise ValueError(f"heads must be a (n_layer, n_head) bool array, got {self.heads.dtype} {self.heads.shape}")
+        if self.values is not None and self.values.shape[:2] != self.heads.shape:
+            raise ValueError(f"values must be (n_layer, n_head, head_size), got {self.values.shape}")
+
+    def check(self, config: ModelConfig) -> None:
+        """ValueError unless it fits a model of ``config``."""
+        if self.heads.shape != (config.n_layer, config.n_head):
+            raise ValueError(f"the ablation is for {self.heads.shape} heads, the model has "
+                             f"({config.n_layer}, {config.n_head})")
+        if self.values is not None and self.values.shape[2] != config.n_embd // config.n_head:
+            raise ValueError(f"ablation values have head size {self.values.shape[2]}, the model "
+                             f"{config.n_embd // config.n_head}")
+
+    def replacement(self, layer: int, head: int) -> np.ndarray | float:
+        return 0.0 if self.values is None else self.values[layer, head]
 
 
 class GenerationSession(ABC):
@@ -307,9 +338,10 @@ class Backend(ABC):
         """Float32 logits of shape (B, T, vocab_size), without dropout."""
 
     @abstractmethod
-    def trace(self, tokens: np.ndarray) -> ForwardTrace:
-        """Logits and every layer's attention probabilities for one (1, T) sequence, without dropout.
-        For inspection only: the training path never materialises the probabilities."""
+    def trace(self, tokens: np.ndarray, ablation: HeadAblation | None = None) -> ForwardTrace:
+        """Logits, every layer's attention probabilities, the residual stream and each head's output for
+        one (1, T) sequence, without dropout, with the heads of ``ablation`` knocked out. For inspection
+        only: the training path never materialises the probabilities nor takes an ablation."""
 
     @abstractmethod
     def generation_session(self, batch: int = 1) -> GenerationSession:

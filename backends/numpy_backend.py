@@ -23,6 +23,7 @@ from backends.base import (
     Backend,
     ForwardTrace,
     GenerationSession,
+    HeadAblation,
     ModelConfig,
     OptimConfig,
     StepResult,
@@ -237,13 +238,19 @@ class NumpyBackend(Backend):
         self.model.forward(ws, idx)
         return ws.logits.astype(np.float32)  # a copy: the workspace is reused
 
-    def trace(self, tokens: np.ndarray) -> ForwardTrace:
+    def trace(self, tokens: np.ndarray, ablation: HeadAblation | None = None) -> ForwardTrace:
         idx = self._ids(tokens)
         if idx.shape[0] != 1:
             raise ValueError(f"trace takes one sequence, shape (1, T), got {idx.shape}")
+        if ablation is not None:
+            ablation.check(self.config)
         ws = self.workspace(idx.shape)
-        self.model.forward(ws, idx)  # the training forward keeps the probabilities for its backward
-        return ForwardTrace(ws.logits[0].copy(), ws.att[:, 0].copy())  # copies: the workspace is reused
+        # the training forward keeps the probabilities, the stream and the head outputs for its backward
+        self.model.forward(ws, idx, ablation=ablation)
+        c, T = self.config, idx.shape[1]
+        heads = ws.y[:, 0].reshape(c.n_layer, T, c.n_head, c.n_embd // c.n_head).transpose(0, 2, 1, 3)
+        # copies: the workspace is reused; residual[2l] is the stream entering block l, residual[-1] leaving the last
+        return ForwardTrace(ws.logits[0].copy(), ws.att[:, 0].copy(), ws.residual[::2, 0].copy(), heads.copy())
 
     def generation_session(self, batch: int = 1) -> GenerationSession:
         return NumpyGenerationSession(self.model, batch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import ModelConfig, rope_tables, sinusoidal_positions
+from backends.base import HeadAblation, ModelConfig, rope_tables, sinusoidal_positions
 from backends.numpy_layers import (
     attention_backward,
     attention_forward,
@@ -87,6 +87,14 @@ class Workspace:
         self.ln_scratch = (buf(B, T, C), buf(B, T, C), buf(B, T, 1), buf(B, T, 1))
 
 
+def ablate_heads(y: np.ndarray, ablation: HeadAblation, layer: int) -> None:
+    """Overwrite the channels of the ablated heads of ``layer`` in y (B, T, C), heads merged, with their
+    replacement (head h owns channels h * hs .. (h + 1) * hs)."""
+    hs = y.shape[-1] // ablation.heads.shape[1]
+    for head in np.flatnonzero(ablation.heads[layer]):
+        y[..., head * hs : (head + 1) * hs] = ablation.replacement(layer, int(head))
+
+
 class NumpyGPT:
     """Forward and backward over parameter arrays it does not own (``params``: canonical name ->
     array, views into the backend's flat buffer), so an optimizer step is seen without copies."""
@@ -151,9 +159,11 @@ class NumpyGPT:
         if idx.ndim != 2 or not 1 <= idx.shape[1] <= self.config.block_size:
             raise ValueError(f"inputs must be (B, T) with 1 <= T <= {self.config.block_size}, got {idx.shape}")
 
-    def forward(self, ws: Workspace, idx: np.ndarray, rng: np.random.Generator | None = None) -> None:
+    def forward(self, ws: Workspace, idx: np.ndarray, rng: np.random.Generator | None = None,
+                ablation: HeadAblation | None = None) -> None:
         """(B, T) ids -> ws.logits (B, T, V), saving what the backward needs. Dropout is drawn from
-        ``rng`` when one is given (training) and the config has any."""
+        ``rng`` when one is given (training) and the config has any. ``ablation`` (inspection only:
+        the backward does not know of it) overwrites the marked heads' outputs."""
         c, p = self.config, self.params
         drop = rng is not None and c.dropout > 0
         ws.dropout = drop
@@ -176,6 +186,8 @@ class NumpyGPT:
             if self.transforms_qk:
                 q, k = self.qk_forward(q, k, 0, *self.qk_buffers(ws, l))
             attention_forward(merge_heads(ws.y[l], nh), ws.att[l], q, k, v, bias, ws.att_row, *dropped)
+            if ablation is not None:
+                ablate_heads(ws.y[l], ablation, l)
             linear_forward(ws.branch, ws.y[l], w["attn.c_proj.weight"], w["attn.c_proj.bias"])
             if drop:
                 dropout_forward(ws.branch, ws.keep_attn_proj[l], ws.branch, c.dropout, rng)

@@ -15,6 +15,7 @@ from backends.base import (
     Backend,
     ForwardTrace,
     GenerationSession,
+    HeadAblation,
     ModelConfig,
     OptimConfig,
     OutOfMemory,
@@ -25,7 +26,7 @@ from backends.base import (
     is_hidden_matrix,
     time_matmuls,
 )
-from backends.torch_model import GPT, Decoder, KVCache
+from backends.torch_model import GPT, Decoder, KVCache, TraceRecorder
 from backends.torch_muon import StackedMuon
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
@@ -200,16 +201,22 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     @out_of_memory_as_ours
-    def trace(self, tokens: np.ndarray) -> ForwardTrace:
+    def trace(self, tokens: np.ndarray, ablation: HeadAblation | None = None) -> ForwardTrace:
         if tokens.ndim != 2 or tokens.shape[0] != 1:
             raise ValueError(f"trace takes one sequence, shape (1, T), got {tokens.shape}")
+        if ablation is not None:
+            ablation.check(self.config)
         self.model.eval()
-        probs: list[torch.Tensor] = []
+        recorder = TraceRecorder(ablation)
         with self._autocast:
-            logits = self.model(self._tensor(tokens), probs=probs)
-        attention = torch.cat(probs)  # n_layer x (1, nh, T, T) -> (n_layer, nh, T, T)
+            logits = self.model(self._tensor(tokens), recorder=recorder)
         dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 under autocast is upcast
-        return ForwardTrace(logits[0].to(dtype).cpu().numpy(), attention.to(dtype).cpu().numpy())
+
+        def stacked(tensors: list[torch.Tensor]) -> np.ndarray:  # per layer (1, ...) -> (layers, ...)
+            return torch.cat(tensors).to(dtype).cpu().numpy()
+
+        return ForwardTrace(logits[0].to(dtype).cpu().numpy(), stacked(recorder.attention),
+                            stacked(recorder.residual), stacked(recorder.head_outputs))
 
     def generation_session(self, batch: int = 1) -> GenerationSession:
         return TorchGenerationSession(self, batch)

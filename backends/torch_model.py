@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from backends.base import QK_NORM_EPS, ModelConfig, rope_tables, sinusoidal_positions
+from backends.base import QK_NORM_EPS, HeadAblation, ModelConfig, rope_tables, sinusoidal_positions
 
 
 def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -50,6 +50,27 @@ class QKTransform(nn.Module):
         return q, k
 
 
+class TraceRecorder:
+    """What an inspection forward records, per layer, and the heads it knocks out. With one, attention is
+    computed explicitly (SDPA never materialises the probabilities); training never passes one."""
+
+    def __init__(self, ablation: HeadAblation | None = None) -> None:
+        self.ablation = ablation
+        self.attention: list[torch.Tensor] = []  # (B, nh, T, T) per layer
+        self.head_outputs: list[torch.Tensor] = []  # (B, nh, T, hs) per layer, after the ablation
+        self.residual: list[torch.Tensor] = []  # (B, T, C) after the embedding and after each block
+
+    def ablate(self, y: torch.Tensor, layer: int) -> torch.Tensor:
+        """y (B, nh, T, hs) with the ablated heads of ``layer`` replaced (a copy when any is)."""
+        if self.ablation is None or not self.ablation.heads[layer].any():
+            return y
+        y = y.clone()
+        for head in self.ablation.heads[layer].nonzero()[0]:
+            value = self.ablation.replacement(layer, int(head))
+            y[:, head] = torch.as_tensor(value, dtype=y.dtype, device=y.device)
+        return y
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (torch's own cannot drop just the bias)."""
 
@@ -73,7 +94,7 @@ class CausalSelfAttention(nn.Module):
         self.transform = QKTransform(config) if config.qk_norm or config.pos_encoding == "rope" else None
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, probs: list | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, recorder: TraceRecorder | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
         # (B, T, 3C) -> three (B, nh, T, hs): heads become a batch dimension
@@ -81,14 +102,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.transform is not None:  # with a cache, the new tokens sit at positions cache.length..
             q, k = self.transform(q, k, cache.length if cache is not None else 0)
-        if probs is not None:
+        if recorder is not None:
             # inspection only: SDPA never materialises the probabilities, so compute them explicitly
             # from the same q, k, v (whatever the lines above do to them) and record them
             att = (q @ k.transpose(-2, -1)) * (C // self.n_head) ** -0.5
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-            probs.append(att)
-            y = att @ v
+            y = recorder.ablate(att @ v, layer)
+            recorder.attention.append(att)
+            recorder.head_outputs.append(y)
         elif cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -126,9 +148,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, probs: list | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, recorder: TraceRecorder | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, probs)
+        x = x + self.attn(self.ln_1(x), cache, layer, recorder)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -157,13 +179,18 @@ class GPT(nn.Module):
             return 0.0
         return self.sinusoids[start : start + length]
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, probs: list | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) logits. A ``probs`` list receives each layer's attention
-        probabilities, (B, nh, T, T), computed explicitly instead of by SDPA (for inspection)."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                recorder: TraceRecorder | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits. A ``recorder`` (for inspection) receives each layer's
+        attention probabilities, head outputs and the residual stream, and may knock heads out."""
         start = cache.length if cache is not None else 0
         x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1], idx.device))
+        if recorder is not None:
+            recorder.residual.append(x)
         for layer, block in enumerate(self.h):
-            x = block(x, cache, layer, probs)
+            x = block(x, cache, layer, recorder)
+            if recorder is not None:
+                recorder.residual.append(x)
         x = self.ln_f(x)
         head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
         return F.linear(x, head)

@@ -421,11 +421,16 @@ def eval_command(
 @click.option("--top-p", type=float, default=None, help="Keep the smallest set with probability >= p.")
 @click.option("--layer", type=int, default=0, show_default=True, help="Layer of the attention head shown.")
 @click.option("--head", type=int, default=0, show_default=True, help="Head shown.")
+@click.option("--ablate-heads", default=None, help="Knock these heads out (zero-ablation), as LAYER.HEAD, "
+              "comma-separated: e.g. 1.0,2.3.")
+@click.option("--logit-lens", is_flag=True, help="Also show each layer's top next tokens at the position.")
 @checkpoint_choice()
 @backend_option
 @device_option
+@click.option("--step", type=click.IntRange(min=0), default=None,
+              help="Use the run's snapshot at this step (see train --snapshots) instead of a checkpoint.")
 @output_file_option("--png", "png_path", "Write a figure: surprisal, next-token bars at T=0.5/1/1.5, every "
-                    "attention map.")
+                    "attention map (with --logit-lens, also the lens as FILE-lens.png).")
 @output_file_option("--json", "json_path", "Write the raw numbers as JSON.", allow_stdout=True)
 @threads_option()
 def inspect_command(
@@ -437,9 +442,12 @@ def inspect_command(
     top_p: float | None,
     layer: int,
     head: int,
+    ablate_heads: str | None,
+    logit_lens: bool,
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    step: int | None,
     png_path: Path | None,
     json_path: Path | None,
     threads,
@@ -449,62 +457,101 @@ def inspect_command(
 
     from minigpt_tui.inspection.inspector import inspect_text
     from minigpt_tui.inspection.text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
-    from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.runs import available_checkpoint, model_at, open_run
     from minigpt_tui.training.sampling import SamplingParams
     from minigpt_tui.training.threads import apply_threads
 
     params = SamplingParams(temperature, top_k, top_p)
     text = text.replace("\\n", "\n")
     run = open_run(run_dir)
-    model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
-    apply_threads(threads, model.set_threads, lambda: inspect_text(model, run.tokenizer, text))
-    inspection = inspect_text(model, run.tokenizer, text)
+    kind = "snapshot" if step is not None else available_checkpoint(run, checkpoint)
+    model, step = model_at(run, kind, backend=backend, device=device, step=step)
+    ablation, ablated = None, []
+    if ablate_heads is not None:
+        from backends.base import HeadAblation
+        from minigpt_tui.inspection.head_ablation import head_labels, parse_heads
+
+        mask = parse_heads(ablate_heads, model.config.n_layer, model.config.n_head)
+        ablation, ablated = HeadAblation(mask), head_labels(mask)
+    apply_threads(threads, model.set_threads, lambda: inspect_text(model, run.tokenizer, text, ablation))
+    inspection = inspect_text(model, run.tokenizer, text, ablation)
     position = inspection.check_position(position)
     inspection.check_head(layer, head)
     view = inspection.next_tokens(position, params, run.tokenizer)
-    step, kind = ckpt.state.step, ckpt.state.kind
     console = Console(highlight=False, stderr=json_path == STDOUT)
     mean_bits = float(inspection.surprisal_bits[1:].mean()) if inspection.length > 1 else float("nan")
-    console.print(f"{run.path} ({kind} checkpoint, step {step}, {model.name}): {inspection.length} tokens, "
-                  f"mean surprisal {mean_bits:.2f} bits/token")
+    knocked_out = f", heads {', '.join(ablated)} ablated" if ablated else ""
+    console.print(f"{run.path} ({kind} weights, step {step}, {model.name}{knocked_out}): {inspection.length} "
+                  f"tokens, mean surprisal {mean_bits:.2f} bits/token")
     console.print(surprisal_text(inspection, position))
     console.print(surprisal_legend())
     piece = label(inspection.pieces[position])
     console.print(next_tokens_table(view, title=f"next token after position {position} ('{piece}')"))
     console.print(f"attention of layer {layer} head {head} from position {position} ('{piece}'):")
     console.print(attention_text(inspection, inspection.attention_from(position, layer, head), position))
-    if png_path:
-        from minigpt_tui.inspection.figures import write_inspection_figure
+    lens = None
+    if logit_lens:
+        from minigpt_tui.inspection.lens import Unembedding
+        from minigpt_tui.inspection.lens import logit_lens as read_lens
+        from minigpt_tui.inspection.text import lens_table
 
-        title = f"{run.path.name}, {kind} checkpoint step {step}: position {position} ('{piece}')"
+        lens = read_lens(Unembedding.of(model), inspection, position, run.tokenizer)
+        console.print(lens_table(lens, title=f"logit lens: each layer's guess after position {position} ('{piece}')"))
+    if png_path:
+        from minigpt_tui.inspection.figures import save_figure, write_inspection_figure
+
+        title = f"{run.path.name}, {kind} weights step {step}{knocked_out}: position {position} ('{piece}')"
         click.echo(write_inspection_figure(png_path, inspection, run.tokenizer, position, title), err=True)
+        if lens is not None:
+            from minigpt_tui.inspection.insight_figures import lens_figure
+
+            context = "".join(inspection.pieces[: position + 1])
+            lens_path = png_path.with_name(f"{png_path.stem}-lens{png_path.suffix or '.png'}")
+            click.echo(save_figure(lens_figure(lens, context, title=title), lens_path), err=True)
     if json_path:
         document = {"run": str(run.path), "checkpoint": kind, "step": step, "backend": model.name, "text": text,
-                    "position": position, "layer": layer, "head": head, **inspection.to_dict(),
-                    "next_tokens": view.to_dict(),
+                    "position": position, "layer": layer, "head": head, "ablated_heads": ablated,
+                    **inspection.to_dict(), "next_tokens": view.to_dict(),
                     "attention_from_position": inspection.attention_from(position, layer, head).tolist()}
+        if lens is not None:
+            document["logit_lens"] = lens.to_dict()
         write_output_text(json_path, json.dumps(document))
         if json_path != STDOUT:
             click.echo(json_path, err=True)
+
+
+step_option = click.option("--step", type=click.IntRange(min=0), default=None,
+                           help="Use the run's snapshot at this step (see train --snapshots) instead.")
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--windows", type=click.IntRange(min=1), default=64, show_default=True,
               help="Context-long windows spread evenly over the validation split.")
+@click.option("--whole-split", is_flag=True, help="With --ablate: the whole validation split, window after window.")
 @click.option("--weights", type=click.Choice(["best", "latest", "init"]), default="best", show_default=True,
               help="A checkpoint, or the run's initial weights (its seed, before any training).")
+@step_option
+@click.option("--ablate", is_flag=True, help="Also knock out each head alone, each layer and every head, and "
+              "measure the rise in val loss: (heads + layers + 2) forwards per window.")
+@click.option("--mode", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
+              help="With --ablate: replace a head's output by zeros, or by its mean over the windows.")
+@click.option("--logit-lens", is_flag=True, help="Also the loss of each layer's logit lens over the windows: how "
+              "much of the prediction each block has built.")
 @data_option
 @dataset_option
 @backend_option
 @device_option
-@output_file_option("--png", "png_path", "Write the table and surprisal as a figure.")
+@output_file_option("--png", "png_path", "Write the table and surprisal as a figure (with --ablate: the delta "
+                    "loss beside the roles).")
 @output_file_option("--json", "json_path", "Write the numbers as JSON.", allow_stdout=True)
-def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str | None, device: str | None,
-          png_path: Path | None, json_path: Path | None) -> None:
+def heads(run_dir: Path, windows: int, whole_split: bool, weights: str, step: int | None, ablate: bool, mode: str,
+          logit_lens: bool, data, dataset, backend: str | None, device: str | None, png_path: Path | None,
+          json_path: Path | None) -> None:
     """What the heads learned: attention on the previous token, word/line start, newline and (in a play's
     "NAME:" lines) speaker name, and surprisal by word start, word middle and after a newline, over the
-    validation split."""
+    validation split. With --ablate, which heads matter: the rise in val loss when each is knocked out,
+    beside its attention role."""
     from rich.console import Console
     from rich.table import Table
 
@@ -515,7 +562,10 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
-    model, step = model_at(run, weights, backend=backend, device=device)
+    snapshot = step
+    model, step = model_at(run, weights, backend=backend, device=device, step=snapshot)
+    if snapshot is not None:
+        weights = "snapshot"
     roles = head_roles(model, run.tokenizer, val, windows=windows)
     table = Table(title=f"{run.path} ({weights} weights, step {step}): mean attention mass per target, "
                         f"{roles.windows} windows of {roles.window_tokens} tokens")
@@ -534,15 +584,126 @@ def heads(run_dir: Path, windows: int, weights: str, data, dataset, backend: str
                       f"{roles.queries[k]} queries)")
     console.print("surprisal (bits/token): " + ", ".join(
         f"{name} {bits:.2f} (n={roles.surprisal_counts[name]})" for name, bits in roles.surprisal_bits.items()))
+    importance = None
+    if ablate:
+        from minigpt_tui.inspection.head_ablation import head_importance
+        from minigpt_tui.inspection.text import importance_table
+
+        importance = head_importance(model, run.tokenizer, val, windows=None if whole_split else windows, mode=mode)
+        console.print(importance_table(importance, roles, title=f"which heads matter ({mode}-ablation, "
+                                       f"{importance.windows} windows): Δ val loss in nats, and the head's role"))
+        console.print(f"val loss {importance.base_loss:.4f}; every head ablated {importance.all_heads_loss:.4f}; "
+                      f"context-free levels: unigram {importance.unigram_loss:.4f}, bigram "
+                      f"{importance.bigram_loss:.4f} (nats/token)")
+    lens_losses = None
+    if logit_lens:
+        from minigpt_tui.inspection.lens import depth_name, layer_losses
+
+        lens_losses = layer_losses(model, val, windows=None if whole_split else windows)
+        console.print(f"logit lens loss over {lens_losses.windows} windows (nats/token): " + ", ".join(
+            f"after {depth_name(d)} {loss:.4f}" for d, loss in enumerate(lens_losses.loss)))
     if png_path:
         from minigpt_tui.inspection.figures import head_roles_figure, save_figure
 
         title = f"{run.path.name}, {weights} weights (step {step}): {roles.windows} val windows of " \
                 f"{roles.window_tokens}"
-        click.echo(save_figure(head_roles_figure(roles, title), png_path), err=True)
+        if importance is not None:
+            from minigpt_tui.inspection.insight_figures import importance_figure
+
+            figure = importance_figure(importance, roles, title)
+        else:
+            figure = head_roles_figure(roles, title)
+        click.echo(save_figure(figure, png_path), err=True)
+    if json_path:
+        document = {"run": str(run.path), "weights": weights, "step": step, **roles.to_dict()}
+        if importance is not None:
+            document["ablation"] = importance.to_dict()
+        if lens_losses is not None:
+            document["logit_lens_loss"] = lens_losses.to_dict()
+        write_output_text(json_path, json.dumps(document, indent=1))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Choice(["best", "latest", "init"]), default="best", show_default=True,
+              help="A checkpoint, or the run's initial weights.")
+@step_option
+@backend_option
+@output_file_option("--png", "png_path", "Write the labelled map as a figure.")
+@output_file_option("--json", "json_path", "Write the points as JSON.", allow_stdout=True)
+def embeddings(run_dir: Path, weights: str, step: int | None, backend: str | None, png_path: Path | None,
+               json_path: Path | None) -> None:
+    """Where the tokens sit: a 2-D PCA of the token embeddings, grouped vowels, consonants, capitals, digits,
+    punctuation and whitespace, with the share of the variance the two axes show."""
+    from minigpt_tui.inspection.embedding_map import embedding_map
+    from minigpt_tui.inspection.text import label
+    from minigpt_tui.training.runs import model_at, open_run
+
+    run = open_run(run_dir)
+    if step is not None:
+        weights = "snapshot"
+    model, step = model_at(run, weights, backend=backend, device="cpu", step=step)  # only its weights are read
+    emap = embedding_map(model, run.tokenizer)
+    pc1, pc2 = emap.variance_explained
+    click.echo(f"{run.path} ({weights} weights, step {step}): {len(emap.labels)} tokens; PC 1 holds {pc1:.1%} of "
+               f"the variance, PC 2 {pc2:.1%}")
+    for group, (x, y) in emap.centroids().items():
+        members = "".join(label(t) for t, g in zip(emap.labels, emap.groups, strict=True) if g == group)
+        click.echo(f"  {group:12s} centre ({x:+.3f}, {y:+.3f}): {members[:60]}")
+    title = f"{run.path.name}, {weights} weights (step {step}): token embeddings, 2-D PCA"
+    if png_path:
+        from minigpt_tui.inspection.figures import save_figure
+        from minigpt_tui.inspection.insight_figures import embedding_figure
+
+        click.echo(save_figure(embedding_figure(emap, title), png_path), err=True)
     if json_path:
         write_output_text(json_path, json.dumps({"run": str(run.path), "weights": weights, "step": step,
-                                                 **roles.to_dict()}, indent=1))
+                                                 **emap.to_dict()}, indent=1))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--text", default=None, help="Text whose attention is drawn (default: a val excerpt; \\n for a "
+              "newline).")
+@click.option("--windows", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Validation windows for the surprisal and the head ranking.")
+@click.option("--sample-tokens", type=click.IntRange(min=1), default=120, show_default=True)
+@data_option
+@dataset_option
+@backend_option
+@output_file_option("--png", "png_path", "Write the time-lapse as a figure.")
+@output_file_option("--json", "json_path", "Write the numbers as JSON.", allow_stdout=True)
+def timelapse(run_dir: Path, text: str | None, windows: int, sample_tokens: int, data, dataset, backend: str | None,
+              png_path: Path | None, json_path: Path | None) -> None:
+    """How the model learned: at each snapshot (train --snapshots) a sample, the surprisal by character class,
+    and the attention of the heads that matter most at the end."""
+    from minigpt_tui.inspection.inspector import excerpt
+    from minigpt_tui.inspection.timelapse import timelapse as read_timelapse
+    from minigpt_tui.training.corpus import corpus_for_run
+    from minigpt_tui.training.data import split_text
+    from minigpt_tui.training.runs import open_run
+    from minigpt_tui.training.trainer import tokenize_corpus
+
+    run = open_run(run_dir)
+    corpus = corpus_for_run(run, data, dataset).text
+    val = tokenize_corpus(run, corpus).val
+    text = text.replace("\\n", "\n") if text else excerpt(split_text(corpus)[1], run.config.model.block_size)
+    lapse = read_timelapse(run, val, text, sample_tokens=sample_tokens, windows=windows, backend=backend)
+    heads = ", ".join(f"L{layer} H{head} (Δ {delta:+.3f})" for (layer, head), delta in
+                      zip(lapse.heads, lapse.head_delta_loss, strict=True))
+    click.echo(f"{run.path}: {len(lapse.frames)} snapshots; the heads that matter most at the end: {heads}")
+    for frame in lapse.frames:
+        bits = ", ".join(f"{name} {value:.2f}" for name, value in frame.class_bits.items())
+        click.echo(f"step {frame.step}: val loss {frame.val_loss:.3f}; surprisal (bits) {bits}")
+        click.echo("  " + frame.sample.replace("\n", "\n  ")[:400])
+    if png_path:
+        from minigpt_tui.inspection.figures import save_figure
+        from minigpt_tui.inspection.insight_figures import timelapse_figure
+
+        click.echo(save_figure(timelapse_figure(lapse, f"{run.path.name}: how the model learned"), png_path),
+                   err=True)
+    if json_path:
+        write_output_text(json_path, json.dumps({"run": str(run.path), **lapse.to_dict()}, indent=1))
 
 
 @main.command()

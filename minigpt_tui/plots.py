@@ -27,6 +27,10 @@ PNG_DPI = 100
 PNG_METADATA = {"Software": None}  # no version stamp: re-exporting the same data gives the same bytes
 TEXT_SIZE = (78, 20)
 TEXT_MARKERS = ("dot", "x", "+", "o", "*", "#", "@", "%")
+# one colour per curve role in every chart, PNG and terminal alike (plotext names; PNG_COLORS for matplotlib)
+BATCH_COLOR, TRAIN_COLOR, VAL_COLOR = "cyan", "green", "orange"
+PNG_COLORS = {"cyan": "#17becf", "green": "#2ca02c", "orange": "#ff7f0e", "magenta": "#e377c2", "yellow": "#bcbd22",
+              "red": "#d62728", "blue": "#1f77b4", "white": "#7f7f7f", "gray": "#7f7f7f"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Series:
     x: list[float]
     y: list[float]
     faint: bool = False  # context, like the per-step batch loss: drawn thin and transparent
+    color: str | None = None  # a plotext colour name (PNG_COLORS maps it); None: the chart's colour cycle
 
 
 @dataclass(frozen=True)
@@ -83,14 +88,16 @@ def run_charts(runs: list[RunCurves]) -> dict[str, Chart]:
     loss, ppl, bpc = [], [], []
     for run in runs:
         prefix = "" if single else f"{run.label} "
+        # one run: train and val keep their role colours, as in the app; several: the colour cycle per series
+        train, val = (TRAIN_COLOR, VAL_COLOR) if single else (None, None)
         if single and run.steps:
-            loss.append(Series("train (batch)", *_column(run.steps, "loss"), faint=True))
-        loss.append(Series(f"{prefix}train", *_column(run.evals, "train_loss")))
-        loss.append(Series(f"{prefix}val", *_column(run.evals, "val_loss")))
-        ppl.append(Series(f"{prefix}val", *_column(run.evals, "val_perplexity")))
-        bpc.append(Series(f"{prefix}val", *_column(run.evals, "val_bits_per_char")))
+            loss.append(Series("train (batch)", *_column(run.steps, "loss"), faint=True, color=BATCH_COLOR))
+        loss.append(Series(f"{prefix}train", *_column(run.evals, "train_loss"), color=train))
+        loss.append(Series(f"{prefix}val", *_column(run.evals, "val_loss"), color=val))
+        ppl.append(Series(f"{prefix}val", *_column(run.evals, "val_perplexity"), color=val))
         if single:
-            bpc.append(Series("train", *_column(run.evals, "train_bits_per_char")))
+            bpc.append(Series("train", *_column(run.evals, "train_bits_per_char"), color=train))
+        bpc.append(Series(f"{prefix}val", *_column(run.evals, "val_bits_per_char"), color=val))
     return {
         "loss": Chart("Cross-entropy loss", "step", "loss (nats/token)", loss),
         "perplexity": Chart("Validation perplexity", "step", "perplexity (per token, log scale)", ppl, logy=True),
@@ -113,6 +120,11 @@ def wall_clock_chart(run_dirs: list[Path], labels: list[str] | None = None, targ
 
 
 def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -> Path:
+    return write_png(chart_figure(chart, size), path)
+
+
+def chart_figure(chart: Chart, size: tuple[float, float] = (7.0, 4.2)) -> Figure:
+    """The chart as a matplotlib figure (not drawn yet)."""
     fig = Figure(figsize=size, dpi=PNG_DPI, layout="constrained")
     ax = fig.add_subplot()
     for s in chart.series:
@@ -120,12 +132,15 @@ def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -
             style = dict(linewidth=0.8, alpha=0.35)
         else:
             style = dict(linewidth=1.8, marker="o" if len(s.x) <= 12 else None, markersize=4)
+        if s.color is not None:
+            style["color"] = PNG_COLORS[s.color]
         ax.plot(s.x, s.y, label=s.label, **style)
     if chart.vline is not None:
         ax.axvline(chart.vline, color="grey", linestyle="--", linewidth=1)
     ax.set(title=chart.title, xlabel=chart.xlabel, ylabel=chart.ylabel)
     if chart.logy:
         ax.set_yscale("log")
+        mark_final_values(ax, chart)
     if chart.logx:
         ax.set_xscale("log", base=2)
         xs = sorted({x for s in chart.series for x in s.x})
@@ -134,7 +149,14 @@ def save_png(chart: Chart, path: Path, size: tuple[float, float] = (7.0, 4.2)) -
             ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return write_png(fig, path)
+    return fig
+
+
+def mark_final_values(ax, chart: Chart) -> None:
+    """A log axis over a narrow range may have no labelled tick near the curves: label each final value."""
+    finals = sorted({ys[-1] for s in chart.series if not s.faint for ys in [_finite_points(s)[1]] if ys})
+    if finals:
+        ax.set_yticks(finals, [f"{v:.3g}" for v in finals], minor=True)
 
 
 def write_png(fig: Figure, path: Path, dpi: float | str = "figure") -> Path:
@@ -154,7 +176,9 @@ def render_text(chart: Chart, size: tuple[int, int] = TEXT_SIZE, color: bool = F
         xs, ys = _finite_points(s)  # plotext has no gaps: a non-finite point is left out
         if s.faint or not xs:
             continue
-        fig.plot(xs, ys, label=s.label, marker="braille" if color else TEXT_MARKERS[i % len(TEXT_MARKERS)])
+        style = {"marker": "braille", "color": s.color} if color and s.color else {
+            "marker": "braille" if color else TEXT_MARKERS[i % len(TEXT_MARKERS)]}
+        fig.plot(xs, ys, label=s.label, **style)
         drawn = True
     if chart.vline is not None:
         fig.vertical_line(chart.vline)
@@ -163,7 +187,10 @@ def render_text(chart: Chart, size: tuple[int, int] = TEXT_SIZE, color: bool = F
     fig.title(chart.title)
     fig.xlabel(chart.xlabel)
     fig.ylabel(chart.ylabel)
-    text = fig.build()
+    try:
+        text = fig.build()
+    except (IndexError, ValueError, ZeroDivisionError) as exc:  # plotext fails on some degenerate inputs
+        raise MiniGPTError(f"cannot draw the chart {chart.title!r} as text: {type(exc).__name__}: {exc}") from None
     return text if color else plotext.uncolorize(text)
 
 
@@ -252,9 +279,10 @@ def axis_limits(values: list[float], log: bool = False, pad: float = 0.05) -> tu
         return lo / ratio, hi * ratio
     if hi - lo <= 1e-4 * max(1.0, abs(hi)):
         span = max(abs(hi) * 0.1, 0.1)
-        return lo - span, hi + span
-    span = (hi - lo) * pad
-    return lo - span, hi + span
+    else:
+        span = (hi - lo) * pad
+    # values that are never negative (a learning rate, a loss) get no negative tick
+    return (max(lo - span, 0.0) if lo >= 0 else lo - span), hi + span
 
 
 def step_ticks(x_max: int, count: int = 5) -> list[int]:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -29,7 +30,7 @@ from test_cli import invoke
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training import memory
 from minigpt_tui.training.checkpoint import load_checkpoint
-from minigpt_tui.training.runs import load_model, open_run
+from minigpt_tui.training.runs import load_model, open_run, snapshot_steps
 from minigpt_tui.training.trainer import Trainer
 
 COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -65,6 +66,8 @@ def loadable(run: Path) -> bool:
     try:
         load_model(open_run(run), which="latest")
         load_checkpoint(run / "checkpoints" / "latest")
+        for step in snapshot_steps(open_run(run)):  # snapshots are kept as carefully as checkpoints
+            load_checkpoint(open_run(run).snapshot_dir(step), with_optimizer=False)
     except MiniGPTError:
         return False
     return True
@@ -164,6 +167,12 @@ COMMANDS = {
     "export-plots": lambda run, corpus: ["export-plots", run, "--out", run.parent / "plots"],
     "ablate exposure": lambda run, corpus: ["ablate", "exposure", run, "--data", corpus, "--samples", "1",
                                             "--length", "4", "--out", run.parent / "exposure"],
+    "report": lambda run, corpus: ["report", run, "--data", corpus, "--samples", "1", "--length", "4", "--out",
+                                   run.parent / "report"],
+    "inspect at a snapshot": lambda run, corpus: ["inspect", run, "--text", "the", "--step", "2", "--logit-lens"],
+    "heads ablate": lambda run, corpus: ["heads", run, "--ablate", "--windows", "1", "--data", corpus],
+    "timelapse": lambda run, corpus: ["timelapse", run, "--data", corpus, "--windows", "1", "--sample-tokens", "3",
+                                      "--text", "the"],
 }
 
 
@@ -261,3 +270,232 @@ def test_any_numeric_option_value_works_or_is_one_error_line(pristine, workspace
         outcome = outcome_is_clean(invoke(*args, flag, as_argument(value)))
         record("option", option, outcome)
         assert loadable(run)
+
+
+# ---- output paths of every kind
+
+OUTPUT_KINDS = ("new file", "existing file", "folder", "symlink", "fifo", "device", "run config", "run checkpoint",
+                "missing parent", "read-only file", "read-only folder", "empty", "dash", "long name")
+OUTPUT_COMMANDS = {
+    "eval --json": lambda run, path: ["eval", run, "--json", path],
+    "heads --json": lambda run, path: ["heads", run, "--windows", "2", "--json", path],
+    "heads --png": lambda run, path: ["heads", run, "--windows", "2", "--png", path],
+    "inspect --png": lambda run, path: ["inspect", run, "--text", "the", "--png", path],
+    "inspect --json": lambda run, path: ["inspect", run, "--text", "the", "--json", path],
+    "export-plots --out": lambda run, path: ["export-plots", run, "--out", path],
+    "export-plots --name": lambda run, path: ["export-plots", run, "--out", Path(path).parent if str(path) not in
+                                              ("", "-") else run.parent / "plots", "--name", Path(path).name],
+    "ablate exposure --out": lambda run, path: ["ablate", "exposure", run, "--samples", "1", "--length", "4",
+                                                "--out", path],
+}
+
+
+def output_path(kind: str, root: Path, run: Path) -> Path | str:
+    target = root / "target" / "out.json"
+    target.parent.mkdir()
+    if kind in ("existing file", "read-only file"):
+        target.write_text("old")
+        if kind == "read-only file":
+            target.chmod(0o444)
+    elif kind == "folder":
+        target.mkdir()
+    elif kind == "symlink":
+        target.symlink_to(root / "target" / "elsewhere")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "read-only folder":
+        target.parent.chmod(0o555)
+    return {"device": "/dev/null", "run config": run / "config.json", "empty": "", "dash": "-",
+            "run checkpoint": run / "checkpoints" / "best" / "model.safetensors",
+            "missing parent": root / "target" / "a" / "b" / "out.json",
+            "long name": root / "target" / ("n" * 300)}.get(kind, target)
+
+
+@settings(FUZZ)
+@given(kind=st.sampled_from(OUTPUT_KINDS), command=st.sampled_from(sorted(OUTPUT_COMMANDS)))
+def test_any_output_path_is_written_whole_or_refused_in_one_line(pristine, workspace, kind, command):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        run = root / "run"
+        shutil.copytree(pristine, run)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+        path = output_path(kind, root, run)
+        args = [*OUTPUT_COMMANDS[command](run, path), "--data", workspace.corpus]
+        if command.startswith("export-plots"):
+            args = args[:-2]  # export-plots reads metrics only
+        outcome = outcome_is_clean(invoke(*args))
+        record("output", f"{command} to {kind}", outcome)
+        try:
+            assert all(p.read_bytes() == data for p, data in before.items()), f"{command} to {kind} changed the run"
+            assert os.path.exists("/dev/null") and not Path("/dev/null").is_file()
+            if kind == "fifo":
+                assert Path(path).is_fifo()
+            if kind == "symlink":
+                assert Path(path).is_symlink() and not (root / "target" / "elsewhere").exists()
+            if kind == "read-only file":
+                assert Path(path).read_text() == "old"
+            leftovers = [p for p in (root / "target").rglob(".*") if p.name.endswith(".tmp")]
+            assert not leftovers, leftovers
+        finally:
+            (root / "target").chmod(0o755)
+
+
+# ---- ablation command lines
+
+
+GRID_FIELDS = ("learning_rate", "max_iters", "qk_norm", "n_layer", "seed", "optimizer", "warp", "batch_size")
+GRID_VALUES = st.sampled_from(["1e-3", "0.001", "2e-3", "1", "2", "2", "true", "True", "false", "muon", "adamw",
+                               "", "-1", "nan", "1e400", "x", "0"])
+
+
+@st.composite
+def grids(draw) -> str:
+    entries = []
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(GRID_FIELDS))
+        entries.append(f"{name}={','.join(draw(st.lists(GRID_VALUES, min_size=0, max_size=4)))}")
+    return " ".join(entries)
+
+
+INT_LISTS = st.lists(st.sampled_from(["8", "16", "8", "0", "-4", "", "x", "300", "256", "2**70"]), max_size=4).map(
+    ",".join)
+ABLATION_LINES = {
+    "sweep": lambda draw: ["sweep", "--grid", draw(grids()), "--seeds", draw(INT_LISTS)],
+    "ladder": lambda draw: ["ladder", "--rows", draw(st.sampled_from(["baseline", "muon,rope", "", "warp",
+                                                                      "muon,muon"])), "--seeds", draw(INT_LISTS)],
+    "context": lambda draw: ["context", "--block-sizes", draw(INT_LISTS), "--tokens-per-step", "32"],
+    "tokenizer": lambda draw: ["tokenizer", "--vocab-sizes", draw(INT_LISTS)],
+}
+
+
+@settings(FUZZ)
+@given(data=st.data())
+def test_any_ablation_command_line_is_accepted_whole_or_refused_before_anything_is_touched(workspace, data,
+                                                                                         monkeypatch):
+    """Parsing and checking only: an accepted line hands its variants to the pipeline, which records them
+    (the training itself is fuzzed by the kill loop below)."""
+    from minigpt_tui.experiments import pipeline
+    from minigpt_tui.storage import check_file_name
+
+    handed = []
+    monkeypatch.setattr(pipeline, "run_training_ablation",
+                        lambda kind, base, variants, *a, **k: (handed.append(variants), ([], []))[1])
+    kind = data.draw(st.sampled_from(sorted(ABLATION_LINES)))
+    line = ABLATION_LINES[kind](data.draw)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ablation"
+        result = invoke("ablate", *line, "--data", workspace.corpus, "--out", out, "--in-process", *TINY)
+        outcome = outcome_is_clean(result)
+        record("ablation line", kind, outcome)
+        if outcome == "error":
+            assert not out.exists(), line
+        else:
+            names = [name for name, _ in handed[-1]]
+            assert len(set(names)) == len(names) and all(check_file_name(n) for n in names), names
+
+
+# ---- Hugging Face folders, damaged
+
+
+@pytest.fixture(scope="module")
+def hf_pristine(workspace):
+    out = workspace.root / "hf-fuzz"
+    assert invoke("export-hf", workspace.run, out).exit_code == 0
+    return out
+
+
+@settings(FUZZ)
+@given(data=st.data())
+def test_a_damaged_hf_folder_imports_or_is_one_error_line(hf_pristine, data):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "hf"
+        shutil.copytree(hf_pristine, folder)
+        files = sorted(p.name for p in folder.iterdir())
+        name, kind, position, value, pick = data.draw(damages(files))
+        if data.draw(st.booleans()) and kind == "delete":
+            (folder / name).unlink()
+            os.mkfifo(folder / name)
+            case = f"{name}: replaced by a FIFO"
+        else:
+            case = damage(folder, name, kind, position, value, pick)
+        if name == "model.safetensors" and data.draw(st.booleans()):
+            from safetensors.numpy import load_file, save_file
+
+            if (folder / name).is_file():
+                try:
+                    tensors = load_file(folder / name)
+                    key = sorted(tensors)[pick % len(tensors)]
+                    tensors[key].flat[position % tensors[key].size] = data.draw(st.sampled_from(
+                        [math.nan, math.inf, -math.inf, 1e30]))
+                    save_file(tensors, folder / name, metadata={"format": "pt"})
+                    case += f", then {key} given a non-finite or huge value"
+                except Exception:
+                    pass  # the damage above already made it unreadable: that is the case
+        outcome = outcome_is_clean(invoke("import-hf", folder, Path(tmp) / "imported"))
+        record("hf folder", case, outcome)
+        if outcome == "ok":
+            assert invoke("sample", Path(tmp) / "imported", "--max-new-tokens", "2").exit_code in (0, 2)
+        else:
+            assert not (Path(tmp) / "imported").exists()
+
+
+# ---- a kill loop over ablate
+
+KILL_LOOP = settings(FUZZ, max_examples=1 if os.environ.get("MINIGPT_FUZZ", "ci") == "ci" else 6)
+
+
+def child_pids(pid: int) -> set[int]:
+    children = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            children.add(int(status.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc")
+@KILL_LOOP
+@given(delay=st.floats(min_value=0.0, max_value=6.0))
+def test_sigterm_at_any_moment_of_an_ablation_ends_its_workers_and_a_rerun_completes_it(workspace, delay):
+    import subprocess
+    import sys
+    import time
+
+    import minigpt_tui
+
+    code = Path(minigpt_tui.__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sweep"
+        command = [sys.executable, "-m", "minigpt_tui", "ablate", "sweep", "--grid", "learning_rate=1e-3,2e-3",
+                   "--seeds", "1", "--isolate", "--data", str(workspace.corpus), "--out", str(out), *TINY,
+                   "--max-iters", "6", "--eval-interval", "2"]
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        proc = subprocess.Popen(command, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        started, workers = time.monotonic(), set()
+        while time.monotonic() - started < delay + 2 and proc.poll() is None:  # +2: the interpreter's start
+            workers |= child_pids(proc.pid)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert "Traceback" not in stderr, stderr
+        assert proc.returncode in (0, 130), (proc.returncode, stderr)
+        if proc.returncode == 130:
+            assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+        time.sleep(0.5)
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                 and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+        assert not alive, f"workers {alive} outlived the ablation"
+        record("kill ablate", f"SIGTERM after {delay:.1f} s", "stopped" if proc.returncode == 130 else "ok")
+        # in-process: the same variants and checks, without a fresh interpreter per variant to wait for
+        rerun = subprocess.run([*command, "--in-process"], cwd=tmp, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        results = json.loads((out / "results.json").read_text())["results"]
+        assert [r["name"] for r in results] == ["learning_rate=0.001-seed1", "learning_rate=0.002-seed1"]
+        for r in results:
+            trained = json.loads((Path(r["run_dir"]) / "config.json").read_text())["config"]
+            assert trained["max_iters"] == 6 and trained["learning_rate"] == float(r["name"].split("=")[1][:5])

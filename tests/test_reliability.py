@@ -304,7 +304,7 @@ def test_kill_9_during_saves_never_loses_the_run(workspace, tmp_path):
     import random
 
     from minigpt_tui.training.checkpoint import load_checkpoint
-    from minigpt_tui.training.runs import holds_checkpoints
+    from minigpt_tui.training.runs import holds_checkpoints, open_run, snapshot_steps
 
     run, rng = tmp_path / "run", random.Random(0)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -334,6 +334,12 @@ def test_kill_9_during_saves_never_loses_the_run(workspace, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert last_step(run) == step + 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest"]  # no temporaries left
+    # the snapshots too: every one loads, none is left half-written, and the resumed steps have theirs
+    snapshots = snapshot_steps(open_run(run))
+    assert snapshots[-2:] == [step + 1, step + 2]
+    for snapshot in snapshots:
+        load_checkpoint(open_run(run).snapshot_dir(snapshot), with_optimizer=False)
+    assert [p.name for p in (run / "snapshots").iterdir() if p.name.startswith(".")] == []
 
 
 def test_ctrl_c_during_a_long_first_evaluation_is_acknowledged_and_honoured(workspace, tmp_path):

@@ -36,7 +36,8 @@ def runs(tmp_path_factory):
     other = root / "other.txt"
     other.write_text(make_corpus_text(150, seed=9), encoding="utf-8")
     return {"root": root, "corpus": corpus, "run": train(root, corpus, "run"),
-            "short": train(root, corpus, "short", "--block-size", "8"), "other": train(root, other, "other")}
+            "short": train(root, corpus, "short", "--block-size", "8"), "other": train(root, other, "other"),
+            "bpe": train(root, corpus, "bpe", "--tokenizer", "bpe", "--vocab-size", "260")}
 
 
 def linked_images(report: str) -> list[str]:
@@ -80,13 +81,15 @@ def test_a_rerun_reuses_the_cache_and_says_so(runs, tmp_path):
     assert "temperature: computed" in other.stderr and "eval: reused" in other.stderr  # keyed by the options
 
 
-def test_runs_of_different_contexts_are_compared(runs, tmp_path):
-    out = tmp_path / "both"
-    result = invoke("report", runs["run"], runs["short"], "--out", out, *FAST)
+def test_runs_of_other_contexts_and_tokenizers_are_compared(runs, tmp_path):
+    out = tmp_path / "all"
+    result = invoke("report", runs["run"], runs["short"], runs["bpe"], "--out", out, *FAST)
     assert result.exit_code == 0, result.stderr
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Comparison of the runs" in report and "### Context sizes" in report
-    assert {"compare-context.png", "compare-context-cost.png", "compare-loss.png"} <= set(linked_images(report))
+    assert "### Characters vs subwords" in report and "| bpe (260) |" in report.replace("`", "")
+    assert {"compare-context.png", "compare-context-cost.png", "compare-loss.png", "compare-tokenizers.png"} <= set(
+        linked_images(report))
     assert all((out / name).is_file() for name in linked_images(report))
 
 
@@ -127,3 +130,14 @@ def test_bad_input_is_one_error_line_and_writes_nothing(runs, tmp_path):
     for name in ("mixed", "none", "bad-prompt"):
         assert not (tmp_path / name).exists()
     assert not (runs["run"] / "checkpoints" / "report").exists()
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(capsys):
+    from minigpt_tui.progress import stage_progress
+
+    with stage_progress(False) as progress:
+        for done in range(101):
+            progress("temperature samples", done, 100)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "temperature samples: 0/100" and lines[-1] == "temperature samples: 100/100"
+    assert len(lines) == 6  # the start, every fifth, the end

@@ -151,7 +151,10 @@ async def test_generation_streams_tokens_from_an_opened_run(trained_run: Path):
         await pilot.press("ctrl+s")
         saved = list((trained_run / "samples").iterdir())
         assert len(saved) == 1 and saved[0].read_text().endswith(text + "\n")
-        assert "latest checkpoint (step 8); temperature 0.8, top-k all, top-p 1, seed 3" in saved[0].read_text()
+        header = saved[0].read_text()
+        assert "# weights: latest checkpoint (step 8)\n# step: 8\n# prompt: 'The king'\n# length: 40\n" in header
+        assert "# temperature 0.8, top-k all, top-p 1, seed 3\n" in header
+        assert "minigpt sample" in header and "--prompt 'The king' --max-new-tokens 40" in header
         await pilot.press("escape", "t")  # escape hands the keys back from the text fields
         assert app.query_one("#tabs").active == "train-tab"
     assert len(received) == 40  # character tokenizer: one piece per token
@@ -317,7 +320,7 @@ async def test_lower_plot_cycles_to_lr_and_grad_norm_and_the_loss_plot_shows_gue
         await pilot.pause()
         pane = app.pane
         assert len(pane.curves.lrs) == len(pane.curves.grad_norms) == len(pane.curves.steps) > 0
-        reference = [line for line in pane.loss_lines(8) if line.label.startswith("guessing")]
+        reference = [line for line in pane.loss_lines(8)[2] if line.label.startswith("guessing")]
         assert reference and reference[0].ys == [math.log(open_run(trained_run).tokenizer.vocab_size)] * 2
         for expected in (LEARNING_RATE, GRAD_NORM, QUALITY):
             await pilot.press("o")
@@ -333,12 +336,12 @@ async def test_several_runs_are_overlaid_and_named(tmp_path: Path, corpus_path: 
     app = create_app(*runs, **FAST)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.pause()
-        assert [name for name, _ in app.pane.comparisons] == ["lr-low"]
-        labels = [line.label for line in app.pane.loss_lines(8)]
+        assert [run.name for run in app.pane.comparisons] == ["lr-low"]
+        labels = [line.label for line in app.pane.loss_lines(8)[2]]
         assert "lr-high" in labels and "lr-low" in labels
 
 
-def test_an_opened_run_on_auto_says_its_device_is_not_recorded(tmp_path: Path, corpus_text: str):
+def test_an_old_run_on_auto_says_its_device_is_not_recorded(tmp_path: Path, corpus_text: str):
     from minigpt_tui.training.runs import Metrics, Run
     from minigpt_tui.training.vocabulary import build_tokenizer
     from minigpt_tui.tui.training_pane import status_from_metrics
@@ -357,7 +360,7 @@ def test_status_labels_keep_their_width_next_to_a_long_state():
     console = Console(width=30, file=io.StringIO(), record=True)
     console.print(panel.content)
     lines = console.export_text().splitlines()
-    assert lines[1].startswith("state    following") and lines[2].startswith("backend  torch")
+    assert lines[1].startswith("state     following") and lines[2].startswith("backend   torch")
 
 
 async def test_keyboard_focus_is_plainly_visible(trained_run: Path):

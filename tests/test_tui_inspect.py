@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_config
 from test_tui_app import ENDLESS, FAST, set_input, text_of, wait_until
@@ -92,3 +93,44 @@ async def test_inspect_reads_live_weights_and_refreshes_at_each_eval(tmp_path: P
         assert (pane.inspection.surprisal_bits[1:] != first[1:]).any()  # the weights moved on
         await pilot.press("s")
         await wait_until(pilot, lambda: not app.training)
+
+
+async def test_toggling_a_head_off_and_on_changes_the_chart_and_the_colours(trained_run: Path):
+    app = create_app(trained_run, **FAST)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = await open_inspect(pilot)
+        pane.query_one(TokenText).focus()
+        before, surprisal = table(pane), pane.inspection.surprisal_bits.copy()
+        await pilot.press("x")
+        await wait_until(pilot, lambda: table(pane) != before)
+        assert pane.ablated == {(0, 0)}
+        assert (pane.inspection.surprisal_bits[1:] != surprisal[1:]).any()  # the colours follow the surprisal
+        assert "H0✗" in text_of(app.query_one("#inspect-heads", Static))
+        assert "off: L0H0" in text_of(app.query_one("#inspect-status", Static))
+        assert text_of(app.query_one("#inspect-lens", Static)).startswith("lens E:")
+        await pilot.press("x")
+        await wait_until(pilot, lambda: not pane.ablated and table(pane) == before)
+
+
+async def test_the_step_slider_scrubs_the_weights_through_the_snapshots(trained_run: Path):
+    from minigpt_tui.training.runs import open_run, snapshot_steps
+
+    steps = snapshot_steps(open_run(trained_run))
+    assert len(steps) >= 3
+    app = create_app(trained_run, **FAST)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = await open_inspect(pilot)
+        pane.query_one(TokenText).focus()
+        current = pane.model[0].get_weights()["wte.weight"]
+        assert "current weights" in text_of(app.query_one("#inspect-steps", Static))
+        for step in reversed(steps):
+            await pilot.press("left_square_bracket")
+            await wait_until(pilot, lambda step=step: pane.source == f"snapshot (step {step})")
+        assert pane.snapshot == steps[0] == 0
+        first = pane.model[0].get_weights()["wte.weight"]
+        assert not np.array_equal(first, current)  # the weights shown moved back to the start of training
+        assert "step 0" in text_of(app.query_one("#inspect-steps", Static))
+        for _ in steps:
+            await pilot.press("right_square_bracket")
+        await wait_until(pilot, lambda: pane.snapshot is None and pane.source.startswith("latest checkpoint"))
+        np.testing.assert_array_equal(pane.model[0].get_weights()["wte.weight"], current)

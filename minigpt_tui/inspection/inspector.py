@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.base import Backend
+from backends.base import Backend, HeadAblation
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.sampling import SamplingParams, probabilities
 from minigpt_tui.training.tokenizer import Tokenizer
@@ -74,6 +74,7 @@ class Inspection:
     logits: np.ndarray  # (T, V) float64: row i predicts token i + 1
     attention: np.ndarray  # (n_layer, n_head, T, T): row i is query i's distribution over keys <= i
     surprisal_nats: np.ndarray  # (T,): -ln p(token i | tokens before it); NaN for token 0 (no prediction)
+    residual: np.ndarray  # (n_layer + 1, T, n_embd): the stream after the embedding and each block (logit lens)
 
     @property
     def length(self) -> int:
@@ -125,7 +126,7 @@ class Inspection:
 
 def entropy_bits(probs: np.ndarray) -> float:
     nonzero = probs[probs > 0]
-    return float(-(nonzero * np.log2(nonzero)).sum())
+    return max(0.0, float(-(nonzero * np.log2(nonzero)).sum()))  # a certain choice is 0 bits, never "-0.00"
 
 
 def next_tokens(logits: np.ndarray, params: SamplingParams, tokenizer: Tokenizer, k: int = TOP_K, *,
@@ -167,8 +168,10 @@ def windows(length: int, block_size: int) -> list[tuple[int, int, int]]:
     return spans
 
 
-def inspect_tokens(backend: Backend, token_ids: list[int], tokenizer: Tokenizer) -> Inspection:
-    """Run ``token_ids`` through the model (in windows when longer than its context) and keep everything."""
+def inspect_tokens(backend: Backend, token_ids: list[int], tokenizer: Tokenizer,
+                   ablation: HeadAblation | None = None) -> Inspection:
+    """Run ``token_ids`` through the model (in windows when longer than its context) and keep everything;
+    with ``ablation``, as the model reads them with those heads knocked out."""
     if not token_ids:
         raise MiniGPTError("the text is empty (give at least one character)")
     c = backend.config
@@ -176,17 +179,19 @@ def inspect_tokens(backend: Backend, token_ids: list[int], tokenizer: Tokenizer)
     ids = np.asarray(token_ids, dtype=np.int64)
     logits = np.empty((T, c.vocab_size), np.float64)
     attention = np.zeros((c.n_layer, c.n_head, T, T), np.float64)
+    residual = np.empty((c.n_layer + 1, T, c.n_embd), np.float64)
     for start, end, first in windows(T, c.block_size):
-        trace = backend.trace(ids[None, start:end])
+        trace = backend.trace(ids[None, start:end], ablation)
         rows = slice(first - start, end - start)
         logits[first:end] = trace.logits[rows]
         attention[:, :, first:end, start:end] = trace.attention[:, :, rows]
+        residual[:, first:end] = trace.residual[:, rows]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     surprisal = np.full(T, np.nan)
     surprisal[1:] = -log_probs[np.arange(T - 1), ids[1:]]
     pieces = [tokenizer.decode([int(i)]) for i in token_ids]
-    return Inspection(list(map(int, token_ids)), pieces, logits, attention, surprisal)
+    return Inspection(list(map(int, token_ids)), pieces, logits, attention, surprisal, residual)
 
 
 def excerpt(text: str, length: int) -> str:
@@ -196,6 +201,6 @@ def excerpt(text: str, length: int) -> str:
     return text[start : start + length]
 
 
-def inspect_text(backend: Backend, tokenizer: Tokenizer, text: str) -> Inspection:
+def inspect_text(backend: Backend, tokenizer: Tokenizer, text: str, ablation: HeadAblation | None = None) -> Inspection:
     """``text`` as the model reads it; characters outside the vocabulary are a MiniGPTError."""
-    return inspect_tokens(backend, tokenizer.encode(text), tokenizer)
+    return inspect_tokens(backend, tokenizer.encode(text), tokenizer, ablation)

@@ -10,7 +10,10 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from minigpt_tui.inspection.head_ablation import HeadImportance, attention_role
+from minigpt_tui.inspection.head_roles import HeadRoles
 from minigpt_tui.inspection.inspector import Inspection, NextTokens
+from minigpt_tui.inspection.lens import LogitLens, depth_name
 
 SURPRISAL_FULL_BITS = 8.0  # red from here up: a 65-character vocabulary at random is 6.0 bits
 # green (expected) -> yellow -> red (surprising)
@@ -87,6 +90,37 @@ def next_tokens_table(view: NextTokens, title: str | None = None) -> Table:
     for c in view.candidates:
         mark = " ← actual" if c.token_id == view.actual else ""
         table.add_row(label(c.text) + mark, f"{c.probability:.3f}", f"{c.sampled:.3f}", "✓" if c.kept else "")
+    return table
+
+
+def importance_table(importance: HeadImportance, roles: HeadRoles, title: str | None = None) -> Table:
+    """Layers x heads: each head's delta val loss when ablated, above its attention role (the target it
+    attends to most, as a multiple of uniform attention), and each layer's heads ablated together."""
+    L, H = importance.delta_loss.shape
+    table = Table(title=title)
+    table.add_column("layer")
+    for head in range(H):
+        table.add_column(f"H{head}", justify="right")
+    table.add_column("whole layer", justify="right")
+    for layer in range(L):
+        cells = []
+        for head in range(H):
+            kind, _, ratio = attention_role(roles, layer, head)
+            cells.append(f"{importance.delta_loss[layer, head]:+.3f}\n[dim]{kind} x{ratio:.1f}[/dim]")
+        table.add_row(f"L{layer}", *cells, f"{importance.layer_delta_loss[layer]:+.3f}")
+    return table
+
+
+def lens_table(lens: LogitLens, title: str | None = None) -> Table:
+    """One row per depth: the top guesses after the embedding and after each block, their entropy, and
+    the probability of the token that actually follows."""
+    table = Table(title=title)
+    for column in ("after", "top guesses", "entropy", "p(actual)"):
+        table.add_column(column, justify="left" if column == "top guesses" else "right")
+    for depth, view in enumerate(lens.depths):
+        guesses = "  ".join(f"{label(c.text)} {c.probability:.2f}" for c in view.candidates)
+        actual = "" if view.actual_probability is None else f"{view.actual_probability:.3f}"
+        table.add_row(depth_name(depth), guesses, f"{view.entropy_bits_raw:.2f}", actual)
     return table
 
 

@@ -9,6 +9,9 @@ A checkpoint is a folder:
 - ``manifest.json``: the sha256 of each of the four files above. A manifest must list exactly those
   files: one that omits a file, or names another, is invalid (it cannot switch the check off).
 
+A snapshot (``RUN/snapshots/step-NNNNNNN``, see ``runs``) is the same folder with empty optimizer
+and RNG files: the weights at one evaluation, verified by the same manifest.
+
 It is written into a temporary folder and swapped in by renames, so a crash leaves either the old or
 the new checkpoint; temporary folders a killed save left behind are removed by the next save.
 """
@@ -40,7 +43,7 @@ RNG_FILE = "rng.safetensors"
 STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
 HASHED_FILES = (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
-KINDS = ("latest", "best")
+KINDS = ("latest", "best", "snapshot")  # a snapshot: the weights at one eval, no optimizer state
 SAMPLERS = ("train", "eval_train", "eval_val")
 FOLDER_MODE = 0o755  # mkdtemp makes 0700; a run folder is meant to be shared and read
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -51,7 +54,7 @@ class TrainingState:
     """Everything but arrays that a resumed run needs to continue exactly."""
 
     step: int  # optimizer steps done
-    kind: str  # "latest" or "best"
+    kind: str  # "latest", "best" or "snapshot"
     backend: str  # which backend wrote the RNG state (another backend's is ignored)
     best_val_loss: float = math.inf
     samplers: dict = field(default_factory=dict)  # sampler name -> NumPy bit-generator state

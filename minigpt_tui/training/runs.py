@@ -7,6 +7,8 @@ A run folder holds:
 - ``tokenizer.json``;
 - ``metrics.jsonl``: one ``StepEvent``/``EvalEvent`` record per line (see ``minigpt_tui.training.events``);
 - ``checkpoints/latest`` and ``checkpoints/best`` (see ``minigpt_tui.training.checkpoint``);
+- ``snapshots/step-NNNNNNN``: with the ``snapshots`` config field, the weights at every evaluation (checkpoint
+  folders of kind ``snapshot``: weights only, same manifest), so any inspection can be asked "at step N";
 - ``.lock``: the OS lock its one writer holds, and ``.lock.owner``, that writer's PID.
 
 Strict where it must be: a config or checkpoint that fails validation is one MiniGPTError naming the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,6 +45,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+SNAPSHOTS = "snapshots"
+SNAPSHOT_NAME = re.compile(r"step-(\d{7,})")
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner"
 CONFIG_FORMAT = 1
@@ -65,6 +70,7 @@ class Run:
     tokens_per_char: float  # of the val split: converts per-token loss to bits per character
     world_size: int = 1  # training processes (torchrun); each step sees world_size x the config's batch
     data_sha256: str = ""  # of the corpus text; "" when unknown
+    device_used: str = ""  # the device the last session trained on ("cpu", "cuda:0"): what "auto" chose
 
     @property
     def metrics_path(self) -> Path:
@@ -72,6 +78,9 @@ class Run:
 
     def checkpoint_dir(self, which: str) -> Path:
         return self.path / CHECKPOINTS / which
+
+    def snapshot_dir(self, step: int) -> Path:
+        return self.path / SNAPSHOTS / f"step-{step:07d}"
 
     def has_checkpoint(self, which: str = "latest") -> bool:
         return has_checkpoint(self.path, which)
@@ -85,6 +94,7 @@ class Run:
             "tokens_per_char": self.tokens_per_char,
             "world_size": self.world_size,
             "global_tokens_per_step": self.config.tokens_per_step * self.world_size,
+            "device_used": self.device_used,
         }
         atomic_write_text(self.path / CONFIG_FILE, json.dumps(document, indent=1))
 
@@ -230,6 +240,7 @@ def read_config(path: Path) -> dict:
         "data_sha256": _field(document, "data_sha256", str, where, ""),
         "tokens_per_char": _field(document, "tokens_per_char", float, where),
         "world_size": _field(document, "world_size", int, where, 1),
+        "device_used": _field(document, "device_used", str, where, ""),
     }
     if not (values["tokens_per_char"] > 0 and math.isfinite(values["tokens_per_char"])):
         raise MiniGPTError(f"{where}: tokens_per_char must be a finite number > 0")
@@ -291,10 +302,38 @@ def load_model(
     return model, checkpoint
 
 
-def model_at(run: Run, which: str = "best", *, backend: str | None = None,
-             device: str | None = None) -> tuple[Backend, int]:
+def snapshot_steps(run: Run) -> list[int]:
+    """The steps the run has snapshots of, ascending (an interrupted save's ``.old`` twin counts)."""
+    folder = run.path / SNAPSHOTS
+    if not folder.is_dir():
+        return []
+    steps = set()
+    for entry in folder.iterdir():
+        match = SNAPSHOT_NAME.fullmatch(entry.name.removesuffix(".old"))
+        if match and entry.is_dir():
+            steps.add(int(match.group(1)))
+    return sorted(steps)
+
+
+def check_snapshot(run: Run, step: int) -> None:
+    """MiniGPTError naming the steps there are when the run has no snapshot at ``step``."""
+    steps = snapshot_steps(run)
+    if step not in steps:
+        have = f"snapshots at steps {', '.join(map(str, steps))}" if steps else "no snapshots (train with --snapshots)"
+        raise MiniGPTError(f"run {run.path} has no snapshot at step {step}; it has {have}")
+
+
+def model_at(run: Run, which: str = "best", *, backend: str | None = None, device: str | None = None,
+             step: int | None = None) -> tuple[Backend, int]:
     """A backend holding the run's ``best``/``latest`` weights, or ``init`` (what the trainer started from,
-    rebuilt from the config's seed), and the step those weights are at."""
+    rebuilt from the config's seed), or with ``step`` the snapshot at that step; and the step they are at."""
+    if step is not None:
+        check_snapshot(run, step)
+        weights = load_checkpoint(run.snapshot_dir(step), with_optimizer=False).weights
+        try:
+            return build_backend(run.config, weights, backend=backend, device=device), step
+        except MiniGPTError as exc:
+            raise MiniGPTError(f"snapshot {run.snapshot_dir(step)}: {exc}") from None
     if which == "init":
         from backends.base import init_weights
 
@@ -334,6 +373,17 @@ class Metrics:
     @property
     def evals(self) -> list[EvalEvent]:
         return sorted((r for r in self.records if isinstance(r, EvalEvent)), key=lambda r: r.step)
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Training wall time summed over sessions: a resumed session's ``elapsed_s`` starts again at 0."""
+        total, last = 0.0, None
+        for event in self.steps:
+            # a new session began after the previous record was written (its clock went back, or it started later)
+            if last is not None and (event.elapsed_s < last.elapsed_s or event.time - event.elapsed_s >= last.time):
+                total += last.elapsed_s
+            last = event
+        return None if last is None else total + last.elapsed_s
 
     def up_to(self, step: int) -> Metrics:
         return Metrics([r for r in self.records if r.step <= step], self.damaged_lines)

@@ -70,6 +70,7 @@ class CharTokenizer(Tokenizer):
         try:
             return [self.index[c] for c in text]
         except KeyError:
+            check_utf8(text)  # bytes from the command line that are not UTF-8: said as that
             unknown = sorted({c for c in text if c not in self.index})
             shown = ", ".join(repr(c) for c in unknown[:10])
             raise MiniGPTError(

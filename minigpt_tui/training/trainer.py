@@ -8,6 +8,7 @@ checkpointing on the way. The CLI and the TUI both drive exactly this.
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import Backend, ModelConfig, StepResult, init_weights
+from backends.base import Backend, ModelConfig, OutOfMemory, StepResult, init_weights
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.checkpoint import Checkpoint, TrainingState, load_checkpoint, save_checkpoint
 from minigpt_tui.training.config import TrainConfig
@@ -222,6 +223,23 @@ class Trainer:
         self.save("latest")
         if event.is_best:
             self.save("best")
+        if self.config.snapshots:
+            self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        """The weights at this eval, for time-lapse inspection (no optimizer state: never resumed from)."""
+        if not self.world.is_writer:
+            return
+        state = TrainingState(step=self.step, kind="snapshot", backend=self.backend.name,
+                              best_val_loss=self.best_val_loss)
+        folder = self.run_dir.snapshot_dir(self.step)
+        # a kill during an earlier snapshot's save left its temporary folder: each snapshot is saved once
+        for leftover in folder.parent.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            save_checkpoint(folder, Checkpoint(self.backend.get_weights(), {}, {}, state))
+        except OSError as exc:
+            raise MiniGPTError(f"cannot save the snapshot in {folder}: {exc.strerror or exc}") from None
 
     def run(self) -> DoneEvent:
         c = self.config
@@ -252,7 +270,13 @@ class Trainer:
                 micro_batches = [self.world.shard(self.samplers.train.next()) for _ in range(c.grad_accum_steps)]
                 with self._weights_lock:
                     step_started = time.perf_counter()
-                    result = self.backend.train_step(micro_batches, lr)
+                    try:
+                        result = self.backend.train_step(micro_batches, lr)
+                    except OutOfMemory as exc:
+                        raise MiniGPTError(
+                            f"out of memory at step {self.step + 1} ({exc}); the last checkpoint is kept "
+                            "(try a smaller --batch-size, --block-size or model)"
+                        ) from None
                     step_seconds = time.perf_counter() - step_started
                 # every rank logs, and judges divergence by, the loss averaged over all ranks
                 result = StepResult(self.world.mean([result.loss])[0], result.grad_norm)
@@ -363,7 +387,8 @@ def new_training(
     data.check_fits(config.model.block_size)
     backend = build_backend(config, init_weights(config.model, config.rng_seed))
     tokens_per_char = len(val_tokens) / max(1, len(val_text))
-    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus))
+    run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus),
+              device_used=backend.device)
     lock = create_run(out, run, overwrite=overwrite) if world.is_writer else None
     return Trainer(run, backend, data, world=world, lock=lock, threads=threads)
 
@@ -451,6 +476,7 @@ def _resumed_trainer(run: Run, corpus: Corpus, overrides: dict, world: World) ->
         sampler_state=checkpoint.state.samplers,
         world=world,
     )
+    run.device_used = backend.device
     if world.is_writer:  # only once the overrides are proven usable: a failed resume leaves the run as it was
         run.write_config()
     return trainer

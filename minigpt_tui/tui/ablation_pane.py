@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -9,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, Static
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.experiments.keepsakes import AblationRecipe
 from minigpt_tui.experiments.temperature import (
     TemperatureRow,
     degenerate_cell,
@@ -29,12 +31,15 @@ def excerpt(text: str, width: int = EXCERPT) -> str:
 
 
 class AblationPane(Vertical):
-    BINDINGS = [Binding("escape", "app.stop_generation", "Stop"), Binding("ctrl+s", "save", "Save table")]
+    BINDINGS = [Binding("escape", "app.stop_generation", "Stop"), Binding("ctrl+s", "save", "Save table"),
+                Binding("left_square_bracket", "page(-1)", "Prev sample", key_display="["),
+                Binding("right_square_bracket", "page(1)", "Next sample", key_display="]")]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: list[TemperatureRow] = []
-        self.source = ""  # the weights the rows were sampled from
+        self.recipe: AblationRecipe | None = None  # the weights, prompt and seeds the rows were sampled with
+        self.shown_row = self.shown_sample = 0  # the sample below the table: which temperature, which of its samples
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -45,6 +50,7 @@ class AblationPane(Vertical):
             yield Label("length")
             yield Input("200", type="integer", compact=True, id="ablation-length")
             yield Button("Run", variant="primary", compact=True, id="run-ablation")
+            yield Button("Stop", compact=True, id="stop-ablation", disabled=True)
             yield Button("Save", compact=True, id="save-ablation",
                          tooltip="Save the table and samples to RUN_DIR/ablations (Ctrl+S)")
         yield Static("NLL/tok: how surprising the sample is to the model (coherence, lower is surer); degenerate: "
@@ -73,16 +79,22 @@ class AblationPane(Vertical):
             return
         self.post_message(AblationRequest(temperatures, samples, length))
 
+    @on(Button.Pressed, "#stop-ablation")
+    def stop_pressed(self) -> None:
+        self.app.run_action("stop_generation")
+
     @on(Button.Pressed, "#save-ablation")
     def action_save(self) -> None:
-        self.post_message(SaveAblation(list(self.rows), self.source))
+        self.post_message(SaveAblation(list(self.rows), self.recipe))
 
     def started(self, source: str) -> None:
         self.rows = []
-        self.source = source
+        self.recipe = None
         self.query_one(DataTable).clear()
         self.query_one("#ablation-sample", Static).update(f"sampling from {source}…")
         self.query_one("#run-ablation", Button).disabled = True
+        self.query_one("#stop-ablation", Button).disabled = False
+        self.query_one(DataTable).focus()  # the arrows go through the rows as they arrive, [ ] through the samples
 
     def add_row(self, row: TemperatureRow) -> None:
         self.rows.append(row)
@@ -92,14 +104,40 @@ class AblationPane(Vertical):
             ratio_cell(row.known_word_share, True), f"{row.mean_entropy:.2f}",
             excerpt(shown_sample(row.samples[0])) if row.samples else "")
 
-    def finished(self, note: str, source: str = "") -> None:
-        self.source = source or self.source
+    def finished(self, note: str, recipe: AblationRecipe | None = None) -> None:
+        self.recipe = recipe or self.recipe
         self.query_one("#run-ablation", Button).disabled = False
-        self.query_one("#ablation-sample", Static).update(note)
+        self.query_one("#stop-ablation", Button).disabled = True
+        if self.rows:  # the highlighted temperature's sample stays in view, the note above it
+            self.show_sample(min(self.shown_row, len(self.rows) - 1), self.shown_sample, note)
+        else:
+            self.query_one("#ablation-sample", Static).update(note)
 
     @on(DataTable.RowHighlighted)
-    def show_sample(self, event: DataTable.RowHighlighted) -> None:
-        if 0 <= event.cursor_row < len(self.rows):
-            row = self.rows[event.cursor_row]
-            text = f"[b]{sample_heading(row)}[/b]\n{shown_sample(row.samples[0])}"
-            self.query_one("#ablation-sample", Static).update(text)
+    def row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_sample(event.cursor_row, 0)
+
+    def action_page(self, delta: int) -> None:
+        """The previous or next sample of the highlighted temperature, on into the neighbouring temperatures."""
+        if not self.rows:
+            return
+        flat = [(r, i) for r, row in enumerate(self.rows) for i in range(len(row.samples))]
+        if not flat:
+            return
+        here = flat.index((self.shown_row, self.shown_sample)) if (self.shown_row, self.shown_sample) in flat else 0
+        row, sample = flat[(here + delta) % len(flat)]
+        table = self.query_one(DataTable)
+        if row != table.cursor_row:
+            with self.prevent(DataTable.RowHighlighted):
+                table.move_cursor(row=row)
+        self.show_sample(row, sample)
+
+    def show_sample(self, row_index: int, sample: int, note: str = "") -> None:
+        if not 0 <= row_index < len(self.rows) or not 0 <= sample < len(self.rows[row_index].samples):
+            return
+        row = self.rows[row_index]
+        self.shown_row, self.shown_sample = row_index, sample
+        self.query_one("#ablation-sample", Static).update(
+            Text.assemble((f"{note}\n" if note else "", "dim"), (sample_heading(row, sample), "bold"),
+                          f"  sample {sample + 1} of {len(row.samples)}",
+                          (" ([ ] page through every sample)", "dim"), f"\n{shown_sample(row.samples[sample])}"))

@@ -8,10 +8,12 @@ the UI costs the training loop almost nothing.
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,14 +25,23 @@ from textual.widgets import ContentSwitcher, Footer, Header, TabbedContent, TabP
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments.keepsakes import save_sample, save_temperature_table
+from minigpt_tui.experiments.keepsakes import AblationRecipe, SampleRecipe, save_sample, save_temperature_table
 from minigpt_tui.experiments.temperature import default_prompt, temperature_ablation
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.corpus import corpus_for_run, corpus_splits, training_text
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent, ThreadsEvent
-from minigpt_tui.training.runs import Run, build_backend, default_run_dir, is_locked, load_model, open_run, read_metrics
+from minigpt_tui.training.runs import (
+    Run,
+    build_backend,
+    checkpoint_state,
+    default_run_dir,
+    is_locked,
+    load_model,
+    open_run,
+    read_metrics,
+)
 from minigpt_tui.training.sampling import decode_step, generate_text
 from minigpt_tui.training.threads import AUTO, ENV_VAR, apply_threads, default_threads, parse_threads, spare_threads
 from minigpt_tui.training.trainer import continuation_target, new_training, resume_training
@@ -60,9 +71,30 @@ from minigpt_tui.tui.messages import (
 from minigpt_tui.tui.output import log, set_up_output
 from minigpt_tui.tui.run_form import RunForm
 from minigpt_tui.tui.terminal import check_terminal
-from minigpt_tui.tui.training_pane import Curves, TrainingPane, describe, status_from_metrics, threads_label
+from minigpt_tui.tui.training_pane import (
+    Compared,
+    Curves,
+    RunFacts,
+    Status,
+    TrainingPane,
+    describe,
+    status_from_metrics,
+    threads_label,
+)
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
+ABLATION_SEED = 0  # as `minigpt ablate temperature` defaults: sample i uses seed + i
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights sampling uses, and where they came from."""
+
+    backend: object  # a backends.base.Backend: a private copy, never the training model
+    tokenizer: object
+    source: str  # in words, e.g. "latest checkpoint (step 8)"
+    step: int
+    checkpoint: str | None  # "latest" for a checkpoint's weights, None for a live copy
 
 
 class EventRelay:
@@ -118,6 +150,8 @@ class MiniGPTApp(App):
         Binding("g", "show_tab('generate-tab')", "Generate", show=False),
         Binding("a", "show_tab('ablation-tab')", "Ablation", show=False),
         Binding("i", "show_tab('inspect-tab')", "Inspect", show=False),
+        # from any field (the Generate and Ablation views also stop their sampling): the keys work again
+        Binding("escape", "stop_generation", "Leave field", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -136,12 +170,14 @@ class MiniGPTApp(App):
         self.trainer = None  # set while this app trains
         self.training = False  # a training worker is preparing or running
         self.quitting = False
+        self.crash: BaseException | None = None  # an exception nothing handled, which ended the app
         self.following = False  # another process is appending to the opened run's metrics
         self.train_text: str | None = None
         self.metrics_stamp: tuple[int, float] | None = None
         self.metrics_warned: list[int] = []  # damaged metrics lines already reported
         self.dirty = False
         self.session_start_step = 0  # for the ETA: steps done by this session over its elapsed time
+        self.earlier_elapsed_s = 0.0  # training time of the sessions before this one (elapsed adds up)
         self.starting_new_run = False  # the training worker is preparing a new run (not continuing one)
         self.generation_stop = threading.Event()
         self.stream_interval = STREAM_INTERVAL
@@ -162,9 +198,17 @@ class MiniGPTApp(App):
                 yield InspectPane(id="inspect")
         yield Footer()
 
+    def query_main(self, selector, expect_type=None):
+        """A widget of the main screen, also while a dialog or the help is on top (``query_one`` searches only
+        the screen on top, so a training message arriving under the help screen would miss its pane)."""
+        if not self.screen_stack:  # shutting down
+            raise NoMatches(f"no main screen for {selector}")
+        screen = self.screen_stack[0]
+        return screen.query_one(selector) if expect_type is None else screen.query_one(selector, expect_type)
+
     @property
     def pane(self) -> TrainingPane:
-        return self.query_one(TrainingPane)
+        return self.query_main(TrainingPane)
 
     def on_mount(self) -> None:
         self.set_interval(self.redraw_interval, self.redraw_if_dirty)
@@ -172,8 +216,8 @@ class MiniGPTApp(App):
         if self.run_dir is not None:
             try:
                 self.open_existing(self.run_dir)
-                self.pane.comparisons = [(path.name, Curves.from_metrics(read_metrics(open_run(path).metrics_path)))
-                                         for path in self.compare]
+                runs = [open_run(path) for path in self.compare]
+                self.pane.comparisons = [Compared.of(run, read_metrics(run.metrics_path)) for run in runs]
             except MiniGPTError as exc:
                 self.notify(str(exc), title="cannot open the run", severity="error")
 
@@ -183,6 +227,13 @@ class MiniGPTApp(App):
         super().notify(message, title=title, severity=severity, **kwargs)
 
     # ---- errors: every worker failure lands here, as a notification, never a crash
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An exception nothing handled (a bug): its traceback goes to the log before Textual ends the app,
+        whose exit code is then 1 (``main`` passes it on)."""
+        log.critical("internal error: the app stopped", exc_info=error)
+        self.crash = error
+        super()._handle_exception(error)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state is not WorkerState.ERROR:
@@ -197,17 +248,17 @@ class MiniGPTApp(App):
             if self.quitting:
                 self.exit()
             elif self.starting_new_run or self.run_info is None:  # the run on screen (if any) is untouched
-                self.query_one("#train-switcher", ContentSwitcher).current = "form"
-                self.query_one(RunForm).show_error(message)
+                self.query_main("#train-switcher", ContentSwitcher).current = "form"
+                self.query_main(RunForm).show_error(message)
                 if self.run_info is not None:
                     self.reload_metrics()
             else:  # back to the run that was on screen before
                 self.reload_metrics()
                 self.pane.status.state = "training failed"
         elif event.worker.group == "generation":
-            self.query_one(GenerationPane).set_running(False)
+            self.query_main(GenerationPane).set_running(False)
         elif event.worker.group == "ablation":
-            self.query_one(AblationPane).finished("")
+            self.query_main(AblationPane).finished("")
         self.refresh_bindings()
 
     # ---- opening and following a run on disk
@@ -216,10 +267,11 @@ class MiniGPTApp(App):
         run = open_run(path)
         # a run another process trains (it holds the lock) is followed read-only
         self.run_info, self.train_text, self.following = run, None, is_locked(run.path)
+        self.pane.facts = RunFacts.of(run)
         self.sub_title = run.path.name
         self.reload_metrics()
         self.inspect_new_weights()
-        self.query_one("#train-switcher", ContentSwitcher).current = "training"
+        self.query_main("#train-switcher", ContentSwitcher).current = "training"
         self.refresh_bindings()
         self.call_after_refresh(self.redraw_if_dirty)  # an opened run shows its curves at once, not a tick later
 
@@ -231,12 +283,22 @@ class MiniGPTApp(App):
             self.notify(metrics.warning(run.metrics_path), severity="warning")
         self.pane.curves = Curves.from_metrics(metrics)
         note = self.pane.status.note if self.following else ""
-        self.pane.status = status_from_metrics(run, metrics)
+        self.pane.status = status_from_metrics(run, metrics, None if self.following else self.checkpoint_step(run))
         if self.following:
             self.pane.status.state = f"following: another process trains it (step {self.pane.status.step})"
         self.pane.status.note = note
         self.metrics_stamp = self.stamp(run.metrics_path)
         self.dirty = True
+
+    def checkpoint_step(self, run: Run) -> int | None:
+        """The step of the run's latest checkpoint (where continuing resumes), None if it has none or it is damaged."""
+        if not run.has_checkpoint("latest"):
+            return None
+        try:
+            return checkpoint_state(run).step
+        except MiniGPTError as exc:
+            self.notify(str(exc), title="the latest checkpoint is damaged", severity="warning")
+            return None
 
     @staticmethod
     def stamp(path: Path) -> tuple[int, float] | None:
@@ -281,6 +343,7 @@ class MiniGPTApp(App):
 
         self.pane.curves = Curves()
         self.pane.comparisons = []
+        self.pane.status, self.pane.facts = Status(run=out.name), None  # nothing of the run on screen carries over
         self.starting_new_run = True
         self.begin_training(prepare, f"preparing {out.name}…")
 
@@ -289,8 +352,8 @@ class MiniGPTApp(App):
         self.pane.status.state = state
         self.pane.status.note = ""
         self.dirty = True
-        self.query_one("#train-switcher", ContentSwitcher).current = "training"
-        self.query_one(TabbedContent).active = "train-tab"
+        self.query_main("#train-switcher", ContentSwitcher).current = "training"
+        self.query_main(TabbedContent).active = "train-tab"
         self.refresh_bindings()
         self.train_worker(prepare)
 
@@ -298,7 +361,10 @@ class MiniGPTApp(App):
     def train_worker(self, prepare: Callable) -> None:
         trainer, train_text = prepare()
         trainer.callbacks.append(EventRelay(self, trainer, self.redraw_interval))
-        self.post_message(TrainingStarted(trainer, train_text))
+        # read before the first step: by the time the app handles the message the trainer is steps further
+        start_step = trainer.step
+        earlier = read_metrics(trainer.run_dir.metrics_path).up_to(start_step) if start_step else None
+        self.post_message(TrainingStarted(trainer, train_text, start_step, earlier))
         trainer.run()
 
     @on(TrainingStarted)
@@ -309,17 +375,20 @@ class MiniGPTApp(App):
         if self.quitting:
             trainer.request_stop()
         self.sub_title = trainer.run_dir.path.name
-        if trainer.step > 0:
-            self.pane.curves = Curves.from_metrics(read_metrics(trainer.run_dir.metrics_path).up_to(trainer.step))
+        self.earlier_elapsed_s = 0.0
+        if message.earlier is not None:
+            self.pane.curves = Curves.from_metrics(message.earlier)
+            self.earlier_elapsed_s = message.earlier.elapsed_s or 0.0
+        self.pane.facts = RunFacts.of(trainer.run_dir)
         s = self.pane.status
         c = trainer.config
         s.run, s.state = trainer.run_dir.path.name, "training"
         s.backend, s.device = trainer.backend.name, trainer.backend.device
         describe(s, c, trainer.run_dir.tokenizer.vocab_size)
         s.corpus = Path(trainer.run_dir.data_source).name
-        s.step = trainer.step
+        s.step = message.start_step
         s.best_val_loss = trainer.best_val_loss
-        self.session_start_step = trainer.step
+        self.session_start_step = message.start_step
         self.dirty = True
         self.refresh_bindings()
         self.inspect_new_weights()
@@ -329,7 +398,8 @@ class MiniGPTApp(App):
         last = message.steps[-1]
         self.pane.curves.add_steps(message.steps)
         s = self.pane.status
-        s.step, s.max_iters, s.lr, s.elapsed_s = last.step, last.max_iters, last.lr, last.elapsed_s
+        s.step, s.max_iters, s.lr = last.step, last.max_iters, last.lr
+        s.elapsed_s = self.earlier_elapsed_s + last.elapsed_s
         if last.tokens_per_s > 0:
             s.tokens_per_s = last.tokens_per_s
         done = last.step - self.session_start_step
@@ -358,6 +428,7 @@ class MiniGPTApp(App):
         event = message.event
         self.training, self.trainer = False, None
         self.pane.status.state = event.reason  # the step is on its own line
+        self.pane.status.step = event.step  # the checkpoint's step: a stop between log lines is not lost
         self.pane.status.eta_s = None
         self.pane.status.note = event.message
         self.metrics_stamp = self.stamp(self.run_info.metrics_path)
@@ -372,7 +443,7 @@ class MiniGPTApp(App):
 
     def inspect_new_weights(self) -> None:
         """The inspect view reads its text again with the new weights: now if on screen, else when shown."""
-        self.query_one(InspectPane).weights_changed(self.query_one(TabbedContent).active == "inspect-tab")
+        self.query_main(InspectPane).weights_changed(self.query_main(TabbedContent).active == "inspect-tab")
 
     def action_pause(self) -> None:
         if self.trainer is not None and not self.trainer.paused:
@@ -427,8 +498,8 @@ class MiniGPTApp(App):
         if self.training:
             self.notify("a run is training: stop it (s) before starting another", severity="warning")
             return
-        self.query_one(TabbedContent).active = "train-tab"
-        self.query_one("#train-switcher", ContentSwitcher).current = "form"
+        self.query_main(TabbedContent).active = "train-tab"
+        self.query_main("#train-switcher", ContentSwitcher).current = "form"
         self.refresh_bindings()
 
     def action_toggle_log(self) -> None:
@@ -444,14 +515,14 @@ class MiniGPTApp(App):
         self.pane.redraw()
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        self.query_main(TabbedContent).active = tab
         # typing goes where the user is looking: the prompt, the temperature list, or back to the keys
         first_field = {"generate-tab": "#prompt", "ablation-tab": "#temperatures",
                        "inspect-tab": "#inspect-tokens"}.get(tab)
         if first_field:
-            self.query_one(first_field).focus()
+            self.query_main(first_field).focus()
         else:
-            self.query_one(TabbedContent).query_one(Tabs).focus()
+            self.query_main(TabbedContent).query_one(Tabs).focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -467,7 +538,7 @@ class MiniGPTApp(App):
         if action == "continue_training":
             return not self.training and self.run_info is not None
         if action in ("toggle_log", "toggle_quality", "cycle_lower_plot"):
-            return self.query_one("#train-switcher", ContentSwitcher).current == "training"
+            return self.query_main("#train-switcher", ContentSwitcher).current == "training"
         return True
 
     async def action_quit(self) -> None:
@@ -486,8 +557,8 @@ class MiniGPTApp(App):
 
     # ---- the weights sampling uses
 
-    def current_model(self):
-        """(backend, tokenizer, description): a private copy of the training weights, else the latest checkpoint.
+    def current_weights(self) -> Weights:
+        """A private copy of the training weights, else the latest checkpoint's.
 
         Called on worker threads: the training model itself is never touched from here.
         """
@@ -495,11 +566,18 @@ class MiniGPTApp(App):
         if trainer is not None:
             step = trainer.step
             backend = build_backend(trainer.config, trainer.snapshot_weights())
-            return backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})"
+            return Weights(backend, trainer.run_dir.tokenizer, f"live copy of the training weights (step ~{step})",
+                           step, None)
         if self.run_info is None:
             raise MiniGPTError("no model yet: start a run (n) or open one with `minigpt-tui RUN_DIR`")
         backend, checkpoint = load_model(self.run_info, which="latest")
-        return backend, self.run_info.tokenizer, f"latest checkpoint (step {checkpoint.state.step})"
+        step = checkpoint.state.step
+        return Weights(backend, self.run_info.tokenizer, f"latest checkpoint (step {step})", step, "latest")
+
+    def current_model(self):
+        """(backend, tokenizer, description) of ``current_weights()``."""
+        weights = self.current_weights()
+        return weights.backend, weights.tokenizer, weights.source
 
     def limit_threads(self, backend, work=None) -> int:
         """Called on a helper's worker thread before it computes (torch keeps the count per thread): beside
@@ -527,16 +605,19 @@ class MiniGPTApp(App):
     @on(GenerateRequest)
     def generate_requested(self, message: GenerateRequest) -> None:
         self.generation_stop.clear()
-        self.query_one(GenerationPane).set_running(True)
+        self.query_main(GenerationPane).set_running(True)
         self.generate_worker(message)
 
     @work(thread=True, exclusive=True, group="generation", exit_on_error=False)
     def generate_worker(self, request: GenerateRequest) -> None:
         worker = get_current_worker()
-        backend, tokenizer, source = self.current_model()
-        self.limit_threads(backend)
-        pieces = generate_text(backend, tokenizer, request.prompt, request.length, request.params, request.seed)
-        self.post_message(GenerationStarted(request.prompt, source))
+        weights = self.current_weights()
+        self.limit_threads(weights.backend)
+        # no seed given: one is drawn here and kept, so a saved sample can be drawn again
+        seed = secrets.randbelow(2**31) if request.seed is None else request.seed
+        pieces = generate_text(weights.backend, weights.tokenizer, request.prompt, request.length, request.params, seed)
+        self.post_message(GenerationStarted(SampleRecipe(weights.source, weights.step, weights.checkpoint,
+                                                         request.prompt, request.length, request.params, seed)))
         started = last_post = time.perf_counter()
         pending: list[str] = []
         characters, stopped = 0, False
@@ -555,24 +636,24 @@ class MiniGPTApp(App):
 
     @on(GenerationStarted)
     def generation_started(self, message: GenerationStarted) -> None:
-        self.query_one(GenerationPane).started(message.prompt, message.source)
+        self.query_main(GenerationPane).started(message.recipe)
 
     @on(GenerationText)
     def generation_text(self, message: GenerationText) -> None:
-        self.query_one(GenerationPane).append(message.text)
+        self.query_main(GenerationPane).append(message.text)
 
     @on(GenerationFinished)
     def generation_finished(self, message: GenerationFinished) -> None:
         verb = "stopped after" if message.stopped else "done:"
-        self.query_one(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
+        self.query_main(GenerationPane).finished(f"{verb} {message.characters} characters in {message.seconds:.1f}s")
 
     def action_stop_generation(self) -> None:
-        """Escape: stop sampling (and the ablation), and hand the keys back from the text fields."""
+        """Escape: stop sampling (and the ablation), and hand the keys back from any field."""
         self.generation_stop.set()
         for worker in self.workers:
             if worker.group == "ablation":
                 worker.cancel()
-        self.query_one(TabbedContent).query_one(Tabs).focus()
+        self.query_main(TabbedContent).query_one(Tabs).focus()
 
     # ---- keeping what the app showed
 
@@ -588,46 +669,47 @@ class MiniGPTApp(App):
 
     @on(SaveSample)
     def save_sample(self, message: SaveSample) -> None:
-        self.keep("sample", lambda folder: save_sample(folder, message.text, message.settings))
+        self.keep("sample", lambda folder: save_sample(folder, message.text, message.recipe))
 
     @on(SaveAblation)
     def save_ablation(self, message: SaveAblation) -> None:
-        self.keep("ablation", lambda folder: save_temperature_table(folder, message.rows, message.source))
+        self.keep("ablation", lambda folder: save_temperature_table(folder, message.rows, message.recipe))
 
     # ---- temperature ablation
 
     @on(AblationRequest)
     def ablation_requested(self, message: AblationRequest) -> None:
-        self.query_one(AblationPane).started("the latest weights")
+        self.query_main(AblationPane).started("the latest weights")
         self.ablation_worker(message)
 
     @work(thread=True, exclusive=True, group="ablation", exit_on_error=False)
     def ablation_worker(self, request: AblationRequest) -> None:
         worker = get_current_worker()
-        backend, tokenizer, source = self.current_model()
-        self.limit_threads(backend)
+        weights = self.current_weights()
+        self.limit_threads(weights.backend)
         train_text = self.training_text()
         prompt = default_prompt(corpus_splits(self.run_info)[1])  # what `minigpt ablate temperature` uses
-        source = f"{source}, prompt {prompt!r}"
+        recipe = AblationRecipe(weights.source, weights.step, prompt, request.samples, request.length, ABLATION_SEED)
         # one call per temperature so rows appear as they finish; seeds do not depend on the position
         for temperature in request.temperatures:
-            rows = temperature_ablation(backend, tokenizer, train_text, [temperature], samples=request.samples,
-                                        length=request.length, prompt=prompt, should_stop=lambda: worker.is_cancelled)
+            rows = temperature_ablation(weights.backend, weights.tokenizer, train_text, [temperature],
+                                        samples=request.samples, length=request.length, prompt=prompt,
+                                        seed=ABLATION_SEED, should_stop=lambda: worker.is_cancelled)
             if not rows:
-                self.post_message(AblationFinished(source, stopped=True))
+                self.post_message(AblationFinished(recipe, stopped=True))
                 return
             self.post_message(AblationRowReady(rows[0]))
-        self.post_message(AblationFinished(source, stopped=False))
+        self.post_message(AblationFinished(recipe, stopped=False))
 
     @on(AblationRowReady)
     def ablation_row(self, message: AblationRowReady) -> None:
-        self.query_one(AblationPane).add_row(message.row)
+        self.query_main(AblationPane).add_row(message.row)
 
     @on(AblationFinished)
     def ablation_finished(self, message: AblationFinished) -> None:
         verb = "stopped" if message.stopped else "done"
-        self.query_one(AblationPane).finished(f"{verb}: samples from the {message.source}; "
-                                              "highlight a row to read its first sample", message.source)
+        self.query_main(AblationPane).finished(f"{verb}: samples from the {message.recipe.source}; highlight a row "
+                                              "to read its samples, [ and ] page through them", message.recipe)
 
 
 def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig | None = None,
@@ -645,7 +727,9 @@ def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig 
 @click.option("--dataset", type=click.Choice(DATASETS), help="Prefill the form with a named corpus.")
 @click.option("--out", type=click.Path(path_type=Path), help="Prefill the run folder.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Append notifications, errors (with tracebacks) and warnings to this file.")
+              help="Append notifications, errors (with tracebacks) and warnings to this file (default: "
+                   "minigpt-tui.log in the system's temporary folder, named on exit if the app stopped on an "
+                   "error).")
 @click.option("--threads", default=AUTO, show_default=True, envvar=ENV_VAR,
               help="CPU threads training runs on: auto measures and adapts; N uses exactly N. Sampling and "
               "inspection beside training take the cores it leaves. Env: MINIGPT_THREADS.")
@@ -659,5 +743,11 @@ def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out
     except MiniGPTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    set_up_output(log_file)
-    create_app(*run_dirs, data=data, dataset=dataset, out=out, threads=setting).run()
+    log_path = set_up_output(log_file)
+    app = create_app(*run_dirs, data=data, dataset=dataset, out=out, threads=setting)
+    app.run()
+    if app.crash is not None or app.return_code:
+        where = f"; the traceback is in {log_path}" if log_path else ""
+        click.echo(f"error: internal error, minigpt-tui stopped ({type(app.crash).__name__}: {app.crash}){where}",
+                   err=True)
+        sys.exit(app.return_code or 1)

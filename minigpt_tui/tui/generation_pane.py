@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from minigpt_tui.errors import MiniGPTError
+from minigpt_tui.experiments.keepsakes import SampleRecipe
 from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE, SamplingParams
 from minigpt_tui.tui.fields import read_number
 from minigpt_tui.tui.messages import GenerateRequest, SaveSample
@@ -19,7 +20,7 @@ from minigpt_tui.tui.messages import GenerateRequest, SaveSample
 class GenerationPane(Vertical):
     BINDINGS = [Binding("escape", "app.stop_generation", "Stop sampling"), Binding("ctrl+s", "save", "Save sample")]
     source = "weights: -"
-    settings = ""  # the weights and sampling settings of the text on screen
+    recipe: SampleRecipe | None = None  # what made the text on screen
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -60,7 +61,7 @@ class GenerationPane(Vertical):
 
     @on(Button.Pressed, "#save-sample")
     def action_save(self) -> None:
-        self.post_message(SaveSample(self.query_one("#generation-output", TextArea).text, self.settings))
+        self.post_message(SaveSample(self.query_one("#generation-output", TextArea).text, self.recipe))
 
     def read_request(self) -> GenerateRequest:
         number = partial(read_number, self)
@@ -70,17 +71,14 @@ class GenerationPane(Vertical):
         params = SamplingParams(number("temperature", float, DEFAULT_TEMPERATURE), number("top-k", int, None),
                                 number("top-p", float, None))
         prompt = self.query_one("#prompt", Input).value.replace("\\n", "\n") or "\n"
-        seed = number("seed", int, None)
-        self.settings = (f"temperature {params.temperature:g}, top-k {params.top_k or 'all'}, "
-                         f"top-p {params.top_p or 1.0:g}, seed {'random' if seed is None else seed}")
-        return GenerateRequest(prompt, params, length, seed)
+        return GenerateRequest(prompt, params, length, number("seed", int, None))
 
-    def started(self, prompt: str, source: str) -> None:
-        self.source = f"weights: {source}"
-        self.settings = f"{source}; {self.settings}"
+    def started(self, recipe: SampleRecipe) -> None:
+        self.recipe = recipe
+        self.source = f"weights: {recipe.source} · seed {recipe.seed}"
         self.query_one("#generation-source", Static).update(self.source)
         output = self.query_one("#generation-output", TextArea)
-        output.text = prompt
+        output.text = recipe.prompt
         self.set_running(True)
 
     def append(self, text: str) -> None:

@@ -5,6 +5,11 @@ settings reshape it, and every head of the chosen layer side by side.
 The forward pass runs in a thread worker, over a copy of the training weights during training
 (refreshed at each evaluation) or the run's latest checkpoint; everything after it (the
 distribution under new settings, another head) is cheap and redrawn at once on the UI thread.
+
+Causal controls: ``x`` knocks the selected head out (zero-ablation) and back in, and the text is read
+again, so the chart and the surprisal colours show what the head was doing; the lens strip shows each
+layer's top guess at the cursor; ``[`` and ``]`` step through the run's snapshots (its weights at every
+evaluation) and back to the current weights.
 """
 
 from __future__ import annotations
@@ -23,16 +28,19 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, Label, Static
 from textual.worker import get_current_worker
-from textual_plotext import PlotextPlot
 
+from backends.base import HeadAblation
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.inspection.inspector import Inspection, NextTokens, excerpt, inspect_text
+from minigpt_tui.inspection.lens import Unembedding, logit_lens
 from minigpt_tui.inspection.text import CURSOR, attention_background, label, shown_inline, surprisal_color
 from minigpt_tui.training.corpus import corpus_for_run
 from minigpt_tui.training.data import split_text
+from minigpt_tui.training.runs import model_at, snapshot_steps
 from minigpt_tui.training.sampling import SamplingParams
 from minigpt_tui.training.tokenizer import Tokenizer
 from minigpt_tui.tui.fields import read_number
+from minigpt_tui.tui.guarded_plot import GuardedPlot
 
 EXCERPT_CONTEXTS = 4  # the default text is this many contexts of the validation split
 # the chart's two bars per candidate, as plotext names them and as the same ANSI colours in rich
@@ -48,6 +56,7 @@ class InspectionReady(Message):
     inspection: Inspection
     tokenizer: Tokenizer
     source: str
+    unembedding: Unembedding | None = None  # the weights' final LayerNorm and head, for the lens strip
 
 
 @dataclass
@@ -180,7 +189,7 @@ class TokenText(Widget, can_focus=True):
             column += len(drawn)
 
 
-class NextTokenChart(PlotextPlot):
+class NextTokenChart(GuardedPlot):
     """The candidates' probability at T=1 beside the one sampling draws from, through this widget's ``plt``."""
 
     def draw(self, view: NextTokens | None) -> None:
@@ -195,13 +204,17 @@ class NextTokenChart(PlotextPlot):
             names = [label(c.text) for c in candidates]
             plt.multiple_bar(names, [[c.probability for c in candidates], [c.sampled for c in candidates]],
                              color=[RAW_COLOR, SAMPLED_COLOR])
-            plt.ylim(0, 1)
+            # the axis fits the tallest bar: a flat distribution's small bars are still readable
+            tallest = max(max(c.probability, c.sampled) for c in candidates)
+            plt.ylim(0, min(1.0, max(0.05, tallest * 1.1)))
             plt.title(f"next token: H {view.entropy_bits:.2f} bits")
         self.refresh()
 
 
-def head_strips(inspection: Inspection, layer: int, chosen: int, cursor: int, width: int) -> Text:
-    """Every head of ``layer``: the tokens before the cursor with that head's attention as background."""
+def head_strips(inspection: Inspection, layer: int, chosen: int, cursor: int, width: int,
+                ablated: frozenset[tuple[int, int]] = frozenset()) -> Text:
+    """Every head of ``layer``: the tokens before the cursor with that head's attention as background
+    (a knocked-out head is marked ✗: its attention is still drawn, its output no longer counts)."""
     text = Text(f"layer {layer}, every head from the cursor:", style="dim")
     first = cursor
     used = len(shown_inline(inspection.pieces[cursor]))
@@ -211,7 +224,8 @@ def head_strips(inspection: Inspection, layer: int, chosen: int, cursor: int, wi
     for head in range(inspection.n_head):
         weights = inspection.attention[layer, head, cursor]
         peak = float(weights.max())
-        text.append(f"\n{'▶' if head == chosen else ' '}H{head} ", style="bold" if head == chosen else "dim")
+        mark = "✗" if (layer, head) in ablated else " "
+        text.append(f"\n{'▶' if head == chosen else ' '}H{head}{mark}", style="bold" if head == chosen else "dim")
         for i in range(first, cursor + 1):
             background = attention_background(float(weights[i]), peak)
             drawn = shown_inline(inspection.pieces[i])
@@ -219,8 +233,38 @@ def head_strips(inspection: Inspection, layer: int, chosen: int, cursor: int, wi
     return text
 
 
+def lens_strip(lens_depths: list[NextTokens]) -> Text:
+    """Each depth's top guess at the cursor: E (the embedding alone), then after each block."""
+    text = Text("lens", style="dim")
+    for depth, view in enumerate(lens_depths):
+        top = view.candidates[0]
+        text.append(f" {'E' if depth == 0 else f'B{depth - 1}'}:", style="dim")
+        text.append(label(top.text), style="bold")
+        text.append(f"{top.probability:.2f}".removeprefix("0"))
+    return text
+
+
+def steps_strip(steps: list[int], shown: int | None, width: int) -> Text:
+    """A slider over the snapshots: a track with the shown one marked, and where it sits."""
+    if not steps:
+        return Text("snapshots: none (train with --snapshots to scrub through training)", style="dim")
+    stops = len(steps) + 1  # every snapshot, then the current weights
+    index = steps.index(shown) if shown in steps else stops - 1
+    track = max(4, min(stops * 2, width - 34))
+    knob = round(index / max(1, stops - 1) * (track - 1))
+    where = f"step {shown}" if shown is not None else "current weights"
+    return Text.assemble(("[ ", "dim"), "━" * knob, ("●", "bold"), "━" * (track - 1 - knob), (" ]", "dim"),
+                         f" {where} · snapshots {steps[0]}..{steps[-1]}")
+
+
 class InspectPane(Vertical):
     """Controls on top; the text and the heads on the left, the next-token chart on the right."""
+
+    BINDINGS = [
+        Binding("x", "toggle_head", "Head off/on"),
+        Binding("left_square_bracket", "step(-1)", "Earlier", key_display="["),
+        Binding("right_square_bracket", "step(1)", "Later", key_display="]"),
+    ]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -233,6 +277,9 @@ class InspectPane(Vertical):
         self.params = SamplingParams(1.0)
         self.attn_layer = self.attn_head = 0
         self.view: NextTokens | None = None
+        self.ablated: set[tuple[int, int]] = set()  # (layer, head) knocked out
+        self.snapshot: int | None = None  # the snapshot step shown; None: the current weights
+        self.unembedding: Unembedding | None = None
         self.stale = True  # the weights changed since the last read
         # a superseded worker thread may still be running: one forward at a time over the shared backend
         self.read_lock = threading.Lock()
@@ -258,6 +305,8 @@ class InspectPane(Vertical):
             with Vertical(id="inspect-left"):
                 yield TokenText(id="inspect-tokens")
                 yield Static("", id="inspect-heads")
+                yield Static("", id="inspect-lens")
+                yield Static("", id="inspect-steps")
             with Vertical(id="inspect-side"):
                 yield NextTokenChart(id="inspect-chart")
                 yield Static("", id="inspect-summary")
@@ -277,34 +326,46 @@ class InspectPane(Vertical):
 
     def read(self) -> None:
         self.stale = False
-        self.read_worker(self.query_one("#inspect-text", Input).value.replace("\\n", "\n"), self.model is None)
+        self.read_worker(self.query_one("#inspect-text", Input).value.replace("\\n", "\n"), self.model is None,
+                         self.snapshot, frozenset(self.ablated))
+
+    def load_weights(self, step: int | None):
+        """(backend, tokenizer, description) of the snapshot at ``step``, or the app's current weights."""
+        if step is None:
+            return self.app.current_model()
+        run = self.app.run_info
+        backend, _ = model_at(run, step=step)
+        return backend, run.tokenizer, f"snapshot (step {step})"
 
     @work(thread=True, exclusive=True, group="inspection", exit_on_error=False)
-    def read_worker(self, text: str, reload: bool) -> None:
+    def read_worker(self, text: str, reload: bool, step: int | None = None,
+                    ablated: frozenset[tuple[int, int]] = frozenset()) -> None:
         worker = get_current_worker()
         try:
             with self.read_lock:
                 if worker.is_cancelled:
                     return
                 if reload or self.model is None:
-                    self.model = self.app.current_model()
+                    self.model = self.load_weights(step)
                 backend, tokenizer, source = self.model
                 self.app.limit_threads(backend)
                 if not text:
                     val_text = split_text(corpus_for_run(self.app.run_info, None, None).text)[1]
                     text = excerpt(val_text, EXCERPT_CONTEXTS * backend.config.block_size)
-                inspection = inspect_text(backend, tokenizer, text)
+                inspection = inspect_text(backend, tokenizer, text, head_ablation(backend.config, ablated))
+                unembedding = Unembedding.of(backend)
         except MiniGPTError as exc:
             self.post_message(InspectionFailed(str(exc)))
             return
         if not worker.is_cancelled:
-            self.post_message(InspectionReady(text, inspection, tokenizer, source))
+            self.post_message(InspectionReady(text, inspection, tokenizer, source, unembedding))
 
     @on(InspectionReady)
     def inspection_ready(self, message: InspectionReady) -> None:
         message.stop()
         same_text = message.text == self.inspected_text
         self.inspection, self.tokenizer, self.source = message.inspection, message.tokenizer, message.source
+        self.unembedding = message.unembedding
         self.inspected_text = message.text
         field = self.query_one("#inspect-text", Input)
         if not field.value:
@@ -342,6 +403,24 @@ class InspectPane(Vertical):
         self.attn_layer, self.attn_head = layer, head
         self.redraw()
 
+    def action_toggle_head(self) -> None:
+        """Knock the selected head out, or back in, and read the text again."""
+        head = (self.attn_layer, self.attn_head)
+        self.ablated ^= {head}
+        self.read()
+
+    def action_step(self, delta: int) -> None:
+        """The previous or next snapshot (after the last: the current weights again)."""
+        steps = snapshot_steps(self.app.run_info) if self.app.run_info is not None else []
+        if not steps:
+            self.show_status("no snapshots in this run: train with --snapshots to scrub through training", error=True)
+            return
+        stops: list[int | None] = [*steps, None]
+        index = stops.index(self.snapshot) if self.snapshot in stops else len(stops) - 1
+        self.snapshot = stops[min(max(index + delta, 0), len(stops) - 1)]
+        self.model = None
+        self.read()
+
     def number(self, widget_id: str, kind: type, default):
         return read_number(self, widget_id, kind, default, widget_id.removeprefix("inspect-"))
 
@@ -361,7 +440,14 @@ class InspectPane(Vertical):
         weights = inspection.attention_from(self.cursor, self.attn_layer, self.attn_head)
         self.query_one(TokenText).show(inspection, self.cursor, weights)
         heads = self.query_one("#inspect-heads", Static)
-        heads.update(head_strips(inspection, self.attn_layer, self.attn_head, self.cursor, max(8, heads.size.width)))
+        heads.update(head_strips(inspection, self.attn_layer, self.attn_head, self.cursor, max(8, heads.size.width),
+                                 frozenset(self.ablated)))
+        if self.unembedding is not None:
+            lens = logit_lens(self.unembedding, inspection, self.cursor, self.tokenizer, k=1)
+            self.query_one("#inspect-lens", Static).update(lens_strip(lens.depths))
+        steps = snapshot_steps(self.app.run_info) if self.app.run_info is not None else []
+        self.query_one("#inspect-steps", Static).update(steps_strip(steps, self.snapshot,
+                                                                    max(8, heads.size.width)))
         self.query_one(NextTokenChart).draw(self.view)
         v = self.view
         actual = ""
@@ -374,8 +460,18 @@ class InspectPane(Vertical):
         piece = label(inspection.pieces[self.cursor])
         bits = inspection.surprisal_bits[self.cursor]
         surprise = "" if np.isnan(bits) else f", {bits:.1f} bits"
+        knocked_out = f" · off: {' '.join(f'L{la}H{h}' for la, h in sorted(self.ablated))}" if self.ablated else ""
         self.show_status(f"weights: {self.source} · cursor {self.cursor} '{piece}'{surprise} · "
-                         f"L{self.attn_layer} H{self.attn_head}")
+                         f"L{self.attn_layer} H{self.attn_head}{knocked_out}")
 
     def show_status(self, text: str, error: bool = False) -> None:
         self.query_one("#inspect-status", Static).update(Text(text, style="bold red" if error else ""))
+
+
+def head_ablation(config, ablated: frozenset[tuple[int, int]]) -> HeadAblation | None:
+    """Zero-ablation of the ``ablated`` heads that exist in a model of ``config`` (None: none)."""
+    mask = np.zeros((config.n_layer, config.n_head), bool)
+    for layer, head in ablated:
+        if layer < config.n_layer and head < config.n_head:
+            mask[layer, head] = True
+    return HeadAblation(mask) if mask.any() else None

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from textual.message import Message
 
+from minigpt_tui.experiments.keepsakes import AblationRecipe, SampleRecipe
 from minigpt_tui.experiments.temperature import TemperatureRow
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent, ThreadsEvent
+from minigpt_tui.training.runs import Metrics
 from minigpt_tui.training.sampling import SamplingParams
 
 
@@ -29,6 +31,8 @@ class StartRun(Message):
 class TrainingStarted(Message):
     trainer: object  # minigpt_tui.training.trainer.Trainer, kept untyped so this module stays light
     train_text: str  # the training split, for the ablation's known-word share
+    start_step: int  # where this session began (the trainer itself may be further on already)
+    earlier: Metrics | None  # the run's records up to start_step, when it continues a run
 
 
 @dataclass
@@ -66,8 +70,7 @@ class GenerateRequest(Message):
 
 @dataclass
 class GenerationStarted(Message):
-    prompt: str
-    source: str  # which weights: a live copy or a checkpoint
+    recipe: SampleRecipe  # the weights (a live copy or a checkpoint), the prompt and the seed actually used
 
 
 @dataclass
@@ -96,17 +99,17 @@ class AblationRowReady(Message):
 
 @dataclass
 class AblationFinished(Message):
-    source: str
+    recipe: AblationRecipe
     stopped: bool
 
 
 @dataclass
 class SaveSample(Message):
     text: str
-    settings: str  # the weights and sampling settings that made it, written above it
+    recipe: SampleRecipe | None  # what made it, written above it; None before anything was generated
 
 
 @dataclass
 class SaveAblation(Message):
     rows: list[TemperatureRow]
-    source: str  # which weights the samples came from
+    recipe: AblationRecipe | None  # which weights, prompt and seeds made the samples

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger("minigpt_tui")
+DEFAULT_LOG_NAME = "minigpt-tui.log"  # in the system's temporary folder, when neither --log-file nor a redirect
 
 
 def screen_stream(stdout, stderr):
@@ -22,19 +24,29 @@ def screen_stream(stdout, stderr):
     return stderr
 
 
-def set_up_output(log_file: Path | None) -> None:
+def default_log_path() -> Path:
+    return Path(tempfile.gettempdir()) / DEFAULT_LOG_NAME
+
+
+def set_up_output(log_file: Path | None) -> Path | None:
     """Draw on the terminal; log (notifications, worker errors with tracebacks, warnings) to ``log_file``,
-    else to a redirected stderr, else nowhere."""
+    else to a redirected stderr, else to ``default_log_path()``. The log file's path, or None for stderr."""
     stderr = sys.__stderr__
     sys.__stderr__ = screen_stream(sys.__stdout__, stderr)
-    if log_file is not None:
-        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
-    elif stderr is not None and not stderr.isatty():
-        handler = logging.StreamHandler(stderr)
+    path: Path | None = None
+    if log_file is None and stderr is not None and not stderr.isatty():
+        handler: logging.Handler = logging.StreamHandler(stderr)
     else:
-        return
+        path = log_file or default_log_path()
+        try:
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError:  # an unwritable default: no log, the app still runs
+            if log_file is not None:
+                raise
+            return None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").addHandler(handler)
+    return path

@@ -10,8 +10,9 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from backends import available_backends
+from backends.base import OPTIMIZERS
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.training.config import PRESETS, TrainConfig, build_config, field_type
+from minigpt_tui.training.config import PRESETS, TOKENIZERS, TrainConfig, build_config, field_type
 from minigpt_tui.training.data import read_corpus
 from minigpt_tui.training.datasets import load_dataset
 from minigpt_tui.training.runs import holds_checkpoints
@@ -22,6 +23,7 @@ CUSTOM = "custom"  # the preset shown when the app was handed a ready config
 FROM_PATH = "path"
 CORPORA = [("tiny Shakespeare", "shakespeare"), ("Python docs", "python-docs"), ("a file or folder", FROM_PATH)]
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CHOICES = ("backend", "device", "tokenizer", "optimizer")  # the fields chosen from a list
 # the hyper-parameters the form exposes; everything else comes from the preset
 FIELDS = ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "learning_rate", "dropout",
           "eval_interval", "seed")
@@ -56,6 +58,13 @@ class RunForm(VerticalScroll):
             yield self.choice("backend", available_backends(), "torch")
             yield Label("device")
             yield self.choice("device", DEVICES, "auto")
+            yield Label("tokenizer")
+            yield self.choice("tokenizer", TOKENIZERS, "char")
+            yield Label("vocab_size")
+            yield Input(self.preset_value(self.initial_preset, "vocab_size"), compact=True, id="vocab_size",
+                        type="integer", tooltip="BPE only: the vocabulary to learn (a character one is the alphabet)")
+            yield Label("optimizer")
+            yield self.choice("optimizer", OPTIMIZERS, "adamw")
             yield Label("run folder")
             yield Input(self.initial_out, placeholder="runs/<timestamp>", compact=True, id="out")
             yield Label("threads")
@@ -80,13 +89,22 @@ class RunForm(VerticalScroll):
 
     def on_mount(self) -> None:
         self.query_one("#path", Input).disabled = self.initial_corpus != FROM_PATH
+        self.query_one("#vocab_size", Input).disabled = self.query_one("#tokenizer", Select).value != "bpe"
         self.validate()
         self.query_one("#start", Button).focus()  # Enter starts a run straight away
 
     @on(Select.Changed, "#preset")
     def preset_changed(self, event: Select.Changed) -> None:
-        for name in FIELDS:
-            self.query_one(f"#{name}", Input).value = self.preset_value(str(event.value), name)
+        preset = str(event.value)
+        for name in (*FIELDS, "vocab_size"):
+            self.query_one(f"#{name}", Input).value = self.preset_value(preset, name)
+        for name in ("tokenizer", "optimizer"):  # a preset's own (speedrun: Muon) come with it; backend and device stay
+            self.query_one(f"#{name}", Select).value = self.presets[preset].get(name, TrainConfig().get(name))
+
+    @on(Select.Changed, "#tokenizer")
+    def tokenizer_changed(self, event: Select.Changed) -> None:
+        self.query_one("#vocab_size", Input).disabled = event.value != "bpe"
+        self.validate()
 
     @on(Select.Changed, "#corpus")
     def corpus_changed(self, event: Select.Changed) -> None:
@@ -94,7 +112,7 @@ class RunForm(VerticalScroll):
         self.validate()
 
     @on(Input.Changed)
-    @on(Select.Changed, "#backend, #device")
+    @on(Select.Changed, "#backend, #device, #optimizer")
     def fields_changed(self) -> None:
         self.validate()
 
@@ -123,10 +141,10 @@ class RunForm(VerticalScroll):
 
     def validate(self) -> TrainConfig | None:
         """The config the form describes, or None with the problem shown under the fields."""
-        overrides = {"backend": self.query_one("#backend", Select).value,
-                     "device": self.query_one("#device", Select).value}
+        overrides = {name: self.query_one(f"#{name}", Select).value for name in CHOICES}
         problems = []
-        for name in FIELDS:
+        fields = (*FIELDS, "vocab_size") if overrides["tokenizer"] == "bpe" else FIELDS
+        for name in fields:
             field = self.query_one(f"#{name}", Input)
             try:
                 overrides[name] = field_type(name)(field.value.strip())

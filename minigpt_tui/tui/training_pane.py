@@ -7,20 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from plotext._dict import color_codes as PLOTEXT_COLOR_CODES
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
-from textual_plotext import PlotextPlot
 
 from backends.base import count_parameters
-from minigpt_tui.plots import axis_limits, step_ticks, value_ticks
+from minigpt_tui.plots import BATCH_COLOR, TRAIN_COLOR, VAL_COLOR, axis_limits, step_ticks, value_ticks
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.events import EvalEvent, StepEvent, ThreadsEvent
-from minigpt_tui.training.metrics import perplexity
+from minigpt_tui.training.metrics import bits_per_char, perplexity
 from minigpt_tui.training.runs import Metrics, Run
+from minigpt_tui.tui.guarded_plot import GuardedPlot
 
 MAX_PLOTTED = 400  # per-step losses beyond this are averaged in buckets: cheap redraws on long runs
 
@@ -93,7 +94,7 @@ class Line:
     color: str  # a plotext colour name: bright enough to read on the dark theme
 
 
-TRAIN_COLORS = ("cyan", "green", "orange")  # per-step train loss, evaluated train, evaluated val
+TRAIN_COLORS = (BATCH_COLOR, TRAIN_COLOR, VAL_COLOR)  # per-step train loss, evaluated train, evaluated val
 RUN_COLORS = ("orange", "magenta", "cyan", "green", "yellow", "red", "blue", "white")  # overlaid runs, by order
 REFERENCE_COLOR = "gray"
 Y_TICK_WIDTH = 7  # every y tick label padded to this width, so the two plots' x axes line up
@@ -104,54 +105,57 @@ def run_color(i: int) -> str:
     return RUN_COLORS[i % len(RUN_COLORS)]
 
 
-class CurvePlot(PlotextPlot):
+def legend(title: str, lines: list[Line]) -> Text:
+    """The plot's title and a key per line, in the lines' own terminal colours: drawn above the plot, so it
+    never covers a curve however small the terminal."""
+    text = Text(title, style="bold")
+    for line in lines:
+        text.append("  ")
+        text.append("━━", style=f"color({PLOTEXT_COLOR_CODES[line.color]})")
+        text.append(f" {line.label}")
+    return text
+
+
+class CurvePlot(GuardedPlot):
     """A plot redrawn only when asked (the pane throttles), always through this widget's own ``plt``."""
 
-    def draw(self, title: str, ylabel: str, lines: list[Line], log_y: bool, x_max: int) -> None:
+    def draw(self, ylabel: str, lines: list[Line], log_y: bool, x_max: int) -> None:
+        """A log y axis is drawn as log10 of the values on a linear axis, its ticks labelled with the values:
+        plotext's own log scale rewrites the data in place at each build, so a second render (any refresh)
+        took the log of a log and failed."""
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(title)
         plt.xlabel("step")
         plt.ylabel(ylabel)
-        plt.yscale("log" if log_y else "linear")
         plt.xlim(0, x_max)
         ticks = step_ticks(x_max)
         plt.xticks(ticks, [str(t) for t in ticks])
+        scale = math.log10 if log_y else float
         values: list[float] = []
         for line in lines:
             xs, ys = finite(line.xs, line.ys)
             if xs:
-                plt.plot(xs, ys, label=line.label, marker="braille", color=line.color)
+                plt.plot(xs, [scale(y) for y in ys], marker="braille", color=line.color)  # the legend is above
                 values += ys
         if not values:
             plt.text("waiting for the first points…", x=x_max / 2, y=0.5, alignment="center")
             plt.ylim(0, 1)
             plt.yticks([0, 1], [" " * Y_TICK_WIDTH] * 2)
         else:
-            lo, hi = legend_headroom(*axis_limits(values, log_y), legend_rows=len(lines),
-                                     plot_rows=self.size.height - PLOT_FRAME_ROWS, log=log_y)
-            plt.ylim(lo, hi)
+            lo, hi = axis_limits(values, log_y)
+            plt.ylim(scale(lo), scale(hi))
             y_ticks = value_ticks(lo, hi, log_y)
-            plt.yticks(y_ticks, [tick_label(v) for v in y_ticks])
+            plt.yticks([scale(v) for v in y_ticks], [tick_label(v) for v in y_ticks])
         self.refresh()
 
 
 def tick_label(value: float) -> str:
     """Three significant digits in a fixed width (small values such as learning rates in e-notation)."""
+    if abs(value) < 1e-12:  # a zero that rounding left a sign or a speck on: never "-0" or "-1.0e-17"
+        value = 0.0
     text = f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.3g}"
     return text.rjust(Y_TICK_WIDTH)
-
-
-PLOT_FRAME_ROWS = 5  # title, two frame lines, tick labels and the x label: the rest of a plot's rows hold data
-
-
-def legend_headroom(lo: float, hi: float, legend_rows: int, plot_rows: int, log: bool) -> tuple[float, float]:
-    """Raise the top of the y range so the curves start below the legend, which plotext draws top left."""
-    if plot_rows <= legend_rows + 1:  # too small to keep both apart: leave the range as it is
-        return lo, hi
-    share = legend_rows / (plot_rows - legend_rows)
-    return (lo, hi * (hi / lo) ** share) if log else (lo, hi + (hi - lo) * share)
 
 
 @dataclass
@@ -165,6 +169,7 @@ class Status:
     parameters: int | None = None
     vocab_size: int | None = None
     corpus: str = "-"
+    tokenizer: str = "-"  # e.g. "bpe (512)"
     model: str = "-"
     batch: str = "-"
     step: int = 0
@@ -191,7 +196,7 @@ def clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-LABEL_WIDTH = 8  # the longest row name: labels never shrink to "sta…" however long a value is
+LABEL_WIDTH = 9  # the longest row name: labels never shrink to "sta…" however long a value is
 
 
 class StatusPanel(Static):
@@ -204,6 +209,7 @@ class StatusPanel(Static):
         rows = [
             ("run", s.run), ("state", s.state), ("backend", s.backend), ("device", s.device),
             ("params", "-" if s.parameters is None else f"{s.parameters / 1e6:.3f}M"), ("model", s.model),
+            ("tokenizer", s.tokenizer),
             ("batch", s.batch), ("corpus", s.corpus),
             ("step", f"{s.step} / {s.max_iters}"),
             ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"), ("threads", s.threads),
@@ -223,16 +229,77 @@ PER_STEP_PLOTS = {LEARNING_RATE: ("learning rate", "lr", "lrs"),
                   GRAD_NORM: ("gradient norm (before clipping)", "norm", "grad_norms")}
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What comparing runs needs beyond their curves: the tokenizer, and what a step and a token are worth."""
+
+    tokenizer: str  # "char" or "bpe"
+    vocab_size: int
+    tokens_per_step: int
+    tokens_per_char: float
+
+    @classmethod
+    def of(cls, run: Run) -> RunFacts:
+        return cls(run.config.tokenizer, run.tokenizer.vocab_size, run.config.tokens_per_step * run.world_size,
+                   run.tokens_per_char)
+
+    @property
+    def guessing_loss(self) -> float:
+        """ln V: the loss of a model that gives every token the same probability."""
+        return math.log(self.vocab_size)
+
+    @property
+    def guessing_bpc(self) -> float:
+        return bits_per_char(self.guessing_loss, self.tokens_per_char)
+
+
+@dataclass
+class Compared:
+    """One run of a comparison (``minigpt-tui A B ...``)."""
+
+    name: str
+    curves: Curves
+    facts: RunFacts
+    steps: int
+    elapsed_s: float | None
+
+    @classmethod
+    def of(cls, run: Run, metrics: Metrics) -> Compared:
+        curves = Curves.from_metrics(metrics)
+        return cls(run.path.name, curves, RunFacts.of(run), curves.last_step, metrics.elapsed_s)
+
+    def best(self) -> tuple[float, float] | None:
+        """(best val loss, the val bits/char of that evaluation), or None before the first evaluation."""
+        c = self.curves
+        kept = [(loss, bpc) for loss, bpc in zip(c.val_loss, c.val_bpc, strict=True) if math.isfinite(loss)]
+        return min(kept) if kept else None
+
+
+def comparison_table(runs: list[Compared]) -> Table:
+    table = Table(box=None, padding=(0, 1), header_style="bold")
+    for name in ("run", "best val", "bits/char", "tokens seen", "steps", "wall time", "tokenizer"):
+        table.add_column(name, justify="left" if name in ("run", "tokenizer") else "right", no_wrap=True)
+    for i, run in enumerate(runs):
+        best = run.best()
+        table.add_row(Text(run.name, style=f"color({PLOTEXT_COLOR_CODES[run_color(i)]})"),
+                      "-" if best is None else f"{best[0]:.4f}", "-" if best is None else f"{best[1]:.3f}",
+                      f"{run.steps * run.facts.tokens_per_step:,}", str(run.steps), clock(run.elapsed_s),
+                      f"{run.facts.tokenizer} ({run.facts.vocab_size})")
+    return table
+
+
 class TrainingPane(Horizontal):
     """Curves on the left, status on the right; ``redraw`` is called a few times a second at most.
 
-    ``comparisons`` holds other runs (name, curves) drawn over this one, each named in the legend.
+    ``comparisons`` holds other runs drawn over this one, each named in the legend; ``facts`` describes
+    this run's tokenizer, for the comparison.
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.curves = Curves()
-        self.comparisons: list[tuple[str, Curves]] = []
+        self.comparisons: list[Compared] = []
+        self.facts: RunFacts | None = None
         self.status = Status()
         self.log_y = False
         self.show_perplexity = False
@@ -241,8 +308,11 @@ class TrainingPane(Horizontal):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="plots"):
+            yield Static("", id="loss-legend", classes="legend")
             yield CurvePlot(id="loss-plot")
+            yield Static("", id="quality-legend", classes="legend")
             yield CurvePlot(id="quality-plot")
+            yield Static("", id="compare-table")
         yield StatusPanel(id="status")
 
     def on_mount(self) -> None:
@@ -253,15 +323,24 @@ class TrainingPane(Horizontal):
 
     def x_max(self) -> int:
         """Both plots span the same steps: to the end of the run (or the furthest compared run)."""
-        ends = [self.status.max_iters, self.curves.last_step] + [c.last_step for _, c in self.comparisons]
+        ends = [self.status.max_iters, self.curves.last_step] + [c.curves.last_step for c in self.comparisons]
         return max(1, *ends)
 
-    def runs(self) -> list[tuple[str, Curves]]:
-        return [(self.status.run, self.curves), *self.comparisons]
+    def runs(self) -> list[Compared]:
+        """This run (as the status shows it) and the compared ones."""
+        facts = self.facts or RunFacts("char", self.status.vocab_size or 1, 0, 1.0)
+        this = Compared(self.status.run, self.curves, facts, self.status.step, self.status.elapsed_s)
+        return [this, *self.comparisons]
+
+    def tokenizers_differ(self) -> bool:
+        """Compared runs whose tokens differ: their losses per token are not comparable, bits per character are."""
+        return len({(r.facts.tokenizer, r.facts.vocab_size) for r in self.runs()}) > 1
 
     def redraw(self) -> None:
         x_max = self.x_max()
-        self.query_one("#loss-plot", CurvePlot).draw("loss", "nats/token", self.loss_lines(x_max), self.log_y, x_max)
+        title, unit, lines = self.loss_lines(x_max)
+        self.query_one("#loss-legend", Static).update(legend(title, lines))
+        self.query_one("#loss-plot", CurvePlot).draw(unit, lines, self.log_y, x_max)
         # the lower plot's quality view only changes on an evaluation or a toggle: skip rebuilding it otherwise
         c = self.curves
         key = (id(c), len(c.eval_steps), len(c.steps) if self.lower_plot != QUALITY else 0, self.log_y,
@@ -269,47 +348,62 @@ class TrainingPane(Horizontal):
         if key != self.lower_drawn:
             self.lower_drawn = key
             self.draw_lower(x_max)
+        table = self.query_one("#compare-table", Static)
+        table.display = bool(self.comparisons)
+        if self.comparisons:
+            table.update(comparison_table(self.runs()))
         self.query_one(StatusPanel).show(self.status)
 
-    def loss_lines(self, x_max: int) -> list[Line]:
+    def loss_lines(self, x_max: int) -> tuple[str, str, list[Line]]:
+        """The upper plot: its title, y unit and lines."""
         c = self.curves
         steps, losses = bucket_means(c.steps, c.losses)
-        if self.comparisons:  # one validation curve per run, named by its run; this run's batch loss for context
-            lines = [Line(f"{self.status.run} (batch)", steps, losses, TRAIN_COLORS[0])]
-            lines += [Line(name, curves.eval_steps, curves.val_loss, run_color(i))
-                      for i, (name, curves) in enumerate(self.runs())]
-        else:
+        if not self.comparisons:
             lines = [Line("train (batch)", steps, losses, TRAIN_COLORS[0]),
                      Line("train (eval)", c.eval_steps, c.train_eval_loss, TRAIN_COLORS[1]),
                      Line("val", c.eval_steps, c.val_loss, TRAIN_COLORS[2])]
-        uniform = self.status.uniform_loss
-        if uniform is not None:  # the loss of guessing: a model that learned anything sits well below it
-            lines.append(Line(f"guessing: ln {self.status.vocab_size}", [0, x_max], [uniform, uniform],
-                              REFERENCE_COLOR))
-        return lines
+            uniform = self.status.uniform_loss
+            if uniform is not None:  # the loss of guessing: a model that learned anything sits well below it
+                lines.append(Line(f"guessing: ln {self.status.vocab_size}", [0, x_max], [uniform, uniform],
+                                  REFERENCE_COLOR))
+            return "loss", "nats/token", lines
+        runs = self.runs()
+        if self.tokenizers_differ():  # one val curve per run in bits per character, the measure they share
+            lines = [Line(r.name, r.curves.eval_steps, r.curves.val_bpc, run_color(i)) for i, r in enumerate(runs)]
+            guesses = {}
+            for r in runs:
+                guesses.setdefault(round(r.facts.guessing_bpc, 6), []).append(r.name)
+            lines += [Line(f"guessing: {', '.join(names)}", [0, x_max], [value, value], REFERENCE_COLOR)
+                      for value, names in guesses.items()]
+            return "val bits/char (the runs' tokenizers differ: loss per token is not comparable)", "bits/char", lines
+        # one validation curve per run, named by its run; this run's batch loss for context
+        lines = [Line(f"{self.status.run} (batch)", steps, losses, TRAIN_COLORS[0])]
+        lines += [Line(r.name, r.curves.eval_steps, r.curves.val_loss, run_color(i)) for i, r in enumerate(runs)]
+        vocab = runs[0].facts.vocab_size
+        lines.append(Line(f"guessing: ln {vocab} (every run)", [0, x_max], [math.log(vocab)] * 2, REFERENCE_COLOR))
+        return "val loss", "nats/token", lines
 
     def draw_lower(self, x_max: int) -> None:
-        plot = self.query_one("#quality-plot", CurvePlot)
+        runs = self.runs()
         if self.lower_plot in PER_STEP_PLOTS:
             title, unit, field_name = PER_STEP_PLOTS[self.lower_plot]
-            lines = [Line(name if self.comparisons else self.lower_plot,
-                          *bucket_means(c.steps, getattr(c, field_name)), run_color(i))
-                     for i, (name, c) in enumerate(self.runs())]
-            plot.draw(title, unit, lines, self.log_y, x_max)
-            return
-
-        def quality(losses: list[float], bpc: list[float]) -> list[float]:
-            return [perplexity(v) for v in losses] if self.show_perplexity else bpc
-
-        if self.comparisons:
-            lines = [Line(name, c.eval_steps, quality(c.val_loss, c.val_bpc), run_color(i))
-                     for i, (name, c) in enumerate(self.runs())]
+            lines = [Line(r.name if self.comparisons else self.lower_plot,
+                          *bucket_means(r.curves.steps, getattr(r.curves, field_name)), run_color(i))
+                     for i, r in enumerate(runs[: len(self.comparisons) + 1])]
         else:
-            c = self.curves
-            lines = [Line("train", c.eval_steps, quality(c.train_eval_loss, c.train_bpc), TRAIN_COLORS[1]),
-                     Line("val", c.eval_steps, quality(c.val_loss, c.val_bpc), TRAIN_COLORS[2])]
-        title, unit = ("perplexity", "perplexity") if self.show_perplexity else ("bits per character", "bits/char")
-        plot.draw(title, unit, lines, self.log_y, x_max)
+            def quality(losses: list[float], bpc: list[float]) -> list[float]:
+                return [perplexity(v) for v in losses] if self.show_perplexity else bpc
+
+            if self.comparisons:
+                lines = [Line(r.name, r.curves.eval_steps, quality(r.curves.val_loss, r.curves.val_bpc), run_color(i))
+                         for i, r in enumerate(runs)]
+            else:
+                c = self.curves
+                lines = [Line("train", c.eval_steps, quality(c.train_eval_loss, c.train_bpc), TRAIN_COLORS[1]),
+                         Line("val", c.eval_steps, quality(c.val_loss, c.val_bpc), TRAIN_COLORS[2])]
+            title, unit = ("perplexity", "perplexity") if self.show_perplexity else ("bits per character", "bits/char")
+        self.query_one("#quality-legend", Static).update(legend(title, lines))
+        self.query_one("#quality-plot", CurvePlot).draw(unit, lines, self.log_y, x_max)
 
     def show_status(self) -> None:
         self.query_one(StatusPanel).show(self.status)
@@ -320,20 +414,22 @@ def describe(status: Status, config: TrainConfig, vocab_size: int) -> None:
     c = config
     m = c.model
     status.model = f"{m.n_layer}L {m.n_head}H {m.n_embd}d ctx {m.block_size}"
-    status.batch = f"{c.batch_size}×{c.grad_accum_steps}, lr {c.learning_rate:g}"
+    status.batch = f"{c.batch_size}×{c.grad_accum_steps}, lr {c.learning_rate:g}, {c.optim.optimizer}"
     status.parameters = count_parameters(c.with_vocab_size(vocab_size).model)
     status.vocab_size = vocab_size
+    status.tokenizer = f"{c.tokenizer} ({vocab_size})"
     status.max_iters = c.max_iters
 
 
-def status_from_metrics(run: Run, metrics: Metrics) -> Status:
-    """The status of a run read from disk: its config and the last records of its metrics.jsonl."""
+def status_from_metrics(run: Run, metrics: Metrics, checkpoint_step: int | None = None) -> Status:
+    """The status of a run read from disk: its config, the last records of its metrics.jsonl and the step of
+    its latest checkpoint (where continuing resumes; metrics log only every log_interval steps)."""
     c = run.config
     records, steps, evals = metrics.records, metrics.steps, metrics.evals
-    step = max((r.step for r in records), default=0)
-    times = [r.time for r in records]
-    # the run folder does not record which device "auto" chose: say so rather than print "auto" as a device
-    device = f"{c.device} (not recorded)" if c.device == "auto" else c.device
+    logged = max((r.step for r in records), default=0)
+    step = logged if checkpoint_step is None else checkpoint_step
+    # runs made before the device was recorded say so, rather than print "auto" as a device
+    device = run.device_used or (f"{c.device} (not recorded)" if c.device == "auto" else c.device)
     status = Status(run=run.path.name, backend=c.backend, device=device, corpus=Path(run.data_source).name,
                     step=step)
     describe(status, c, run.tokenizer.vocab_size)
@@ -341,8 +437,7 @@ def status_from_metrics(run: Run, metrics: Metrics) -> Status:
     if steps:
         status.tokens_per_s = steps[-1].tokens_per_s
         status.lr = steps[-1].lr
-    if len(times) > 1:
-        status.elapsed_s = times[-1] - times[0]
+    status.elapsed_s = metrics.elapsed_s
     if evals:
         status.best_val_loss = min(r.val_loss for r in evals)
     threads = [r for r in records if isinstance(r, ThreadsEvent)]
