@@ -34,7 +34,8 @@ def test_events_and_run_folder(tmp_path, corpus_path):
 
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", ".lock",
-                                             ".lock.owner"}
+                                             ".lock.owner", "snapshots"}  # snapshots: on by default at this size
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-0000000", "step-0000004", "step-0000006"]
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"latest", "best"}
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["max_iters"] == 6
