@@ -258,21 +258,46 @@ class HeadAblation:
 
 
 class GenerationSession(ABC):
-    """Incremental decoding with a KV cache.
+    """Incremental decoding with a KV cache, over ``batch`` sequences decoded side by side.
 
-    ``feed`` appends tokens to the context and returns the logits for the token after the last one.
-    The session keeps at most ``block_size`` positions: when the context would overflow, it keeps the
-    most recent half of the tokens and rebuilds the cache from them (absolute positions make shifting
-    a cache impossible), so the amortised cost per token stays O(block_size).
+    ``feed_rows`` appends a (batch, T) block of tokens, the same number to every row, and returns the
+    logits for the token after each row's last one; ``feed`` is the one-sequence form. The session
+    keeps at most ``block_size`` positions: when the context would overflow, it keeps the most recent
+    half of the tokens and rebuilds the cache from them (absolute positions make shifting a cache
+    impossible), so the amortised cost per token stays O(block_size). Rows never see each other: row i
+    of a batch gets the logits a batch-1 session fed row i alone would (up to float rounding).
     """
 
+    batch: int = 1
+    block_size: int
+
     @abstractmethod
+    def feed_rows(self, tokens: np.ndarray) -> np.ndarray:
+        """Append (batch, T) int ``tokens`` (T >= 1) and return float32 logits of shape (batch, vocab_size)."""
+
     def feed(self, tokens: list[int]) -> np.ndarray:
-        """Append ``tokens`` (at least one) and return float32 logits of shape (vocab_size,)."""
+        """Append ``tokens`` (at least one) to a batch-1 session and return float32 logits (vocab_size,)."""
+        if not tokens:
+            raise ValueError("feed needs at least one token")
+        return self.feed_rows(np.asarray([tokens], dtype=np.int64))[0]
 
     @abstractmethod
     def reset(self) -> None:
         """Forget the context."""
+
+    def _extend(self, history: np.ndarray, tokens) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The context after appending ``tokens`` to ``history`` (which the cache holds), the tokens to run
+        through the model, and whether the cache must be emptied first (the context overflowed)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim != 2 or tokens.shape[0] != self.batch or tokens.shape[1] < 1:
+            raise ValueError(f"feed_rows takes ({self.batch}, T >= 1) tokens, got shape {tokens.shape}")
+        block_size, n_new = self.block_size, tokens.shape[1]
+        overflow = history.shape[1] + n_new > block_size
+        history = np.concatenate([history, tokens], axis=1)
+        if overflow:  # keep the recent half (or the whole block when one feed overflows it) and rebuild
+            history = history[:, -max(block_size // 2, min(n_new, block_size)) :]
+            return history, history, True
+        return history, tokens, False
 
 
 class Backend(ABC):
@@ -319,8 +344,8 @@ class Backend(ABC):
         only: the training path never materialises the probabilities nor takes an ablation."""
 
     @abstractmethod
-    def generation_session(self) -> GenerationSession:
-        """A fresh KV-cached decoding session over the current weights."""
+    def generation_session(self, batch: int = 1) -> GenerationSession:
+        """A fresh KV-cached decoding session of ``batch`` sequences over the current weights."""
 
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -374,6 +399,13 @@ class Backend(ABC):
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=n)
+
+    @staticmethod
+    def get_threads() -> int:
+        """The threads this backend computes with now, on the calling thread."""
+        from threadpoolctl import threadpool_info
+
+        return max((pool["num_threads"] for pool in threadpool_info()), default=1)
 
     def matmul_peak_flops(self, seconds: float = 0.5) -> float:
         """Measured FLOP/s of float32 1024x1024 matrix products, the yardstick of model FLOPs utilisation.

@@ -252,8 +252,8 @@ class NumpyBackend(Backend):
         # copies: the workspace is reused; residual[2l] is the stream entering block l, residual[-1] leaving the last
         return ForwardTrace(ws.logits[0].copy(), ws.att[:, 0].copy(), ws.residual[::2, 0].copy(), heads.copy())
 
-    def generation_session(self) -> GenerationSession:
-        return NumpyGenerationSession(self.model)
+    def generation_session(self, batch: int = 1) -> GenerationSession:
+        return NumpyGenerationSession(self.model, batch)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return {name: param.astype(np.float32) for name, param in self.params.items()}
@@ -310,27 +310,21 @@ class NumpyBackend(Backend):
 
 
 class NumpyGenerationSession(GenerationSession):
-    def __init__(self, model: NumpyGPT) -> None:
+    def __init__(self, model: NumpyGPT, batch: int = 1) -> None:
+        if batch < 1:
+            raise ValueError(f"a generation session needs batch >= 1, got {batch}")
         c = model.config
-        self.model = model
+        self.model, self.batch = model, batch
         self.block_size = c.block_size
-        shape = (c.n_layer, 1, c.n_head, c.block_size, c.n_embd // c.n_head)
+        shape = (c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head)
         self.keys, self.values = np.zeros(shape, model.dtype), np.zeros(shape, model.dtype)
         self.reset()
 
     def reset(self) -> None:
-        self.tokens: list[int] = []
-        self.length = 0  # positions held in the cache
+        self.context = np.zeros((self.batch, 0), np.int64)  # what the cache holds, per row
 
-    def feed(self, tokens: list[int]) -> np.ndarray:
-        if not tokens:
-            raise ValueError("feed needs at least one token")
-        self.tokens.extend(tokens)
-        if self.length + len(tokens) > self.block_size:
-            # keep the recent half (or the whole block when one feed overflows it) and rebuild
-            self.tokens = self.tokens[-max(self.block_size // 2, min(len(tokens), self.block_size)) :]
-            self.length = 0
-            tokens = self.tokens
-        logits = self.model.decode(self.keys, self.values, list(tokens), self.length)
-        self.length += len(tokens)
+    def feed_rows(self, tokens: np.ndarray) -> np.ndarray:
+        cached = self.context.shape[1]
+        self.context, tokens, rebuild = self._extend(self.context, tokens)
+        logits = self.model.decode(self.keys, self.values, tokens, 0 if rebuild else cached)
         return logits.astype(np.float32)

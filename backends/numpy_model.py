@@ -272,24 +272,25 @@ class NumpyGPT:
             grads["wte.weight"].fill(0.0)  # the embedding's backward adds; a tied head wrote its part
         embedding_backward(grads["wte.weight"], grads.get("wpe.weight"), dres, idx)
 
-    def decode(self, keys: np.ndarray, values: np.ndarray, tokens: list[int], start: int) -> np.ndarray:
-        """Logits (V,) after ``tokens`` at positions start.. given a cache holding ``start`` positions;
-        keys and values (n_layer, 1, nh, block_size, hs) receive the new ones. No workspace: T is
-        small and varies, and a decoding step's cost is per-call overhead, not allocation."""
+    def decode(self, keys: np.ndarray, values: np.ndarray, tokens: np.ndarray, start: int) -> np.ndarray:
+        """Logits (B, V) after (B, T) ``tokens`` at positions start.. given a cache holding ``start``
+        positions; keys and values (n_layer, B, nh, block_size, hs) receive the new ones. No workspace:
+        T is small and varies, and a decoding step's cost is per-call overhead, not allocation."""
         c, p, dt = self.config, self.params, self.dtype
-        T, C, nh = len(tokens), c.n_embd, c.n_head
+        B, T = tokens.shape
+        C, nh = c.n_embd, c.n_head
         end = start + T
-        x = np.empty((1, T, C), dt)
-        embedding_forward(x, np.asarray([tokens]), p["wte.weight"], self.positions(start, T))
-        ln, xhat, y, branch = (np.empty((1, T, C), dt) for _ in range(4))
-        rstd = np.empty((1, T, 1), dt)
-        qkv = np.empty((1, T, 3 * C), dt)
-        att, row = np.empty((1, nh, T, end), dt), np.empty((1, nh, T, 1), dt)
-        h, t, g = (np.empty((1, T, 4 * C), dt) for _ in range(3))
+        x = np.empty((B, T, C), dt)
+        embedding_forward(x, tokens, p["wte.weight"], self.positions(start, T))
+        ln, xhat, y, branch = (np.empty((B, T, C), dt) for _ in range(4))
+        rstd = np.empty((B, T, 1), dt)
+        qkv = np.empty((B, T, 3 * C), dt)
+        att, row = np.empty((B, nh, T, end), dt), np.empty((B, nh, T, 1), dt)
+        h, t, g = (np.empty((B, T, 4 * C), dt) for _ in range(3))
         bias = self.bias[start:end, :end]
         hs = C // nh
-        qk_saved = (np.empty((2, 1, nh, T, hs), dt) if c.qk_norm else None, np.empty((2, 1, nh, T, 1), dt),
-                    np.empty((2, 1, nh, T, hs), dt) if self.rope else None)
+        qk_saved = (np.empty((2, B, nh, T, hs), dt) if c.qk_norm else None, np.empty((2, B, nh, T, 1), dt),
+                    np.empty((2, B, nh, T, hs), dt) if self.rope else None)
         for l in range(c.n_layer):
             w = self.block(p, l)
             layernorm_forward(ln, xhat, rstd, x, w["ln_1.weight"], w["ln_1.bias"])
@@ -306,8 +307,9 @@ class NumpyGPT:
             mlp_forward(branch, h, t, g, ln, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"], w["mlp.c_proj.weight"],
                         w["mlp.c_proj.bias"], c.activation)
             residual_forward(x, x, branch)
-        last = x[:, -1:]
-        layernorm_forward(ln[:, -1:], xhat[:, -1:], rstd[:, -1:], last, p["ln_f.weight"], p.get("ln_f.bias"))
-        logits = np.empty((1, 1, c.vocab_size), dt)
-        linear_forward(logits, ln[:, -1:], p[self.head_name], None)
-        return logits[0, 0]
+        last = np.ascontiguousarray(x[:, -1:])  # the layers take contiguous rows; with B > 1 the slice is not
+        ln, xhat, rstd = np.empty_like(last), np.empty_like(last), np.empty((B, 1, 1), dt)
+        layernorm_forward(ln, xhat, rstd, last, p["ln_f.weight"], p.get("ln_f.bias"))
+        logits = np.empty((B, 1, c.vocab_size), dt)
+        linear_forward(logits, ln, p[self.head_name], None)
+        return logits[:, 0]

@@ -218,8 +218,8 @@ class TorchBackend(Backend):
         return ForwardTrace(logits[0].to(dtype).cpu().numpy(), stacked(recorder.attention),
                             stacked(recorder.residual), stacked(recorder.head_outputs))
 
-    def generation_session(self) -> GenerationSession:
-        return TorchGenerationSession(self)
+    def generation_session(self, batch: int = 1) -> GenerationSession:
+        return TorchGenerationSession(self, batch)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return {n: p.detach().float().cpu().numpy() for n, p in self.model.named_parameters()}
@@ -288,7 +288,13 @@ class TorchBackend(Backend):
 
     @staticmethod
     def set_threads(n: int) -> None:
+        # torch keeps the count per thread (OpenMP's nthreads-var): this sets the calling thread's, and the
+        # default of threads that have not run a parallel op yet; threads that have keep theirs
         torch.set_num_threads(n)
+
+    @staticmethod
+    def get_threads() -> int:
+        return torch.get_num_threads()
 
     def matmul_peak_flops(self, seconds: float = 0.5) -> float:
         """On CUDA the matmuls run in bf16 under autocast (where the GPU has it), so the peak is a bf16
@@ -331,36 +337,32 @@ def _dropout_rng(generator: torch.Generator, device: torch.device):
 
 
 class TorchGenerationSession(GenerationSession):
-    def __init__(self, backend: TorchBackend) -> None:
+    def __init__(self, backend: TorchBackend, batch: int = 1) -> None:
+        if batch < 1:
+            raise ValueError(f"a generation session needs batch >= 1, got {batch}")
         self.backend = backend
         self.model = backend.model
+        self.batch = batch
         self.block_size = backend.config.block_size
         self.decoder = Decoder(self.model)
-        self.tokens: list[int] = []
         self.reset()
 
     def reset(self) -> None:
-        self.tokens = []
-        self.cache = KVCache(self.backend.config, 1, self.backend._device, self.backend._dtype)
+        self.context = np.zeros((self.batch, 0), np.int64)  # what the cache holds, per row
+        self.cache = KVCache(self.backend.config, self.batch, self.backend._device, self.backend._dtype)
 
     @torch.inference_mode()
-    def feed(self, tokens: list[int]) -> np.ndarray:
-        if not tokens:
-            raise ValueError("feed needs at least one token")
+    def feed_rows(self, tokens: np.ndarray) -> np.ndarray:
         if self.model.training:
             self.model.eval()
-        self.tokens.extend(tokens)
-        if self.cache.length + len(tokens) > self.block_size:
-            # keep the recent half (or the whole block when one feed overflows it) and rebuild
-            keep = self.tokens[-max(self.block_size // 2, min(len(tokens), self.block_size)) :]
-            self.tokens = list(keep)
+        self.context, tokens, rebuild = self._extend(self.context, tokens)
+        if rebuild:
             self.cache.length = 0
-            tokens = keep
         with self.backend._autocast:
-            if len(tokens) == 1 and self.cache.length > 0:
-                logits = self.decoder(self.cache, tokens[0])
+            if tokens.shape[1] == 1 and self.cache.length > 0:
+                logits = self.decoder(self.cache, torch.from_numpy(tokens[:, 0]).to(self.backend._device))
             else:
-                idx = torch.tensor([tokens], dtype=torch.long, device=self.backend._device)
-                logits = self.model(idx, self.cache)[0, -1]
+                idx = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.backend._device)
+                logits = self.model(idx, self.cache)[:, -1]
                 self.cache.commit()
         return logits.float().cpu().numpy()

@@ -224,7 +224,7 @@ class KVCache:
 
 
 class Decoder:
-    """Logits for one new token at a time, batch 1, over a model's KV cache.
+    """Logits for one new token per row at a time, over a model's KV cache.
 
     The same math as ``GPT.forward`` written with bare functional calls on tensors gathered once:
     for a single token, per-module Python overhead, not arithmetic, is what costs time on a CPU.
@@ -256,26 +256,28 @@ class Decoder:
         self.transforms = [b.attn.transform for b in model.h]
         self.activation = config.activation
 
-    def __call__(self, cache: KVCache, token: int) -> torch.Tensor:
+    def __call__(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+        """(B,) token ids, one per row of the cache -> (B, vocab) logits."""
         model, pos = self.model, cache.length
         C, nh = self.n_embd, self.n_head
         hs = C // nh
-        x = model.wte.weight[token][None] + model.positions(pos, 1, self.head.device)  # (1, C)
+        B = tokens.shape[0]
+        x = model.wte.weight[tokens] + model.positions(pos, 1, self.head.device)  # (B, C)
         for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b) in enumerate(
             self.layers
         ):
             h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
-            q, k, v = F.linear(h, attn_w, attn_b).view(3, nh, hs)
-            if self.transforms[layer] is not None:  # as (nh, T=1, hs), at position pos
-                q, k = (t[:, 0] for t in self.transforms[layer](q[:, None], k[:, None], pos))
-            cache.keys[layer, 0, :, pos] = k
-            cache.values[layer, 0, :, pos] = v
-            keys, values = cache.keys[layer, 0, :, : pos + 1], cache.values[layer, 0, :, : pos + 1]
-            scores = torch.bmm(q[:, None], keys.transpose(1, 2)) * hs**-0.5  # (nh, 1, pos+1)
-            y = torch.bmm(scores.softmax(-1), values).view(1, C)
+            q, k, v = F.linear(h, attn_w, attn_b).view(B, 3, nh, 1, hs).unbind(1)  # each (B, nh, T=1, hs)
+            if self.transforms[layer] is not None:  # at position pos
+                q, k = self.transforms[layer](q, k, pos)
+            cache.keys[layer, :, :, pos : pos + 1] = k
+            cache.values[layer, :, :, pos : pos + 1] = v
+            keys, values = cache.keys[layer, :, :, : pos + 1], cache.values[layer, :, :, : pos + 1]
+            scores = (q @ keys.transpose(-2, -1)) * hs**-0.5  # (B, nh, 1, pos+1)
+            y = (scores.softmax(-1) @ values).view(B, C)
             x = x + F.linear(y, proj_w, proj_b)
             h = activation(F.linear(F.layer_norm(x, (C,), ln2_w, ln2_b, 1e-5), fc_w, fc_b), self.activation)
             x = x + F.linear(h, fc2_w, fc2_b)
         x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias, 1e-5)
         cache.length += 1
-        return F.linear(x, self.head)[0]
+        return F.linear(x, self.head)

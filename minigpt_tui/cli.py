@@ -20,10 +20,10 @@ from minigpt_tui.storage import STDOUT, atomic_write_text, check_file_name, chec
 from minigpt_tui.training.config import PRESETS, TrainConfig, field_help, field_names, field_type
 from minigpt_tui.training.datasets import DATASETS
 from minigpt_tui.training.sampling import DEFAULT_TEMPERATURE
+from minigpt_tui.training.threads import AUTO, ENV_VAR, parse_threads
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-MAX_THREADS = 4096  # thread-pool sizes beyond this overflow the libraries' own limits
 MAX_BENCH_ROUNDS = 20  # best-of-N throughput: rounds beyond a few only lengthen the wait
 
 
@@ -154,6 +154,26 @@ def given_fields(kwargs: dict) -> dict:
     return {name: kwargs[name] for name in field_names() if kwargs.get(name) is not None}
 
 
+class ThreadsType(click.ParamType):
+    """``--threads auto|N``: a bad value is click's one-line usage error."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_threads(value)
+        except MiniGPTError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def threads_option(what: str = "The CPU threads the math runs on"):
+    return click.option(
+        "--threads", type=ThreadsType(), default=AUTO, show_default=True, envvar=ENV_VAR,
+        help=f"{what}: auto measures the candidate counts and keeps the fastest (training measures again when "
+        "step times drift); N uses exactly N (bit-for-bit repeatable runs). Env: MINIGPT_THREADS.",
+    )
+
+
 data_option = click.option(
     "--data", type=click.Path(path_type=Path), help="A UTF-8 text file or a folder of .txt files."
 )
@@ -175,6 +195,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<timestamp>).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--overwrite", is_flag=True, help="Start a new run in an --out folder that already holds one.")
+@threads_option()
 @config_options
 def train(
     headless: bool,
@@ -185,6 +206,7 @@ def train(
     out: Path | None,
     resume: Path | None,
     overwrite: bool,
+    threads,
     **kwargs,
 ) -> None:
     """Train a model (headless), or resume one with --resume RUN_DIR."""
@@ -196,7 +218,7 @@ def train(
 
     overrides = given_fields(kwargs)
     if not headless:
-        open_tui(data, dataset, preset, config_file, out, resume, overrides)
+        open_tui(data, dataset, preset, config_file, out, resume, overrides, threads)
         return
     if resume is not None:
         if preset or config_file or out or overwrite:
@@ -210,12 +232,13 @@ def train(
     world = start_world(config.backend, config.device)
     try:
         if resume is not None:
-            trainer = resume_training(resume, corpus_for_run(run, data, dataset), overrides, world)
+            trainer = resume_training(resume, corpus_for_run(run, data, dataset), overrides, world, threads=threads)
         else:
             corpus, note = resolve_corpus(data, dataset)
             if note and world.is_writer:
                 click.echo(note, err=True)
-            trainer = new_training(config, corpus, out or default_run_dir(), world, overwrite=overwrite)
+            trainer = new_training(config, corpus, out or default_run_dir(), world, overwrite=overwrite,
+                                   threads=threads)
         run_headless(trainer)
     except SystemExit:  # stopped or diverged: decided by all ranks together
         stop_world(world)
@@ -234,6 +257,7 @@ def open_tui(
     out: Path | None,
     resume: Path | None,
     overrides: dict,
+    threads,
 ) -> None:
     """Without --headless: the TUI's new-run form prefilled with these options, or the run to resume."""
     from minigpt_tui.training.config import config_from_sources
@@ -244,11 +268,11 @@ def open_tui(
         if overrides or preset or config_file or out or data or dataset:
             raise MiniGPTError("the TUI resumes a run as it is (press c); add --headless to resume with options")
         check_terminal()
-        create_app(resume).run()
+        create_app(resume, threads=threads).run()
         return
     config = config_from_sources(preset, config_file, overrides)
     check_terminal()
-    create_app(config=config, data=data, dataset=dataset, out=out).run()
+    create_app(config=config, data=data, dataset=dataset, out=out, threads=threads).run()
 
 
 def run_headless(trainer) -> None:
@@ -315,6 +339,7 @@ device_option = click.option("--device", default=None, help="auto, cpu, cuda, cu
 @checkpoint_choice()
 @backend_option
 @device_option
+@threads_option()
 def sample(
     run_dir: Path,
     prompt: str,
@@ -326,15 +351,18 @@ def sample(
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    threads,
 ) -> None:
     """Stream a sample from a trained run."""
     from minigpt_tui.training.runs import load_model, open_run
-    from minigpt_tui.training.sampling import SamplingParams, generate_text
+    from minigpt_tui.training.sampling import SamplingParams, decode_step, generate_text
+    from minigpt_tui.training.threads import apply_threads
 
     params = SamplingParams(temperature, top_k, top_p)
     run = open_run(run_dir)
     run.tokenizer.encode(prompt)  # unknown characters fail before the model loads
     model, _ = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, decode_step(model))
     click.echo(prompt, nl=False)
     for piece in generate_text(model, run.tokenizer, prompt, max_new_tokens, params, seed):
         sys.stdout.write(piece)
@@ -357,6 +385,7 @@ def sample(
     "(default: non-overlapping windows).",
 )
 @output_file_option("--json", "json_path", "Also write the scores as JSON.", allow_stdout=True)
+@threads_option()
 def eval_command(
     run_dir: Path,
     data: Path | None,
@@ -366,6 +395,7 @@ def eval_command(
     device: str | None,
     stride: int | None,
     json_path: Path | None,
+    threads,
 ) -> None:
     """Loss, perplexity and bits/char over the whole validation split."""
     from minigpt_tui.training.corpus import corpus_for_run
@@ -374,7 +404,8 @@ def eval_command(
 
     run = open_run(run_dir)
     report = evaluate_run(
-        run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride
+        run, corpus_for_run(run, data, dataset).text, which=checkpoint, backend=backend, device=device, stride=stride,
+        threads=threads,
     )
     click.echo(report.summary(), err=json_path == STDOUT)  # stdout is the JSON's when it is asked for there
     if json_path:
@@ -402,6 +433,7 @@ def eval_command(
 @output_file_option("--png", "png_path", "Write a figure: surprisal, next-token bars at T=0.5/1/1.5, every "
                     "attention map (with --logit-lens, also the lens as FILE-lens.png).")
 @output_file_option("--json", "json_path", "Write the raw numbers as JSON.", allow_stdout=True)
+@threads_option()
 def inspect_command(
     run_dir: Path,
     text: str,
@@ -419,6 +451,7 @@ def inspect_command(
     step: int | None,
     png_path: Path | None,
     json_path: Path | None,
+    threads,
 ) -> None:
     """Why the model predicts what it does: surprisal per token, next-token table, attention."""
     from rich.console import Console
@@ -427,6 +460,7 @@ def inspect_command(
     from minigpt_tui.inspection.text import attention_text, label, next_tokens_table, surprisal_legend, surprisal_text
     from minigpt_tui.training.runs import available_checkpoint, model_at, open_run
     from minigpt_tui.training.sampling import SamplingParams
+    from minigpt_tui.training.threads import apply_threads
 
     params = SamplingParams(temperature, top_k, top_p)
     text = text.replace("\\n", "\n")
@@ -440,6 +474,7 @@ def inspect_command(
 
         mask = parse_heads(ablate_heads, model.config.n_layer, model.config.n_head)
         ablation, ablated = HeadAblation(mask), head_labels(mask)
+    apply_threads(threads, model.set_threads, lambda: inspect_text(model, run.tokenizer, text, ablation))
     inspection = inspect_text(model, run.tokenizer, text, ablation)
     position = inspection.check_position(position)
     inspection.check_head(layer, head)
@@ -716,41 +751,61 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, samples: int, length: i
 @main.command()
 @click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, help="Repeat to compare.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
-@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed training steps.")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Timed training steps (default 20; with --contention 200 per mode).")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
-@click.option(
-    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="Threads the backends compute with."
-)
+@threads_option()
 @output_file_option("--json", "json_path", "Write the results as JSON.", allow_stdout=True)
+@click.option("--contention", is_flag=True, help="Training tokens/s beside busy processes the benchmark starts and "
+              "stops: auto, each thread count, torch's default (with and without OMP_WAIT_POLICY=PASSIVE).")
+@click.option("--loads", default="0,1,2", show_default=True, help="With --contention: busy processes per condition.")
+@click.option("--modes", default=None, help="With --contention: comma-separated from auto, thread counts, default, "
+              "default-passive (default: all of them, counts 1, 2, 4, ... up to the cores).")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="With --contention: the longest one measurement may train (a slow mode reports what it did).")
+@click.option("--peer-cmd", default=None, help="With --contention: a shell command (nanoGPT's train.py, say) run "
+              "under each load too; its tokens/s are read from 'iter N: ... time T ms' lines.")
+@click.option("--peer-tokens-per-iter", type=click.IntRange(min=1), default=768, show_default=True,
+              help="Tokens in one of the peer's iterations (baby: batch 12 x context 64).")
 def bench(
     backends: tuple[str, ...],
     preset: str,
-    iters: int,
+    iters: int | None,
     gen_tokens: int,
     device: str | None,
-    threads: int | None,
+    threads,
     json_path: Path | None,
+    contention: bool,
+    loads: str,
+    modes: str | None,
+    max_seconds: float,
+    peer_cmd: str | None,
+    peer_tokens_per_iter: int,
 ) -> None:
-    """Training and generation tokens/s, FLOPs/token and MFU per backend."""
+    """Training and generation tokens/s, FLOPs/token and MFU per backend; or, with --contention, training
+    tokens/s on a machine made busy on purpose."""
     from rich.console import Console
     from rich.table import Table
 
     from minigpt_tui.experiments.bench import bench_backend
     from minigpt_tui.training.config import preset as load_preset
-    from minigpt_tui.training.runs import load_backend_class
 
-    if threads:
-        for name in backends:
-            load_backend_class(name).set_threads(threads)
+    if contention:
+        bench_contention(preset, iters or 200, loads, modes, max_seconds, peer_cmd, peer_tokens_per_iter, json_path)
+        return
+    iters = iters or 20
+
     config: TrainConfig = load_preset(preset)
     results = [
-        bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device) for name in backends
+        bench_backend(name, config, train_iters=iters, gen_tokens=gen_tokens, device=device, threads=threads)
+        for name in backends
     ]
     table = Table(title=f"minigpt bench: preset {preset}")
     for column in (
         "backend",
         "device",
+        "threads",
         "train tok/s",
         "ms/iter",
         "gen tok/s (KV cache)",
@@ -758,12 +813,14 @@ def bench(
         "FLOPs/token",
         "MFU",
         "inspect 256 (ms)",
+        "ablation tok/s: 1 by 1 / batch of 10",
     ):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             r.backend,
             r.device,
+            str(r.threads),
             f"{r.train_tokens_per_s:,.0f}",
             f"{r.train_ms_per_iter:.1f}",
             f"{r.generate_tokens_per_s:,.0f}",
@@ -771,12 +828,42 @@ def bench(
             f"{r.flops_per_token / 1e6:.2f}M",
             f"{r.mfu:.1%}",
             f"{r.inspect_ms:.1f}",
+            f"{r.ablation_tokens_per_s_serial:,.0f} / {r.ablation_tokens_per_s_batched:,.0f}",
         )
     Console(stderr=json_path == STDOUT).print(table)
     if json_path:
         write_output_text(
             json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1)
         )
+
+
+def bench_contention(preset: str, steps: int, loads: str, modes: str | None, max_seconds: float,
+                     peer_cmd: str | None, peer_tokens_per_iter: int, json_path: Path | None) -> None:
+    from minigpt_tui.experiments.contention import (
+        contention_markdown,
+        default_modes,
+        parse_loads,
+        parse_modes,
+        peer_command_line,
+        run_contention,
+    )
+    from minigpt_tui.training.threads import available_cores
+
+    load_list = parse_loads(loads)
+    mode_list = parse_modes(modes) if modes else default_modes()
+    peer = peer_command_line(peer_cmd) if peer_cmd else None
+
+    def report(m) -> None:
+        click.echo(f"{m.load} busy, {m.mode}: {m.tokens_per_s:,.0f} tokens/s over {m.steps} steps "
+                   f"({m.threads} threads, {m.wall_s:.0f} s){' ' + m.note if m.note else ''}", err=True)
+
+    results = run_contention(loads=load_list, modes=mode_list, preset=preset, steps=steps, max_seconds=max_seconds,
+                             peer_command=peer, peer_tokens_per_iter=peer_tokens_per_iter, on_result=report)
+    click.echo(contention_markdown(results), err=json_path == STDOUT)  # stdout is the JSON's when asked there
+    if json_path:
+        document = {"preset": preset, "steps": steps, "max_seconds": max_seconds, "peer_cmd": peer,
+                    "cores": available_cores(), "results": [m.to_dict() for m in results]}
+        write_output_text(json_path, json.dumps(document, indent=1))
 
 
 @main.command(name="export-plots")
@@ -859,6 +946,7 @@ def ablate() -> None:
 @checkpoint_choice()
 @backend_option
 @device_option
+@threads_option()
 def ablate_temperature(
     run_dir: Path,
     temperatures: str,
@@ -872,6 +960,7 @@ def ablate_temperature(
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    threads,
 ) -> None:
     """Coherence (NLL at T=1) and diversity (distinct-n, repeats, known words) of samples per temperature;
     degenerate samples (blank, looping) are flagged and left out of the diversity figures."""
@@ -884,6 +973,8 @@ def ablate_temperature(
     )
     from minigpt_tui.training.corpus import corpus_splits
     from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.sampling import decode_step
+    from minigpt_tui.training.threads import apply_threads
 
     values = parse_temperatures(temperatures)
     run = open_run(run_dir)
@@ -891,6 +982,7 @@ def ablate_temperature(
     prompt = default_prompt(val_text) if prompt is None else prompt
     click.echo(f"prompt: {json.dumps(prompt)}", err=True)
     model, ckpt = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, decode_step(model, batch=samples))  # the samples decode as one batch
     rows = temperature_ablation(
         model, run.tokenizer, train_text, values, samples=samples, length=length, prompt=prompt, seed=seed
     )
@@ -927,12 +1019,7 @@ def ablation_options(command):
                 help="Folder for the variant runs and the report; rerun to continue: finished variants with "
                 "the same config and corpus are reused, interrupted ones resumed.",
             ),
-            click.option(
-                "--threads",
-                type=click.IntRange(min=1, max=MAX_THREADS),
-                default=None,
-                help="Threads each variant computes with.",
-            ),
+            threads_option("The threads each variant trains with"),
             click.option(
                 "--overwrite",
                 is_flag=True,
@@ -1112,6 +1199,7 @@ def ablate_ladder(rows: str | None, top: str, seeds: str, **options) -> None:
 @checkpoint_choice()
 @backend_option
 @device_option
+@threads_option()
 def ablate_exposure(
     run_dir: Path,
     samples: int,
@@ -1123,17 +1211,21 @@ def ablate_exposure(
     checkpoint: str,
     backend: str | None,
     device: str | None,
+    threads,
 ) -> None:
     """Teacher forcing vs free running: NLL per position on true prefixes vs the model's own samples."""
     from minigpt_tui.experiments.probes import exposure_bias
     from minigpt_tui.experiments.reports import write_exposure_report
     from minigpt_tui.training.corpus import corpus_for_run
     from minigpt_tui.training.runs import load_model, open_run
+    from minigpt_tui.training.sampling import decode_step
+    from minigpt_tui.training.threads import apply_threads
     from minigpt_tui.training.trainer import tokenize_corpus
 
     run = open_run(run_dir)
     val = tokenize_corpus(run, corpus_for_run(run, data, dataset).text).val
     model, _ = load_model(run, which=checkpoint, backend=backend, device=device)
+    apply_threads(threads, model.set_threads, decode_step(model, batch=samples))
     scores = exposure_bias(model, run.tokenizer, val, samples=samples, length=length, seed=seed)
     for path in write_exposure_report(scores, out or run.path / "ablate-exposure", {"run": str(run.path)}):
         click.echo(path, err=True)

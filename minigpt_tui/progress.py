@@ -7,13 +7,17 @@ import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from minigpt_tui.training.events import EvalEvent, Event, StepEvent
+from minigpt_tui.training.events import EvalEvent, Event, StepEvent, ThreadsEvent
 
 
 def format_eval(event: EvalEvent) -> str:
     best = " (best)" if event.is_best else ""
     return (f"eval step {event.step}: train loss {event.train_loss:.4f}, val loss {event.val_loss:.4f}, "
             f"val ppl {event.val_perplexity:.2f}, val bits/char {event.val_bits_per_char:.3f}{best}")
+
+
+def format_threads(event: ThreadsEvent) -> str:
+    return f"threads at step {event.step}: {event.describe()}"
 
 
 @contextlib.contextmanager
@@ -26,10 +30,13 @@ def attach_progress(trainer, is_terminal: bool):
 
     def on_event(event: Event) -> None:
         if isinstance(event, StepEvent) and (event.step % log_interval == 0 or event.step == event.max_iters):
+            threads = "" if trainer.threads_in_use is None else f", {trainer.threads_in_use} threads"
             print(f"step {event.step}/{event.max_iters}: loss {event.loss:.4f}, lr {event.lr:.2e}, "
-                  f"{event.tokens_per_s:,.0f} tokens/s", flush=True)
+                  f"{event.tokens_per_s:,.0f} tokens/s{threads}", flush=True)
         elif isinstance(event, EvalEvent):
             print(format_eval(event), flush=True)
+        elif isinstance(event, ThreadsEvent):
+            print(format_threads(event), flush=True)
 
     trainer.callbacks.append(on_event)
     try:
@@ -42,12 +49,13 @@ def attach_progress(trainer, is_terminal: bool):
 def _rich_progress(trainer):
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s"),
+        TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s  "
+                   "{task.fields[threads]} threads"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         transient=False,
     )
     task = progress.add_task("train", total=trainer.config.max_iters, completed=trainer.step,
-                             loss="-", val="-", tps="-")
+                             loss="-", val="-", tps="-", threads="-")
 
     def on_event(event: Event) -> None:
         if isinstance(event, StepEvent):
@@ -55,6 +63,9 @@ def _rich_progress(trainer):
         elif isinstance(event, EvalEvent):
             progress.update(task, val=f"{event.val_loss:.4f}")
             progress.console.print(format_eval(event))
+        elif isinstance(event, ThreadsEvent):
+            progress.update(task, threads=str(event.threads))
+            progress.console.print(format_threads(event))
 
     trainer.callbacks.append(on_event)
     with progress:

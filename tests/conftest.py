@@ -17,6 +17,8 @@ from minigpt_tui.training.config import TrainConfig, preset
 # transformers (tests/test_hf_interop.py) reads these when it is imported: local folders only, never a hub
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# the commands' --threads default (auto) would measure thread counts in every CLI test; tests of auto ask for it
+os.environ["MINIGPT_THREADS"] = "1"
 
 # the same examples on every run: a property test never fails by luck in CI (HYPOTHESIS_PROFILE=explore to search)
 settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None)

@@ -1,13 +1,22 @@
 import math
 
+import numpy as np
 import pytest
 
 from minigpt_tui.errors import MiniGPTError
-from minigpt_tui.experiments.temperature import SampleTrace, parse_temperatures, summarize, temperature_ablation
+from minigpt_tui.experiments.temperature import (
+    SampleTrace,
+    parse_temperatures,
+    sample_batch_with_scores,
+    sample_with_scores,
+    summarize,
+    temperature_ablation,
+)
 from minigpt_tui.training.config import build_config
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.runs import load_model, open_run
+from minigpt_tui.training.sampling import SamplingParams
 from minigpt_tui.training.trainer import new_training
 
 PROMPT = "to be"
@@ -51,17 +60,18 @@ def test_same_seed_same_samples_and_greedy_has_zero_entropy(tiny_run):
     assert greedy.samples[0] == greedy.samples[1]
 
 
-def test_should_stop_cancels_between_samples(tiny_run):
+def test_should_stop_cancels_between_tokens(tiny_run):
     run, model = tiny_run
     calls = []
 
-    def stop_after_two():
+    def stop_after_first_temperature():  # polled before each token of a batch: 5 tokens, then the next batch
         calls.append(1)
-        return len(calls) > 2
+        return len(calls) > 5
 
     rows = temperature_ablation(model, run.tokenizer, TEXT, [0.5, 1.0], samples=2, length=5, prompt=PROMPT,
-                                should_stop=stop_after_two)
+                                should_stop=stop_after_first_temperature)
     assert [r.temperature for r in rows] == [0.5]
+    assert len(calls) == 6
 
 
 def test_bad_input_is_a_minigpt_error(tiny_run):
@@ -106,6 +116,41 @@ def test_cli_ablate_temperature_writes_the_report(tiny_run, tmp_path):
     assert [row["temperature"] for row in report["rows"]] == [0.5, 1.0, 1.5]
     assert "| 1.5 |" in (out / "temperature.md").read_text(encoding="utf-8")
     assert (out / "temperature-samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("params", [SamplingParams(0.9), SamplingParams(1.3, top_k=5), SamplingParams(1.0, top_p=0.8),
+                                    SamplingParams(0.0)], ids=["T", "top-k", "top-p", "greedy"])
+def test_batched_samples_equal_serial_samples(tiny_run, backend, params):
+    """A batch of samples through one KV cache gives sample i exactly as drawn alone with seed + i; 100 tokens
+    overflow the 32-token context, so the cache is rebuilt on the way too."""
+    run, _ = tiny_run
+    model, _ = load_model(run, backend=backend)
+    prompt = run.tokenizer.encode("to be")
+    seeds = [7, 8, 9, 10]
+    batched = sample_batch_with_scores(model, run.tokenizer, [prompt] * 4, 100, params, seeds)
+    serial = [sample_with_scores(model, run.tokenizer, prompt, 100, params, seed) for seed in seeds]
+    assert [t.text for t in batched] == [t.text for t in serial]
+    assert len({t.text for t in serial}) == (1 if params.temperature == 0 else 4)  # the seeds do differ
+    for b, s in zip(batched, serial, strict=True):
+        assert np.allclose(b.nlls, s.nlls, rtol=1e-4) and np.allclose(b.entropies, s.entropies, rtol=1e-4)
+
+
+def test_ablation_rows_hold_the_serial_samples(tiny_run):
+    run, model = tiny_run
+    rows = temperature_ablation(model, run.tokenizer, TEXT, [0.7], samples=3, length=40, seed=2, prompt="to")
+    prompt = run.tokenizer.encode("to")
+    assert rows[0].samples == [sample_with_scores(model, run.tokenizer, prompt, 40, SamplingParams(0.7), 2 + i).text
+                               for i in range(3)]
+
+
+def test_a_batch_needs_one_seed_per_prompt_of_one_length(tiny_run):
+    run, model = tiny_run
+    ids = run.tokenizer.encode("to be")
+    with pytest.raises(MiniGPTError):
+        sample_batch_with_scores(model, run.tokenizer, [ids, ids[:2]], 5, SamplingParams(1.0), [1, 2])
+    with pytest.raises(MiniGPTError):
+        sample_batch_with_scores(model, run.tokenizer, [ids, ids], 5, SamplingParams(1.0), [1])
 
 
 def test_whitespace_only_samples_are_flagged_and_score_no_diversity():

@@ -21,6 +21,7 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.checkpoint import load_checkpoint
 from minigpt_tui.training.data import read_corpus
 from minigpt_tui.training.distributed import World, start_world, world_from_env
+from minigpt_tui.training.events import ThreadsEvent
 from minigpt_tui.training.runs import read_metrics
 from minigpt_tui.training.trainer import resume_training
 
@@ -63,6 +64,10 @@ def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, 
     # rank 0 alone wrote: one metrics file, every record once, the global losses of the single run
     assert [p.relative_to(workdir) for p in workdir.rglob("*.jsonl")] == [Path("run/metrics.jsonl")]
     ddp_records, single_records = read_metrics(ddp_run / "metrics.jsonl"), read_metrics(single_run / "metrics.jsonl")
+    # the thread count is this process's setting (the CLI's --threads, MINIGPT_THREADS=1 in tests), not the run's
+    threads = [r for r in ddp_records.records if isinstance(r, ThreadsEvent)]
+    assert [(r.threads, r.reason) for r in threads] == [(1, "fixed")]
+    ddp_records.records = [r for r in ddp_records.records if not isinstance(r, ThreadsEvent)]
     assert [(r.kind, r.step) for r in ddp_records.records] == [(r.kind, r.step) for r in single_records.records]
     assert [r.step for r in ddp_records.steps] == list(range(1, STEPS + 1))
     for ddp_record, single_record in zip(ddp_records.records, single_records.records, strict=True):

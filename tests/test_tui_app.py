@@ -14,7 +14,9 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, Static, TextArea
 
 from minigpt_tui.training.checkpoint import load_checkpoint
+from minigpt_tui.training.events import ThreadsEvent
 from minigpt_tui.training.runs import open_run, read_metrics
+from minigpt_tui.training.threads import spare_threads
 from minigpt_tui.tui.ablation_pane import COLUMNS as ABLATION_COLUMNS
 from minigpt_tui.tui.app import create_app
 from minigpt_tui.tui.continue_dialog import ContinueDialog
@@ -376,3 +378,30 @@ def test_help_names_the_measures_the_code_uses():
 
     assert "3-gram" not in HELP and "word bigrams" in HELP
     assert "ln V" in HELP and "What is a good loss?" in HELP
+
+
+async def test_the_form_sets_the_threads_the_status_shows_and_helpers_keep_off_them(tmp_path: Path, corpus_path: Path):
+    out = tmp_path / "run"
+    app = create_app(config=tiny_config(**ENDLESS), data=corpus_path, out=out, threads="auto", **FAST)
+    async with app.run_test(size=(100, 32)) as pilot:
+        assert app.query_one("#threads", Input).value == "auto"
+        await set_input(pilot, "#threads", "0")
+        assert "threads must be 'auto' or a whole number" in text_of(app.query_one("#form-error", Static))
+        await set_input(pilot, "#threads", "1")
+        app.query_one("#start").focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.pane.status.threads == "1 (fixed)")
+        assert re.search(r"threads\s+1 \(fixed\)", text_of(app.query_one("#status", Static)))
+
+        class Helper:  # what a sampling or inspection worker hands in: only its thread count matters here
+            counts: list[int] = []
+
+            def set_threads(self, n: int) -> None:
+                self.counts.append(n)
+
+        helper = Helper()
+        assert app.limit_threads(helper) == spare_threads(1) and helper.counts == [spare_threads(1)]
+        await pilot.press("s")
+        await wait_until(pilot, lambda: not app.training)
+    records = [r for r in read_metrics(out / "metrics.jsonl").records if isinstance(r, ThreadsEvent)]
+    assert [(r.threads, r.reason) for r in records] == [(1, "fixed")]

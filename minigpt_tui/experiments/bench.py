@@ -9,14 +9,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from backends.base import init_weights
+from minigpt_tui.experiments.temperature import sample_batch_with_scores, sample_with_scores
 from minigpt_tui.inspection.inspector import inspect_tokens
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.metrics import flops_per_token
 from minigpt_tui.training.runs import build_backend
 from minigpt_tui.training.sampling import SamplingParams, generate, generate_nocache
+from minigpt_tui.training.threads import ThreadSetting, apply_threads
 from minigpt_tui.training.tokenizer import CharTokenizer
 
 BENCH_VOCAB = 65  # tiny Shakespeare's character vocabulary
+ABLATION_SAMPLES = 10  # samples per temperature, drawn by the temperature ablation as one batch
+ABLATION_LENGTH = 100
 INSPECT_TOKENS = 256  # the text the inspect view reads: moving its cursor should feel instant (< 100 ms)
 
 
@@ -31,13 +35,17 @@ class BenchResult:
     flops_per_token: float
     mfu: float  # achieved training FLOP/s over the measured matmul peak of this machine
     inspect_ms: float  # median time to inspect INSPECT_TOKENS tokens (logits, surprisal, every attention map)
+    threads: int  # what the training steps ran on (after --threads auto measured, the count it chose)
+    ablation_tokens_per_s_serial: float  # ABLATION_SAMPLES scored samples drawn one after another
+    ablation_tokens_per_s_batched: float  # the same samples as one batch through one KV cache (what ablate does)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_tokens: int = 500,
-                  nocache_tokens: int = 100, device: str | None = None) -> BenchResult:
+                  nocache_tokens: int = 100, device: str | None = None,
+                  threads: ThreadSetting | None = None) -> BenchResult:
     config = config.with_vocab_size(BENCH_VOCAB)
     model_config = config.model
     backend = build_backend(config, init_weights(model_config, config.rng_seed), backend=name, device=device)
@@ -50,6 +58,8 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
     batches = [[batch() for _ in range(config.grad_accum_steps)] for _ in range(train_iters + 3)]
     for micro in batches[:3]:  # warm-up: allocations, kernels, compilation
         backend.train_step(micro, config.learning_rate)
+    apply_threads(threads, backend.set_threads, lambda: backend.train_step(batches[0], config.learning_rate))
+    threads_used = backend.get_threads()
     start = time.perf_counter()
     for micro in batches[3:]:
         backend.train_step(micro, config.learning_rate)
@@ -68,15 +78,35 @@ def bench_backend(name: str, config: TrainConfig, *, train_iters: int = 20, gen_
         pass
     nocache_tps = nocache_tokens / (time.perf_counter() - start)
 
+    serial_tps, batched_tps = time_ablation_sampling(backend)
     fpt = flops_per_token(model_config)
     mfu = train_tps * fpt / backend.matmul_peak_flops()
     return BenchResult(name, backend.device, train_tps, per_iter * 1000, gen_tps, nocache_tps, fpt, mfu,
-                       time_inspection(backend))
+                       time_inspection(backend), threads_used, serial_tps, batched_tps)
+
+
+def time_ablation_sampling(backend) -> tuple[float, float]:
+    """Tokens/s of the temperature ablation's sampling (scores included), one sample at a time and as one batch."""
+    tokenizer = bench_tokenizer()
+    params, seeds = SamplingParams(temperature=1.0), list(range(ABLATION_SAMPLES))
+    tokens = ABLATION_SAMPLES * ABLATION_LENGTH
+    sample_with_scores(backend, tokenizer, [0], 10, params, 0)  # warm-up
+    start = time.perf_counter()
+    for seed in seeds:
+        sample_with_scores(backend, tokenizer, [0], ABLATION_LENGTH, params, seed)
+    serial = tokens / (time.perf_counter() - start)
+    start = time.perf_counter()
+    sample_batch_with_scores(backend, tokenizer, [[0]] * ABLATION_SAMPLES, ABLATION_LENGTH, params, seeds)
+    return serial, tokens / (time.perf_counter() - start)
+
+
+def bench_tokenizer() -> CharTokenizer:
+    return CharTokenizer([chr(32 + i) for i in range(BENCH_VOCAB)])
 
 
 def time_inspection(backend, repeats: int = 7) -> float:
     """Median milliseconds of ``inspect_tokens`` on INSPECT_TOKENS random tokens, after one warm-up."""
-    tokenizer = CharTokenizer([chr(32 + i) for i in range(BENCH_VOCAB)])
+    tokenizer = bench_tokenizer()
     tokens = [int(t) for t in np.random.default_rng(1).integers(0, BENCH_VOCAB, INSPECT_TOKENS)]
     inspect_tokens(backend, tokens, tokenizer)
     times = []

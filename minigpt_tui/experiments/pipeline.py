@@ -9,6 +9,7 @@ from minigpt_tui.experiments.reports import write_ablation_report
 from minigpt_tui.experiments.variants import VariantResult, run_variants
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.datasets import Corpus
+from minigpt_tui.training.threads import ThreadSetting
 
 
 def run_training_ablation(
@@ -19,7 +20,7 @@ def run_training_ablation(
     out: Path,
     *,
     isolate: bool = True,
-    threads: int | None = None,
+    threads: ThreadSetting | None = None,
     overwrite: bool = False,
     extra_scores=None,
     finish: Callable[[list[VariantResult], list[TrainConfig]], list[VariantResult]] | None = None,

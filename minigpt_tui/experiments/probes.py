@@ -49,16 +49,15 @@ def exposure_bias(backend: Backend, tokenizer, val_tokens: np.ndarray, *, sample
     Free-running: the NLL, at T=1, of the token the model itself sampled given its own earlier samples
     (what generation conditions on). If errors compounded, the second would climb along the sample.
     """
-    from minigpt_tui.experiments.temperature import sample_with_scores
+    from minigpt_tui.experiments.temperature import sample_batch_with_scores
 
     block = backend.config.block_size
     teacher = position_losses(backend, val_tokens, block)
     rng = random_generator(seed)
-    free = []
-    for i in range(samples):
-        start = int(rng.integers(0, len(val_tokens) - 1))
-        trace = sample_with_scores(backend, tokenizer, [int(val_tokens[start])], length, SamplingParams(1.0), seed + i)
-        free.append(trace.nlls)
+    prompts = [[int(val_tokens[int(rng.integers(0, len(val_tokens) - 1))])] for _ in range(samples)]
+    traces = sample_batch_with_scores(backend, tokenizer, prompts, length, SamplingParams(1.0),
+                                      [seed + i for i in range(samples)])
+    free = [trace.nlls for trace in traces]
     free_mean = np.mean(np.asarray(free), axis=0)
     buckets = [(lo, min(lo + block, length)) for lo in range(0, length, block)]
     return {

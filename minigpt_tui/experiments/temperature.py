@@ -32,7 +32,7 @@ from minigpt_tui.experiments.textmetrics import (
     words,
 )
 from minigpt_tui.storage import atomic_write_text
-from minigpt_tui.training.sampling import SamplingParams, probabilities, random_generator, sample_token
+from minigpt_tui.training.sampling import SamplingParams, probabilities_rows, random_generator, sample_rows
 from minigpt_tui.training.tokenizer import Tokenizer
 
 REPEAT_N = 2  # repeated word bigrams within one sample: loops and stock phrases
@@ -71,19 +71,36 @@ class SampleTrace:
 def sample_with_scores(backend: Backend, tokenizer: Tokenizer, prompt_ids: list[int], length: int,
                        params: SamplingParams, seed: int) -> SampleTrace:
     """One sample of ``length`` tokens after the prompt, with the NLL and entropy of every token."""
-    rng = random_generator(seed)
+    return sample_batch_with_scores(backend, tokenizer, [prompt_ids], length, params, [seed])[0]
+
+
+def sample_batch_with_scores(backend: Backend, tokenizer: Tokenizer, prompts: list[list[int]], length: int,
+                             params: SamplingParams, seeds: list[int],
+                             should_stop: Callable[[], bool] | None = None) -> list[SampleTrace] | None:
+    """Samples drawn side by side, one KV-cached session for all: row i is exactly ``sample_with_scores(
+    prompts[i], seeds[i])`` (its own generator), at the cost of one batched forward per token. The prompts
+    must have one length. ``should_stop`` is polled before each token; None when it stopped the batch."""
+    if len(prompts) != len(seeds) or len({len(p) for p in prompts}) != 1:
+        raise MiniGPTError("a batch of samples needs one seed per prompt and prompts of one length")
+    rngs = [random_generator(seed) for seed in seeds]
     unit = SamplingParams(temperature=1.0)
-    session = backend.generation_session()
-    logits = session.feed(prompt_ids[-backend.config.block_size :])
-    generated, nlls, entropies = [], [], []
+    session = backend.generation_session(len(prompts))
+    logits = session.feed_rows(np.asarray([p[-backend.config.block_size :] for p in prompts], dtype=np.int64))
+    generated: list[list[int]] = [[] for _ in prompts]
+    nlls: list[list[float]] = [[] for _ in prompts]
+    entropies: list[list[float]] = [[] for _ in prompts]
     for i in range(length):
-        token = sample_token(logits, params, rng)
-        entropies.append(entropy(probabilities(logits, params)))
-        nlls.append(nll(probabilities(logits, unit), token))
-        generated.append(token)
+        if should_stop is not None and should_stop():
+            return None
+        tokens = sample_rows(logits, params, rngs)
+        sampled, at_unit = probabilities_rows(logits, params), probabilities_rows(logits, unit)
+        for row, token in enumerate(tokens):
+            entropies[row].append(entropy(sampled[row]))
+            nlls[row].append(nll(at_unit[row], token))
+            generated[row].append(token)
         if i + 1 < length:
-            logits = session.feed([token])
-    return SampleTrace(tokenizer.decode(generated), nlls, entropies)
+            logits = session.feed_rows(np.asarray(tokens, dtype=np.int64)[:, None])
+    return [SampleTrace(tokenizer.decode(g), n, e) for g, n, e in zip(generated, nlls, entropies, strict=True)]
 
 
 def temperature_ablation(backend: Backend, tokenizer: Tokenizer, train_text: str, temperatures: list[float], *,
@@ -92,9 +109,9 @@ def temperature_ablation(backend: Backend, tokenizer: Tokenizer, train_text: str
                          on_progress: Callable[[int, int], None] | None = None) -> list[TemperatureRow]:
     """One row per temperature, in the order given. ``prompt``: see ``default_prompt`` for a fair one.
 
-    ``should_stop`` is polled before each sample; when it returns true, the rows finished so far are
+    ``should_stop`` is polled before each token; when it returns true, the rows finished so far are
     returned (a cancelled ablation has fewer rows than temperatures). ``on_progress(done, total)``
-    is called after each sample.
+    is called after each temperature's samples (drawn as one batch).
     """
     if not temperatures:
         raise MiniGPTError("give at least one temperature")
@@ -107,13 +124,13 @@ def temperature_ablation(backend: Backend, tokenizer: Tokenizer, train_text: str
     vocabulary = set(words(train_text))
     rows, total = [], len(temperatures) * samples
     for t_index, p in enumerate(params):
-        traces = []
-        for i in range(samples):
-            if should_stop is not None and should_stop():
-                return rows
-            traces.append(sample_with_scores(backend, tokenizer, prompt_ids, length, p, seed + i))
-            if on_progress is not None:
-                on_progress(t_index * samples + i + 1, total)
+        # the samples of a temperature as one batch: the same texts as one by one, a forward per token for all
+        traces = sample_batch_with_scores(backend, tokenizer, [prompt_ids] * samples, length, p,
+                                          [seed + i for i in range(samples)], should_stop)
+        if traces is None:
+            return rows
+        if on_progress is not None:
+            on_progress((t_index + 1) * samples, total)
         rows.append(summarize(p.temperature, traces, vocabulary))
     return rows
 

@@ -42,6 +42,7 @@ from minigpt_tui.training.runs import (
     read_metrics,
 )
 from minigpt_tui.training.sampling import SamplingParams, generate_text
+from minigpt_tui.training.threads import ThreadSetting
 from minigpt_tui.typed import from_fields
 
 RESULT_FILE = "result.json"
@@ -102,7 +103,7 @@ def diverged_result(name: str, run_dir: Path, config: TrainConfig, vocab_size: i
 
 def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
                   extra_scores: Callable[[Backend, object, np.ndarray], dict] | None = None, *,
-                  overwrite: bool = False) -> VariantResult:
+                  overwrite: bool = False, threads: ThreadSetting | None = None) -> VariantResult:
     """Train one variant in this process and score it; ``extra_scores(model, run, val_tokens)`` adds fields.
 
     A variant folder holding checkpoints (an interrupted earlier attempt, already checked by ``run_variants``
@@ -114,9 +115,9 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
         (run_dir / RESULT_FILE).unlink(missing_ok=True)
     trainer = None
     if overwrite or not has_checkpoint(run_dir):
-        trainer = new_training(config, corpus, run_dir, overwrite=overwrite)
+        trainer = new_training(config, corpus, run_dir, overwrite=overwrite, threads=threads)
     elif checkpoint_state(open_run(run_dir)).step < config.max_iters:
-        trainer = resume_training(run_dir, corpus, {})
+        trainer = resume_training(run_dir, corpus, {}, threads=threads)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     done = trainer.run() if trainer is not None else None  # None: trained to the end before, killed while scored
@@ -149,12 +150,10 @@ def train_variant(name: str, config: TrainConfig, corpus: Corpus, out: Path,
     return result
 
 
-def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores, threads: int | None,
-                    overwrite: bool):
-    if threads:
-        load_backend_class(config["backend"]).set_threads(threads)
+def _train_in_child(name: str, config: dict, text: str, source: str, out: str, extra_scores,
+                    threads: ThreadSetting | None, overwrite: bool):
     return train_variant(name, TrainConfig.from_dict(config), Corpus(text, source), Path(out), extra_scores,
-                         overwrite=overwrite).to_dict()
+                         overwrite=overwrite, threads=threads).to_dict()
 
 
 def check_variant_count(count: int, what: str = "the ablation") -> None:
@@ -212,7 +211,7 @@ def earlier_result(name: str, config: TrainConfig, corpus: Corpus, out: Path) ->
 
 
 def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: Path, *, isolate: bool = True,
-                 threads: int | None = None, extra_scores=None, overwrite: bool = False,
+                 threads: ThreadSetting | None = None, extra_scores=None, overwrite: bool = False,
                  on_result: Callable[[VariantResult], None] | None = None) -> list[VariantResult]:
     """Train every (name, config) not already done under ``out``; results in the order given.
 
@@ -224,7 +223,7 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
     out = Path(out)
     check_variants(variants)
     earlier = [None if overwrite else earlier_result(name, config, corpus, out) for name, config in variants]
-    if threads:  # for in-process training and for whatever the caller measures afterwards
+    if isinstance(threads, int):  # for whatever the caller measures afterwards (each trainer sets its own)
         for backend in {config.backend for _, config in variants}:
             load_backend_class(backend).set_threads(threads)
     results = []
@@ -239,7 +238,7 @@ def run_variants(variants: list[tuple[str, TrainConfig]], corpus: Corpus, out: P
                                                     extra_scores, threads, overwrite))
             result = VariantResult(**data)
         else:
-            result = train_variant(name, config, corpus, out, extra_scores, overwrite=overwrite)
+            result = train_variant(name, config, corpus, out, extra_scores, overwrite=overwrite, threads=threads)
         results.append(result)
         if on_result is not None:
             on_result(result)

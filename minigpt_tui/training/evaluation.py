@@ -11,6 +11,9 @@ from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.training.data import sequential_windows, split_text
 from minigpt_tui.training.metrics import bits_per_char, perplexity
 from minigpt_tui.training.runs import Run, load_model
+from minigpt_tui.training.threads import ThreadSetting, apply_threads
+
+EVAL_BATCH = 32  # windows per forward
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class SplitScore:
     tokens: int
 
 
-def evaluate_tokens(backend: Backend, tokens: np.ndarray, tokens_per_char: float, batch_size: int = 32,
+def evaluate_tokens(backend: Backend, tokens: np.ndarray, tokens_per_char: float, batch_size: int = EVAL_BATCH,
                     stride: int | None = None) -> SplitScore:
     """Mean loss per token over ``tokens``.
 
@@ -101,12 +104,14 @@ class EvalReport:
 
 
 def evaluate_run(run: Run, text: str, *, which: str = "best", backend: str | None = None, device: str | None = None,
-                 stride: int | None = None) -> EvalReport:
+                 stride: int | None = None, threads: ThreadSetting | None = None) -> EvalReport:
     """Score a run's checkpoint on the val split of ``text``; MiniGPTError when the split is too short."""
     val = run.tokenizer.encode_array(split_text(text)[1])
     if len(val) < 2:
         raise MiniGPTError(f"the val split has {len(val)} token(s): too short to evaluate (give a longer text)")
     model, checkpoint = load_model(run, which=which, backend=backend, device=device)
+    first_batch = next(sequential_windows(val, run.config.model.block_size, EVAL_BATCH))
+    apply_threads(threads, model.set_threads, lambda: model.eval_loss(*first_batch))  # auto: timed on one batch
     score = evaluate_tokens(model, val, run.tokens_per_char, stride=stride)
     return EvalReport(str(run.path), checkpoint.state.kind, checkpoint.state.step, model.name, score.loss,
                       score.perplexity, score.bits_per_char, score.tokens, stride or run.config.model.block_size)

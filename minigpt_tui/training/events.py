@@ -1,6 +1,6 @@
 """What the trainer reports. Shells (CLI progress bar, TUI) subscribe to these; the trainer prints nothing.
 
-``StepEvent`` and ``EvalEvent`` are also the records of a run's metrics.jsonl: a line is
+``StepEvent``, ``EvalEvent`` and ``ThreadsEvent`` are also the records of a run's metrics.jsonl: a line is
 ``{"type": ..., **fields}`` with the same field names as in memory, written by ``to_record`` and read
 back, every field checked, by ``record_from_dict``.
 """
@@ -51,8 +51,33 @@ class EvalEvent(_Record):
     time: float  # wall clock (Unix seconds)
 
 
-MetricsRecord = StepEvent | EvalEvent
-RECORD_TYPES: dict[str, type] = {cls.kind: cls for cls in (StepEvent, EvalEvent)}
+@dataclass(frozen=True)
+class ThreadsEvent(_Record):
+    """The CPU threads training computes with from ``step`` on: the first choice, and every re-measurement."""
+
+    kind: ClassVar[str] = "threads"
+    step: int  # optimizer steps done when the count took effect
+    threads: int
+    previous: int  # the count before (0 at the first record of a session)
+    reason: str  # "fixed" (--threads N), "start" (first measurement), "drift" (step times moved), "periodic"
+    step_ms: dict  # measured mean milliseconds per step, by thread count ("1": 31.5, ...); empty when fixed
+    time: float  # wall clock (Unix seconds)
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.previous < 0:
+            raise ValueError(f"threads must be >= 1 (previous >= 0), got {self.threads} and {self.previous}")
+        for count, ms in self.step_ms.items():
+            if not (str(count).isdigit() and isinstance(ms, int | float) and not isinstance(ms, bool)):
+                raise ValueError(f"step_ms maps thread counts to milliseconds, got {count!r}: {ms!r}")
+
+    def describe(self) -> str:
+        """One line: the count, why, and what was measured."""
+        measured = ", ".join(f"{n}: {ms:.1f} ms" for n, ms in self.step_ms.items())
+        return f"{self.threads} threads ({self.reason}{'; ' + measured if measured else ''})"
+
+
+MetricsRecord = StepEvent | EvalEvent | ThreadsEvent
+RECORD_TYPES: dict[str, type] = {cls.kind: cls for cls in (StepEvent, EvalEvent, ThreadsEvent)}
 
 
 def record_from_dict(data, where: str = "metrics record") -> MetricsRecord:
@@ -83,4 +108,4 @@ class DoneEvent:
     best_val_loss: float
 
 
-Event = StepEvent | EvalEvent | CheckpointEvent | DoneEvent
+Event = StepEvent | EvalEvent | ThreadsEvent | CheckpointEvent | DoneEvent

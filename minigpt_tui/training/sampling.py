@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,38 +31,52 @@ class SamplingParams:
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     """The distribution a token is drawn from: float64, sums to 1, zero outside the kept set."""
+    return probabilities_rows(np.asarray(logits)[None], params)[0]
+
+
+def probabilities_rows(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """``probabilities`` of each row of (B, V) logits, computed for all rows at once (batched sampling)."""
     logits = np.asarray(logits, dtype=np.float64)
     if params.temperature == 0:
         probs = np.zeros_like(logits)
-        probs[int(np.argmax(logits))] = 1.0
+        probs[np.arange(len(logits)), np.argmax(logits, axis=-1)] = 1.0
         return probs
     # subtract the max before dividing: a tiny temperature then sends the others to -inf, never inf - inf
     with np.errstate(over="ignore"):
-        scaled = (logits - logits.max()) / params.temperature
-    if params.top_k is not None and params.top_k < len(scaled):
-        kth_largest = np.partition(scaled, -params.top_k)[-params.top_k]
+        scaled = (logits - logits.max(axis=-1, keepdims=True)) / params.temperature
+    k = params.top_k
+    if k is not None and k < scaled.shape[-1]:
+        kth_largest = np.partition(scaled, -k, axis=-1)[:, -k, None]
         scaled = np.where(scaled < kth_largest, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
     if params.top_p is not None and params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        ranked = np.take_along_axis(probs, order, axis=-1)
         # keep a token if the mass before it is still short of p: the smallest set reaching p
-        keep = order[(cumulative - probs[order]) < params.top_p]
+        keep_ranked = (np.cumsum(ranked, axis=-1) - ranked) < params.top_p
         mask = np.zeros_like(probs, dtype=bool)
-        mask[keep] = True
+        np.put_along_axis(mask, order, keep_ranked, axis=-1)
         probs = np.where(mask, probs, 0.0)
-        probs /= probs.sum()
+        probs /= probs.sum(axis=-1, keepdims=True)
     return probs
 
 
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    return sample_rows(np.asarray(logits)[None], params, [rng])[0]
+
+
+def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> list[int]:
+    """One token per row of (B, V) logits, row i drawn with ``rngs[i]``: what ``sample_token`` draws for each
+    row alone, so a batch of samples equals the same samples drawn one by one."""
     if params.temperature == 0:
-        return int(np.argmax(logits))
-    probs = probabilities(logits, params)
+        return [int(i) for i in np.argmax(logits, axis=-1)]
+    probs = probabilities_rows(logits, params)
+    cumulative, totals = np.cumsum(probs, axis=-1), probs.sum(axis=-1)
+    last = probs.shape[-1] - 1
     # inverse-CDF draw: one uniform number, no re-normalisation surprises from rng.choice
-    index = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
-    return min(index, len(probs) - 1)
+    return [min(int(np.searchsorted(cumulative[i], rng.random() * totals[i], side="right")), last)
+            for i, rng in enumerate(rngs)]
 
 
 def random_generator(seed: int | None) -> np.random.Generator:
@@ -86,6 +100,14 @@ def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, param
         yield token
         if i + 1 < max_new_tokens:
             logits = session.feed([token])
+
+
+def decode_step(backend: Backend, batch: int = 1) -> Callable[[], object]:
+    """One KV-cached decoding step of ``batch`` rows, the unit sampling repeats (what ``--threads auto`` times)."""
+    session = backend.generation_session(batch)
+    tokens = np.zeros((batch, 1), np.int64)
+    session.feed_rows(tokens)
+    return lambda: session.feed_rows(tokens)
 
 
 def generate_nocache(backend: Backend, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,

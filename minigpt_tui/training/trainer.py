@@ -24,7 +24,7 @@ from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.data import BatchSampler, TokenData, split_text
 from minigpt_tui.training.datasets import Corpus
 from minigpt_tui.training.distributed import SINGLE_PROCESS, World
-from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent, ThreadsEvent
 from minigpt_tui.training.memory import check_fits_in_memory
 from minigpt_tui.training.metrics import bits_per_char, perplexity
 from minigpt_tui.training.runs import (
@@ -39,6 +39,7 @@ from minigpt_tui.training.runs import (
     open_run,
 )
 from minigpt_tui.training.schedule import learning_rate
+from minigpt_tui.training.threads import AUTO, ThreadSetting, thread_controller
 from minigpt_tui.training.vocabulary import build_tokenizer
 
 # what a resumed run cannot change: its tokenizer (tokenizer.json is part of the run), and the network's shape
@@ -92,6 +93,7 @@ class Trainer:
         sampler_state: dict | None = None,
         world: World = SINGLE_PROCESS,
         lock: RunLock | None = None,
+        threads: ThreadSetting | None = None,
     ) -> None:
         self.run_dir = run
         self.lock = lock  # held by the writer from creation or resume until ``run`` returns
@@ -119,6 +121,8 @@ class Trainer:
         # held around each optimizer step so another thread can copy consistent weights
         self._weights_lock = threading.Lock()
         self.last_eval: EvalEvent | None = None
+        self.threads_setting = distributed_setting(threads, world)
+        self.threads_in_use: int | None = None  # what the controller set last (None: never touched)
 
     # control, safe to call from another thread or a signal handler
     def request_stop(self) -> None:
@@ -188,6 +192,11 @@ class Trainer:
         self.emit(event)
         return event
 
+    def record_threads(self, event: ThreadsEvent | None, metrics: MetricsWriter) -> None:
+        if event is not None:
+            metrics.write(event)
+            self.emit(event)
+
     def save(self, kind: str) -> None:
         if not self.world.is_writer:
             return
@@ -241,7 +250,11 @@ class Trainer:
         started = time.perf_counter()
         interval_start, interval_steps = time.perf_counter(), 0
         tokens_per_s = 0.0
+        # set here, on the thread that trains: torch keeps the OpenMP team size per thread
+        threads = thread_controller(self.threads_setting, self._set_threads)
         try:
+            if threads is not None:
+                self.record_threads(threads.start(self.step), metrics)
             if self.step == 0:
                 self.checkpoint_after_eval(self.evaluate(metrics))
             while self.step < c.max_iters:
@@ -256,6 +269,7 @@ class Trainer:
                 lr = self.lr_at(self.step)
                 micro_batches = [self.world.shard(self.samplers.train.next()) for _ in range(c.grad_accum_steps)]
                 with self._weights_lock:
+                    step_started = time.perf_counter()
                     try:
                         result = self.backend.train_step(micro_batches, lr)
                     except OutOfMemory as exc:
@@ -263,6 +277,7 @@ class Trainer:
                             f"out of memory at step {self.step + 1} ({exc}); the last checkpoint is kept "
                             "(try a smaller --batch-size, --block-size or model)"
                         ) from None
+                    step_seconds = time.perf_counter() - step_started
                 # every rank logs, and judges divergence by, the loss averaged over all ranks
                 result = StepResult(self.world.mean([result.loss])[0], result.grad_norm)
                 if not math.isfinite(result.loss):
@@ -273,6 +288,8 @@ class Trainer:
                     )
                 self.step += 1
                 interval_steps += 1
+                if threads is not None:
+                    self.record_threads(threads.observe(self.step, step_seconds), metrics)
                 log_now = self.step % c.log_interval == 0 or self.step == c.max_iters
                 if log_now:
                     now = time.perf_counter()
@@ -318,10 +335,20 @@ class Trainer:
                 self.lock.release()
                 self.lock = None
 
+    def _set_threads(self, count: int) -> None:
+        self.backend.set_threads(count)
+        self.threads_in_use = count
+
     def _done(self, reason: str, message: str) -> DoneEvent:
         event = DoneEvent(self.step, reason, message, self.best_val_loss)
         self.emit(event)
         return event
+
+
+def distributed_setting(threads: ThreadSetting | None, world: World) -> ThreadSetting | None:
+    """Under torchrun every rank waits for the others at each step, so no rank can time its own threads:
+    ``auto`` leaves them as torchrun set them (OMP_NUM_THREADS); a fixed count still applies."""
+    return None if world.is_distributed and threads == AUTO else threads
 
 
 def continuation_target(config: TrainConfig, steps_done: int) -> int:
@@ -335,7 +362,8 @@ def tokenize_corpus(run: Run, text: str) -> TokenData:
 
 
 def new_training(
-    config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS, *, overwrite: bool = False
+    config: TrainConfig, corpus: Corpus, out: Path, world: World = SINGLE_PROCESS, *, overwrite: bool = False,
+    threads: ThreadSetting | None = None,
 ) -> Trainer:
     """A fresh run in ``out``: a tokenizer for the corpus, initial weights from the seed.
 
@@ -362,10 +390,11 @@ def new_training(
     run = Run(Path(out), config, tokenizer, corpus.source, tokens_per_char, world.size, corpus_fingerprint(corpus),
               device_used=backend.device)
     lock = create_run(out, run, overwrite=overwrite) if world.is_writer else None
-    return Trainer(run, backend, data, world=world, lock=lock)
+    return Trainer(run, backend, data, world=world, lock=lock, threads=threads)
 
 
-def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World = SINGLE_PROCESS) -> Trainer:
+def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World = SINGLE_PROCESS,
+                    threads: ThreadSetting | None = None) -> Trainer:
     """Continue a run from its latest checkpoint; ``overrides`` may extend max_iters, change backend...
 
     Any world size can resume any checkpoint: all ranks read it, rank 0 alone locks the run and
@@ -380,6 +409,7 @@ def resume_training(run_dir: Path, corpus: Corpus, overrides: dict, world: World
             lock.release()
         raise
     trainer.lock = lock
+    trainer.threads_setting = distributed_setting(threads, world)
     return trainer
 
 

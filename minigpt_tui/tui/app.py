@@ -31,7 +31,7 @@ from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.corpus import corpus_for_run, corpus_splits, training_text
 from minigpt_tui.training.data import split_text
 from minigpt_tui.training.datasets import DATASETS
-from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StepEvent, ThreadsEvent
 from minigpt_tui.training.runs import (
     Run,
     build_backend,
@@ -42,7 +42,8 @@ from minigpt_tui.training.runs import (
     open_run,
     read_metrics,
 )
-from minigpt_tui.training.sampling import generate_text
+from minigpt_tui.training.sampling import decode_step, generate_text
+from minigpt_tui.training.threads import AUTO, ENV_VAR, apply_threads, default_threads, parse_threads, spare_threads
 from minigpt_tui.training.trainer import continuation_target, new_training, resume_training
 from minigpt_tui.tui.ablation_pane import AblationPane
 from minigpt_tui.tui.continue_dialog import ContinueDialog
@@ -65,6 +66,7 @@ from minigpt_tui.tui.messages import (
     TrainingFinished,
     TrainingProgress,
     TrainingStarted,
+    TrainingThreads,
 )
 from minigpt_tui.tui.output import log, set_up_output
 from minigpt_tui.tui.run_form import RunForm
@@ -77,6 +79,7 @@ from minigpt_tui.tui.training_pane import (
     TrainingPane,
     describe,
     status_from_metrics,
+    threads_label,
 )
 
 STREAM_INTERVAL = 0.03  # seconds between generated-text messages: smooth, yet not one message per token
@@ -117,6 +120,8 @@ class EventRelay:
             self.app.post_message(TrainingEvaluated(event))
         elif isinstance(event, CheckpointEvent):
             self.app.post_message(CheckpointSaved(event))
+        elif isinstance(event, ThreadsEvent):
+            self.app.post_message(TrainingThreads(event))
         elif isinstance(event, DoneEvent):
             self.app.post_message(TrainingFinished(event))
 
@@ -152,8 +157,12 @@ class MiniGPTApp(App):
 
     def __init__(self, *, run_dir: Path | None = None, compare: tuple[Path, ...] = (),
                  config: TrainConfig | None = None, data: Path | None = None, dataset: str | None = None,
-                 out: Path | None = None, redraw_interval: float = 0.5, poll_interval: float = 1.0) -> None:
+                 out: Path | None = None, threads: int | str | None = None, redraw_interval: float = 0.5,
+                 poll_interval: float = 1.0) -> None:
         super().__init__()
+        # --threads: training's setting (the form can change it per run); by default $MINIGPT_THREADS, else auto
+        self.threads = default_threads() if threads is None else threads
+        self.helper_threads: int | None = None  # auto's measured count for sampling and inspection when idle
         self.run_dir, self.config, self.data, self.dataset, self.out = run_dir, config, data, dataset, out
         self.compare = compare  # more run folders whose curves are drawn over the opened run's
         self.redraw_interval, self.poll_interval = redraw_interval, poll_interval
@@ -178,7 +187,8 @@ class MiniGPTApp(App):
         with TabbedContent(id="tabs"):
             with TabPane("Training", id="train-tab"):
                 with ContentSwitcher(initial="form", id="train-switcher"):
-                    yield RunForm(config=self.config, data=self.data, dataset=self.dataset, out=self.out, id="form")
+                    yield RunForm(config=self.config, data=self.data, dataset=self.dataset, out=self.out,
+                                  threads=self.threads, id="form")
                     yield TrainingPane(id="training")
             with TabPane("Generate", id="generate-tab"):
                 yield GenerationPane(id="generation")
@@ -325,9 +335,11 @@ class MiniGPTApp(App):
             return
         out = message.out or default_run_dir()
 
+        self.threads = message.threads
+
         def prepare():
             corpus = message.load_corpus()
-            return new_training(message.config, corpus, out), split_text(corpus.text)[0]
+            return new_training(message.config, corpus, out, threads=message.threads), split_text(corpus.text)[0]
 
         self.pane.curves = Curves()
         self.pane.comparisons = []
@@ -401,6 +413,11 @@ class MiniGPTApp(App):
         self.dirty = True
         self.inspect_new_weights()
 
+    @on(TrainingThreads)
+    def training_threads(self, message: TrainingThreads) -> None:
+        self.pane.status.threads = threads_label(message.event)
+        self.dirty = True
+
     @on(CheckpointSaved)
     def checkpoint_saved(self, message: CheckpointSaved) -> None:
         self.pane.status.saved = f"{message.event.kind} @ {message.event.step}"
@@ -471,7 +488,8 @@ class MiniGPTApp(App):
 
         def prepare():
             corpus = corpus_for_run(run, None, None)
-            return resume_training(run.path, corpus, {"max_iters": target}), split_text(corpus.text)[0]
+            resumed = resume_training(run.path, corpus, {"max_iters": target}, threads=self.threads)
+            return resumed, split_text(corpus.text)[0]
 
         self.starting_new_run = False
         self.begin_training(prepare, f"resuming from step {done} towards {target}…")
@@ -561,6 +579,22 @@ class MiniGPTApp(App):
         weights = self.current_weights()
         return weights.backend, weights.tokenizer, weights.source
 
+    def limit_threads(self, backend, work=None) -> int:
+        """Called on a helper's worker thread before it computes (torch keeps the count per thread): beside
+        training, the cores training leaves free (at least one); otherwise the --threads setting, auto
+        measured once on ``work`` (default: decoding steps) and kept."""
+        trainer = self.trainer
+        if trainer is not None and trainer.threads_in_use is not None:
+            count = spare_threads(trainer.threads_in_use)
+        elif isinstance(self.threads, int):
+            count = self.threads
+        else:
+            if self.helper_threads is None:
+                self.helper_threads = apply_threads(AUTO, backend.set_threads, work or decode_step(backend)).threads
+            count = self.helper_threads
+        backend.set_threads(count)
+        return count
+
     def training_text(self) -> str:
         if self.train_text is None:
             self.train_text = training_text(self.run_info)
@@ -578,6 +612,7 @@ class MiniGPTApp(App):
     def generate_worker(self, request: GenerateRequest) -> None:
         worker = get_current_worker()
         weights = self.current_weights()
+        self.limit_threads(weights.backend)
         # no seed given: one is drawn here and kept, so a saved sample can be drawn again
         seed = secrets.randbelow(2**31) if request.seed is None else request.seed
         pieces = generate_text(weights.backend, weights.tokenizer, request.prompt, request.length, request.params, seed)
@@ -651,6 +686,7 @@ class MiniGPTApp(App):
     def ablation_worker(self, request: AblationRequest) -> None:
         worker = get_current_worker()
         weights = self.current_weights()
+        self.limit_threads(weights.backend)
         train_text = self.training_text()
         prompt = default_prompt(corpus_splits(self.run_info)[1])  # what `minigpt ablate temperature` uses
         recipe = AblationRecipe(weights.source, weights.step, prompt, request.samples, request.length, ABLATION_SEED)
@@ -678,10 +714,11 @@ class MiniGPTApp(App):
 
 def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig | None = None,
                data: Path | None = None, dataset: str | None = None, out: Path | None = None,
-               **timing) -> MiniGPTApp:
+               threads: int | str | None = None, **timing) -> MiniGPTApp:
     """The app as the entry point and the tests build it; ``config`` prefills the new-run form; runs after the
     first are overlaid on its curves."""
-    return MiniGPTApp(run_dir=run_dir, compare=compare, config=config, data=data, dataset=dataset, out=out, **timing)
+    return MiniGPTApp(run_dir=run_dir, compare=compare, config=config, data=data, dataset=dataset, out=out,
+                      threads=threads, **timing)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -693,19 +730,23 @@ def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig 
               help="Append notifications, errors (with tracebacks) and warnings to this file (default: "
                    "minigpt-tui.log in the system's temporary folder, named on exit if the app stopped on an "
                    "error).")
+@click.option("--threads", default=AUTO, show_default=True, envvar=ENV_VAR,
+              help="CPU threads training runs on: auto measures and adapts; N uses exactly N. Sampling and "
+              "inspection beside training take the cores it leaves. Env: MINIGPT_THREADS.")
 def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out: Path | None,
-         log_file: Path | None) -> None:
+         log_file: Path | None, threads: str) -> None:
     """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run; with more run folders,
     their curves are drawn over the first's, each named in the legend, with a table comparing them (in bits
     per character when their tokenizers differ). Exits 1 if a bug ends the app, naming the log that holds
     the traceback."""
     try:
+        setting = parse_threads(threads)
         check_terminal()
     except MiniGPTError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     log_path = set_up_output(log_file)
-    app = create_app(*run_dirs, data=data, dataset=dataset, out=out)
+    app = create_app(*run_dirs, data=data, dataset=dataset, out=out, threads=setting)
     app.run()
     if app.crash is not None or app.return_code:
         where = f"; the traceback is in {log_path}" if log_path else ""

@@ -348,6 +348,7 @@ class InspectPane(Vertical):
                 if reload or self.model is None:
                     self.model = self.load_weights(step)
                 backend, tokenizer, source = self.model
+                self.app.limit_threads(backend)
                 if not text:
                     val_text = split_text(corpus_for_run(self.app.run_info, None, None).text)[1]
                     text = excerpt(val_text, EXCERPT_CONTEXTS * backend.config.block_size)

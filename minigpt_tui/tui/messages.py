@@ -12,7 +12,7 @@ from minigpt_tui.experiments.keepsakes import AblationRecipe, SampleRecipe
 from minigpt_tui.experiments.temperature import TemperatureRow
 from minigpt_tui.training.config import TrainConfig
 from minigpt_tui.training.datasets import Corpus
-from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent
+from minigpt_tui.training.events import CheckpointEvent, DoneEvent, EvalEvent, StepEvent, ThreadsEvent
 from minigpt_tui.training.runs import Metrics
 from minigpt_tui.training.sampling import SamplingParams
 
@@ -24,6 +24,7 @@ class StartRun(Message):
     config: TrainConfig
     load_corpus: Callable[[], Corpus]  # a named dataset may need a download: called in the worker
     out: Path | None
+    threads: int | str = "auto"  # --threads: a count, or auto
 
 
 @dataclass
@@ -37,6 +38,11 @@ class TrainingStarted(Message):
 @dataclass
 class TrainingProgress(Message):
     steps: list[StepEvent]  # batched: a few messages per second, never one per step
+
+
+@dataclass
+class TrainingThreads(Message):
+    event: ThreadsEvent  # the count training runs on now, and why
 
 
 @dataclass

@@ -16,6 +16,7 @@ from minigpt_tui.training.config import PRESETS, TOKENIZERS, TrainConfig, build_
 from minigpt_tui.training.data import read_corpus
 from minigpt_tui.training.datasets import load_dataset
 from minigpt_tui.training.runs import holds_checkpoints
+from minigpt_tui.training.threads import AUTO, parse_threads
 from minigpt_tui.tui.messages import StartRun
 
 CUSTOM = "custom"  # the preset shown when the app was handed a ready config
@@ -32,8 +33,9 @@ class RunForm(VerticalScroll):
     """Posts ``StartRun`` on Enter (or the Start button) once everything validates."""
 
     def __init__(self, *, config: TrainConfig | None = None, data: Path | None = None, dataset: str | None = None,
-                 out: Path | None = None, id: str | None = None) -> None:
+                 out: Path | None = None, threads: int | str = AUTO, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.initial_threads = str(threads)
         self.presets = {name: dict(values) for name, values in PRESETS.items()}
         if config is not None:
             self.presets[CUSTOM] = config.to_flat()
@@ -65,6 +67,8 @@ class RunForm(VerticalScroll):
             yield self.choice("optimizer", OPTIMIZERS, "adamw")
             yield Label("run folder")
             yield Input(self.initial_out, placeholder="runs/<timestamp>", compact=True, id="out")
+            yield Label("threads")
+            yield Input(self.initial_threads, placeholder="auto or a count", compact=True, id="threads")
             for name in FIELDS:
                 yield Label(name)
                 yield Input(self.preset_value(self.initial_preset, name), compact=True, id=name,
@@ -132,7 +136,8 @@ class RunForm(VerticalScroll):
             def load_corpus():
                 return load_dataset(str(corpus_choice))
         out = self.query_one("#out", Input).value.strip()
-        self.post_message(StartRun(config, load_corpus, Path(out) if out else None))
+        threads = parse_threads(self.query_one("#threads", Input).value)  # validate() checked it
+        self.post_message(StartRun(config, load_corpus, Path(out) if out else None, threads))
 
     def validate(self) -> TrainConfig | None:
         """The config the form describes, or None with the problem shown under the fields."""
@@ -147,6 +152,13 @@ class RunForm(VerticalScroll):
             except ValueError:
                 field.add_class("-invalid")
                 problems.append(f"{name} must be a{'n integer' if field_type(name) is int else ' number'}")
+        threads = self.query_one("#threads", Input)
+        try:
+            parse_threads(threads.value)
+            threads.remove_class("-invalid")
+        except MiniGPTError as exc:
+            threads.add_class("-invalid")
+            problems.append(str(exc))
         if self.query_one("#corpus", Select).value == FROM_PATH and not self.query_one("#path", Input).value.strip():
             problems.append("give the path of a text file or folder")
         out = self.query_one("#out", Input).value.strip()

@@ -18,7 +18,7 @@ from textual.widgets import Static
 from backends.base import count_parameters
 from minigpt_tui.plots import BATCH_COLOR, TRAIN_COLOR, VAL_COLOR, axis_limits, step_ticks, value_ticks
 from minigpt_tui.training.config import TrainConfig
-from minigpt_tui.training.events import EvalEvent, StepEvent
+from minigpt_tui.training.events import EvalEvent, StepEvent, ThreadsEvent
 from minigpt_tui.training.metrics import bits_per_char, perplexity
 from minigpt_tui.training.runs import Metrics, Run
 from minigpt_tui.tui.guarded_plot import GuardedPlot
@@ -189,6 +189,7 @@ class Status:
     elapsed_s: float | None = None
     eta_s: float | None = None
     best_val_loss: float | None = None
+    threads: str = "-"  # the CPU threads training runs on, and why (auto's measurement, or fixed)
     saved: str = "-"  # the last checkpoint written, e.g. "best @ 1500"
     note: str = ""
 
@@ -221,7 +222,7 @@ class StatusPanel(Static):
             ("tokenizer", s.tokenizer),
             ("batch", s.batch), ("corpus", s.corpus),
             ("step", f"{s.step} / {s.max_iters}"),
-            ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"),
+            ("tokens/s", "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"), ("threads", s.threads),
             ("lr", "-" if s.lr is None else f"{s.lr:.2e}"),
             ("elapsed", clock(s.elapsed_s)), ("ETA", clock(s.eta_s)), ("best val", best),
             ("guessing", uniform), ("saved", s.saved),
@@ -449,4 +450,12 @@ def status_from_metrics(run: Run, metrics: Metrics, checkpoint_step: int | None 
     status.elapsed_s = metrics.elapsed_s
     if evals:
         status.best_val_loss = min(r.val_loss for r in evals)
+    threads = [r for r in records if isinstance(r, ThreadsEvent)]
+    if threads:
+        status.threads = threads_label(threads[-1])
     return status
+
+
+def threads_label(event: ThreadsEvent) -> str:
+    """``2 (auto: start)``, ``1 (fixed)``: the count and what set it."""
+    return f"{event.threads} (fixed)" if event.reason == "fixed" else f"{event.threads} (auto: {event.reason})"
