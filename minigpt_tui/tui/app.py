@@ -736,7 +736,9 @@ def create_app(run_dir: Path | None = None, *compare: Path, config: TrainConfig 
 def main(run_dirs: tuple[Path, ...], data: Path | None, dataset: str | None, out: Path | None,
          log_file: Path | None, threads: str) -> None:
     """Train, watch and sample a small GPT. With RUN_DIR: open (or follow) that run; with more run folders,
-    their curves are drawn over the first's, each named in the legend."""
+    their curves are drawn over the first's, each named in the legend, with a table comparing them (in bits
+    per character when their tokenizers differ). Exits 1 if a bug ends the app, naming the log that holds
+    the traceback."""
     try:
         setting = parse_threads(threads)
         check_terminal()

@@ -26,7 +26,8 @@ Train a small GPT and watch it learn. Every view is also reachable with the mous
 | `o` | the lower plot cycles: quality (bits/char or perplexity), learning rate, gradient norm |
 | `Ctrl+S` | in the Generate view: save the sample; in the Ablation view: save the table (into the run folder) |
 | `Enter` | in the Generate view: sample; in the Ablation view: run it |
-| `Escape` | stop sampling or the ablation; leave the text fields so the keys above work again |
+| `[` `]` | in the Ablation view: the previous / next sample, through every sample of every temperature |
+| `Escape` | stop sampling or the ablation; leave any field (every view, the form) so the keys above work again |
 | `?` / `F1` | this help |
 | `q` / `Ctrl+Q` | quit (a running training saves a checkpoint first) |
 
@@ -55,7 +56,9 @@ where the chosen layer/head looks from there; below, every head of that layer.
 
 `minigpt-tui RUN_DIR` opens a run; while `minigpt train --headless` trains it in another
 terminal, the curves follow its `metrics.jsonl`. `minigpt-tui RUN1 RUN2 ...` draws the other runs'
-curves over the first's, one colour per run, named in the legend. `--log-file F` keeps the
+curves over the first's, one colour per run, named in the legend, with a table of every run (best
+val, bits/char, tokens seen, steps, wall time); when their tokenizers differ (char against BPE) the
+upper plot shows bits per character, the one measure they share. `--log-file F` keeps the
 notifications and any error's traceback.
 """
 

@@ -26,7 +26,7 @@ from minigpt_tui.training.trainer import new_training
 from minigpt_tui.tui.app import create_app
 
 SIZE = (120, 34)  # columns, rows: wide enough for every view's controls, small enough to read in a README
-MONOSPACE = "DejaVu Sans Mono"
+MONOSPACE, BRAILLE_FONT = "DejaVu Sans Mono", "DejaVu Sans"  # fonts installed here, not fetched
 SETTLE_S = 60.0  # the longest a view may take to fill in (a sample, an ablation, an inspection)
 
 
@@ -49,6 +49,8 @@ def one_cell_per_character(svg: str) -> str:
         for char in text:
             if not char.isspace():
                 attributes = f'{match["attrs"]}x="{x:.1f}"{match["mid"]}{match["rest"]}'
+                if "\u2800" <= char <= "\u28ff":  # the monospace font has no braille: the plots' points
+                    attributes += f' style="font-family: {BRAILLE_FONT}"'
                 pieces.append(f"<text {attributes}>{html.escape(char)}</text>")
             x += cell * cell_len(char)
         return "".join(pieces)
@@ -62,7 +64,7 @@ def svg_to_png(svg: str, path: Path) -> Path:
         raise MiniGPTError("the screenshots need cairosvg: pip install -e '.[dev]'") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    svg = one_cell_per_character(svg).replace("Fira Code", MONOSPACE)  # a font that is installed, not fetched
+    svg = one_cell_per_character(svg).replace("Fira Code", MONOSPACE)
     cairosvg.svg2png(bytestring=svg.encode("utf-8"), write_to=str(tmp))
     tmp.replace(path)
     return path

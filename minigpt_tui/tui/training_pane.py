@@ -133,11 +133,13 @@ class CurvePlot(GuardedPlot):
         plt.xticks(ticks, [str(t) for t in ticks])
         scale = math.log10 if log_y else float
         values: list[float] = []
+        final = None  # the last value of the last curve (val, usually): a log axis labels it
         for line in lines:
             xs, ys = finite(line.xs, line.ys)
             if xs:
                 plt.plot(xs, [scale(y) for y in ys], marker="braille", color=line.color)  # the legend is above
                 values += ys
+                final = ys[-1] if line.color != REFERENCE_COLOR else final
         if not values:
             plt.text("waiting for the first points…", x=x_max / 2, y=0.5, alignment="center")
             plt.ylim(0, 1)
@@ -145,9 +147,17 @@ class CurvePlot(GuardedPlot):
         else:
             lo, hi = axis_limits(values, log_y)
             plt.ylim(scale(lo), scale(hi))
-            y_ticks = value_ticks(lo, hi, log_y)
+            # one tick per two data rows at most: two ticks on one row left plotext's choice between them to chance
+            rows = self.size.height - PLOT_FRAME_ROWS
+            y_ticks = value_ticks(lo, hi, log_y, count=5 if rows <= 0 else max(2, min(5, (rows + 1) // 2)))
+            if log_y and final is not None:  # the nearest tick moves onto it: a log axis's round ticks are far apart
+                nearest = min(range(len(y_ticks)), key=lambda i: abs(math.log(y_ticks[i] / final)))
+                y_ticks[nearest] = final
             plt.yticks([scale(v) for v in y_ticks], [tick_label(v) for v in y_ticks])
         self.refresh()
+
+
+PLOT_FRAME_ROWS = 4  # two frame lines, the x tick labels and the axis labels: the rest of a plot's rows hold data
 
 
 def tick_label(value: float) -> str:
