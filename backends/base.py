@@ -26,7 +26,21 @@ QK_NORM_EPS = 1e-6
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # hyperparameters reach float32 kernels: larger ones overflow
 MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults (Keller Jordan's quintic)
 MUON_NS_STEPS = 5
+MUON_MAX_NS_STEPS = 99  # torch.optim.Muon refuses 100 or more
 MUON_EPS = 1e-7
+# Polar Express (Amsel et al. 2025, arXiv:2505.16932) as modded-nanogpt runs it: iteration i uses tuple i. Each
+# tuple is the best quintic for the singular values the ones before it leave (greedy per step), so k steps are
+# the first k tuples.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_MARGIN = 2e-2  # modded-nanogpt: X / (||X||_F (1 + 2e-2) + 1e-6), a safety margin below norm 1
+POLAR_EXPRESS_EPS = 1e-6
+MUON_COEFFICIENTS = ("jordan", "polar_express")
 SINUSOID_SCALE = 0.02 * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2); this gives RMS 0.02
 
 
@@ -90,14 +104,28 @@ class OptimConfig:
     optimizer: str = "adamw"
     muon_lr_scale: float = 1.0
     muon_momentum: float = 0.95
+    muon_ns_steps: int = MUON_NS_STEPS  # Newton-Schulz iterations per update
+    muon_coefficients: str = "jordan"  # or polar_express: a tuned (a, b, c) per iteration
+    muon_momentum_warmup: int = 0  # steps from muon_momentum_start up to muon_momentum (0: none)
+    muon_momentum_start: float = 0.85
+    muon_bf16: bool = False  # Newton-Schulz in bfloat16 on the CPU too (other devices always use it)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not (self.muon_lr_scale > 0 and math.isfinite(self.muon_lr_scale)):
             raise ValueError(f"muon_lr_scale must be a finite number > 0, got {self.muon_lr_scale}")
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        for name in ("muon_momentum", "muon_momentum_start"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.muon_coefficients not in MUON_COEFFICIENTS:
+            raise ValueError(f"muon_coefficients must be one of {MUON_COEFFICIENTS}, got {self.muon_coefficients!r}")
+        most = len(POLAR_EXPRESS_COEFFICIENTS) if self.muon_coefficients == "polar_express" else MUON_MAX_NS_STEPS
+        if not 1 <= self.muon_ns_steps <= most:
+            raise ValueError(f"muon_ns_steps must be in [1, {most}] with {self.muon_coefficients} coefficients, "
+                             f"got {self.muon_ns_steps}")
+        if self.muon_momentum_warmup < 0:
+            raise ValueError(f"muon_momentum_warmup must be >= 0, got {self.muon_momentum_warmup}")
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not 0 <= value <= FLOAT32_MAX:
@@ -218,6 +246,38 @@ def muon_lr(lr: float, shape: tuple[int, ...]) -> float:
     return lr * math.sqrt(max(1.0, shape[-2] / shape[-1]))
 
 
+def muon_momentum(optim: OptimConfig, step: int) -> float:
+    """Muon's momentum at optimizer step ``step`` (0 for the first): muon_momentum_start rising linearly to
+    muon_momentum over muon_momentum_warmup steps (modded-nanogpt's warmup: early gradients change fast, and
+    a long memory of them slows the first steps), then muon_momentum."""
+    if not optim.muon_momentum_warmup:
+        return optim.muon_momentum
+    start = optim.muon_momentum_start
+    return start + (optim.muon_momentum - start) * min(1.0, step / optim.muon_momentum_warmup)
+
+
+@dataclass(frozen=True)
+class NewtonSchulzPlan:
+    """How Muon orthogonalises an update G: X <- a_i X + (b_i A + c_i A^2) X with A = X X^T, for each (a_i,
+    b_i, c_i) of ``coefficients`` in turn, from X = G / d. With ``margin`` None (Jordan, as torch.optim.Muon)
+    d = max(||G||_F, eps); otherwise (Polar Express, as modded-nanogpt) d = ||G||_F (1 + margin) + eps."""
+
+    coefficients: tuple[tuple[float, float, float], ...]
+    margin: float | None
+    eps: float
+
+
+def newton_schulz_plan(optim: OptimConfig) -> NewtonSchulzPlan:
+    """The iteration ``optim`` asks for (both backends run exactly this)."""
+    if optim.muon_coefficients == "polar_express":
+        return NewtonSchulzPlan(POLAR_EXPRESS_COEFFICIENTS[: optim.muon_ns_steps], POLAR_EXPRESS_MARGIN,
+                                POLAR_EXPRESS_EPS)
+    return NewtonSchulzPlan((MUON_NS_COEFFICIENTS,) * optim.muon_ns_steps, None, MUON_EPS)
+
+
+JORDAN_PLAN = newton_schulz_plan(OptimConfig())  # torch.optim.Muon's: 5 steps of Keller Jordan's quintic
+
+
 @dataclass(frozen=True)
 class ForwardTrace:
     """One sequence through the model, kept whole for inspection (in the backend's compute dtype)."""
@@ -328,6 +388,17 @@ class Backend(ABC):
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
         """One optimizer step: accumulate gradients over ``micro_batches`` of (inputs, targets), int64
         arrays of shape (B, T), averaged; clip the global norm; AdamW update with learning rate ``lr``."""
+
+    # The two halves of train_step, for timing the optimizer alone (``minigpt bench --optimizer-step``): a
+    # backend that has them implements train_step as accumulate_gradients followed by optimizer_update.
+    def accumulate_gradients(self, micro_batches: list[tuple[np.ndarray, np.ndarray]]) -> StepResult:
+        """The first half of ``train_step``: the clipped, averaged gradient of ``micro_batches``, kept."""
+        raise NotImplementedError(f"backend {self.name!r} cannot split a training step")
+
+    def optimizer_update(self, lr: float) -> None:
+        """The second half: one optimizer update from the gradient ``accumulate_gradients`` kept; it leaves
+        that gradient in place, so calling it again repeats the update from the same gradient."""
+        raise NotImplementedError(f"backend {self.name!r} cannot split a training step")
 
     @abstractmethod
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:

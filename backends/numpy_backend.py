@@ -17,14 +17,13 @@ from collections import OrderedDict
 import numpy as np
 
 from backends.base import (
-    MUON_EPS,
-    MUON_NS_COEFFICIENTS,
-    MUON_NS_STEPS,
+    JORDAN_PLAN,
     Backend,
     ForwardTrace,
     GenerationSession,
     HeadAblation,
     ModelConfig,
+    NewtonSchulzPlan,
     OptimConfig,
     StepResult,
     canonical_shapes,
@@ -32,6 +31,8 @@ from backends.base import (
     is_decayed,
     is_hidden_matrix,
     muon_lr,
+    muon_momentum,
+    newton_schulz_plan,
 )
 from backends.numpy_model import NumpyGPT, Workspace
 
@@ -76,37 +77,51 @@ def adamw_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_a
     param += scratch
 
 
-def newton_schulz(update: np.ndarray, steps: int = MUON_NS_STEPS, eps: float = MUON_EPS) -> np.ndarray:
+def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to the nearest bfloat16 (ties to even) and returned as float32, which holds every
+    bfloat16 exactly: a bfloat16 is the top half of a float32, so rounding is integer arithmetic on the bits."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32)
+
+
+def newton_schulz(update: np.ndarray, plan: NewtonSchulzPlan = JORDAN_PLAN, bf16: bool = False) -> np.ndarray:
     """Approximately orthogonal matrices with the singular vectors of ``update`` (k, rows, cols), each of
     the k on its own: the quintic Newton-Schulz iteration of torch.optim.Muon, X <- a X + (b A + c A^2) X
-    with A = X X^T, after scaling X to Frobenius norm 1 so every singular value starts in (0, 1]. It
-    pushes each singular value towards ~1 (0.7..1.2 after 5 steps): the update keeps its directions
-    and loses its scale. torch runs it in bfloat16, one matrix at a time; this runs in the backend's
-    dtype (NumPy has no bfloat16) on a stack of same-shape matrices per matmul call."""
-    a, b, c = MUON_NS_COEFFICIENTS
+    with A = X X^T, after scaling X to Frobenius norm (about) 1 so every singular value starts in (0, 1].
+    It pushes each singular value towards ~1 (0.7..1.2 after 5 Jordan steps): the update keeps its
+    directions and loses its scale. ``plan`` gives the (a, b, c) of each step and the scaling.
+
+    This runs in the backend's dtype on a stack of same-shape matrices per matmul call. With ``bf16`` it
+    rounds what torch's bfloat16 tensors would hold (the scaled input and every product, each accumulated
+    in float32 first) to bfloat16, so it follows the torch backend's bfloat16 iteration to rounding."""
+    rounded = round_to_bfloat16 if bf16 else (lambda array: array)
     tall = update.shape[1] > update.shape[2]
     x = update.swapaxes(1, 2) if tall else update  # iterate on the wide orientation: A is the smaller square
     norms = np.sqrt(np.einsum("kij,kij->k", x, x))
-    x = x / np.maximum(norms, eps)[:, None, None].astype(x.dtype)
-    for _ in range(steps):
-        gram = x @ x.swapaxes(1, 2)
+    divisor = np.maximum(norms, plan.eps) if plan.margin is None else norms * (1 + plan.margin) + plan.eps
+    x = rounded(x / divisor[:, None, None].astype(x.dtype))
+    for a, b, c in plan.coefficients:
+        gram = rounded(x @ x.swapaxes(1, 2))
         poly = gram @ gram
         poly *= c
         poly += b * gram
-        x = poly @ x + a * x
+        x = rounded(rounded(poly) @ x + a * x)
+    x = x.astype(update.dtype, copy=False)
     return x.swapaxes(1, 2) if tall else x
 
 
-def muon_update(param: np.ndarray, grad: np.ndarray, momentum: np.ndarray, lr: float, optim: OptimConfig) -> None:
-    """One Muon step on a stack of same-shape matrices (k, rows, cols), in the order of torch.optim.Muon
-    (Nesterov momentum, decoupled weight decay):
+def muon_update(param: np.ndarray, grad: np.ndarray, momentum: np.ndarray, lr: float, optim: OptimConfig,
+                step: int = 0) -> None:
+    """One Muon step (``step`` counting from 0) on a stack of same-shape matrices (k, rows, cols), in the
+    order of torch.optim.Muon (Nesterov momentum, decoupled weight decay):
         m = lerp(m, g, 1 - mu); u = lerp(g, m, mu); p *= 1 - lr wd; p -= adjusted lr * NS(u)."""
-    mu = optim.muon_momentum
+    mu = muon_momentum(optim, step)
     momentum += (1.0 - mu) * (grad - momentum)
     update = grad + mu * (momentum - grad)
     if optim.weight_decay:
         param *= 1.0 - lr * optim.weight_decay
-    param -= muon_lr(lr, param.shape) * newton_schulz(update)
+    param -= muon_lr(lr, param.shape) * newton_schulz(update, newton_schulz_plan(optim), optim.muon_bf16)
 
 
 class NumpyBackend(Backend):
@@ -203,6 +218,11 @@ class NumpyBackend(Backend):
         return loss
 
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        result = self.accumulate_gradients(micro_batches)
+        self.optimizer_update(lr)
+        return result
+
+    def accumulate_gradients(self, micro_batches: list[tuple[np.ndarray, np.ndarray]]) -> StepResult:
         n = len(micro_batches)
         total = 0.0
         for i, (inputs, targets) in enumerate(micro_batches):
@@ -215,6 +235,9 @@ class NumpyBackend(Backend):
             if i > 0:
                 self.flat_grads += self._micro_grads
         norm = clip_grad_norm(self.flat_grads, self.optim_config.grad_clip)
+        return StepResult(loss=total, grad_norm=norm)
+
+    def optimizer_update(self, lr: float) -> None:
         self.step += 1
         lr, m = float(lr), self.n_muon  # a NumPy scalar lr would upcast
         adamw_update(self.flat_params[m:], self.flat_grads[m:], self.exp_avg[m:], self.exp_avg_sq[m:],
@@ -223,8 +246,8 @@ class NumpyBackend(Backend):
             stack = slice(start, start + k * math.prod(shape))
             param, grad, momentum = (flat[stack].reshape(k, *shape) for flat in
                                      (self.flat_params, self.flat_grads, self.exp_avg))
-            muon_update(param, grad, momentum, lr * self.optim_config.muon_lr_scale, self.optim_config)
-        return StepResult(loss=total, grad_norm=norm)
+            muon_update(param, grad, momentum, lr * self.optim_config.muon_lr_scale, self.optim_config,
+                        self.step - 1)
 
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> float:
         idx, tgt = self._ids(inputs), self._ids(targets)

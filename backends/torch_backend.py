@@ -24,6 +24,8 @@ from backends.base import (
     check_weights,
     is_decayed,
     is_hidden_matrix,
+    muon_momentum,
+    newton_schulz_plan,
     time_matmuls,
 )
 from backends.torch_model import GPT, Decoder, KVCache, TraceRecorder
@@ -130,14 +132,17 @@ class TorchBackend(Backend):
         self.optimizer = torch.optim.AdamW(
             groups, lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=is_cuda or None
         )
+        # torch.optim.Muon takes one (a, b, c) for every step: Polar Express's table per step needs StackedMuon,
+        # in bfloat16 off the CPU like torch.optim.Muon. Either takes its momentum from param_groups each step.
         self.muon: torch.optim.Muon | StackedMuon | None = None
-        if self.muon_names and self._device.type == "cpu":
+        on_cpu = self._device.type == "cpu"
+        if self.muon_names and (on_cpu or optim.muon_coefficients != "jordan"):
             self.muon = StackedMuon({n: self.params[n] for n in self.muon_names}, optim.weight_decay,
-                                    optim.muon_momentum)
+                                    optim.muon_momentum, newton_schulz_plan(optim), optim.muon_bf16 or not on_cpu)
         elif self.muon_names:
             self.muon = torch.optim.Muon(
                 [self.params[n] for n in self.muon_names], lr=0.0, weight_decay=optim.weight_decay,
-                momentum=optim.muon_momentum,
+                momentum=optim.muon_momentum, ns_steps=optim.muon_ns_steps,
             )
         # the compiled and DDP wrappers are used for training only; weights are read from the plain
         # module, so checkpoints hold canonical names (no ``_orig_mod.`` / ``module.`` prefixes)
@@ -162,6 +167,16 @@ class TorchBackend(Backend):
 
     @out_of_memory_as_ours
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        result = self.accumulate_gradients(micro_batches)
+        self.optimizer_update(lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.muon is not None:
+            self.muon.zero_grad()
+        return result
+
+    @out_of_memory_as_ours
+    def accumulate_gradients(self, micro_batches: list[tuple[np.ndarray, np.ndarray]]) -> StepResult:
+        self.model.zero_grad(set_to_none=True)  # nothing to do after a train_step, which cleared them
         self._train_forward.train()
         last = len(micro_batches) - 1
         with _dropout_rng(self.generator, self._device):
@@ -175,15 +190,19 @@ class TorchBackend(Backend):
                 total += loss.detach()  # summed on the device: one host sync per step, not per micro-batch
         clip = self.optim_config.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        return StepResult(loss=total.item(), grad_norm=float(norm))
+
+    @out_of_memory_as_ours
+    def optimizer_update(self, lr: float) -> None:
+        optim = self.optim_config
+        step = self.step_count() if optim.muon_momentum_warmup else 0  # before AdamW counts this step
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if self.muon is not None:
-            self.muon.param_groups[0]["lr"] = lr * self.optim_config.muon_lr_scale
+            self.muon.param_groups[0]["lr"] = lr * optim.muon_lr_scale
+            self.muon.param_groups[0]["momentum"] = muon_momentum(optim, step)
             self.muon.step()
-            self.muon.zero_grad()
-        return StepResult(loss=total.item(), grad_norm=float(norm))
 
     @torch.inference_mode()
     @out_of_memory_as_ours

@@ -214,6 +214,14 @@ FIELD_HELP = {
     "optimizer": "adamw, or muon (Muon for the block matrices, AdamW for the rest).",
     "muon_lr_scale": "Muon's learning rate as a multiple of learning_rate (same schedule).",
     "muon_momentum": "Muon's (Nesterov) momentum.",
+    "muon_ns_steps": "Newton-Schulz iterations per Muon update (polar_express: at most 5, its first k tuples).",
+    "muon_coefficients": "Muon's Newton-Schulz polynomial: jordan (one quintic for every step, torch.optim.Muon's) "
+    "or polar_express (a tuned quintic per step, Amsel et al. 2025, as in modded-nanogpt).",
+    "muon_momentum_warmup": "Steps over which Muon's momentum rises linearly from muon_momentum_start to "
+    "muon_momentum (0: off).",
+    "muon_momentum_start": "Muon's momentum at the first step when muon_momentum_warmup is on.",
+    "muon_bf16": "Run Muon's Newton-Schulz in bfloat16 on the CPU too (faster where the CPU has bfloat16 "
+    "matmuls; GPUs always do). The NumPy backend rounds to bfloat16 the same way.",
     "eval_interval": "Evaluate and checkpoint every N steps.",
     "eval_iters": "Batches per evaluation estimate.",
     "log_interval": "Log a step record every N steps.",
