@@ -53,6 +53,29 @@ def test_cuda_training_follows_float32_cpu_training_within_bf16_precision() -> N
 
 
 @cuda_only
+@pytest.mark.parametrize("options, kind", [
+    (dict(muon_ns_steps=3, muon_momentum_warmup=4, muon_momentum_start=0.5), "Muon"),
+    (dict(muon_coefficients="polar_express", muon_ns_steps=4, muon_momentum_warmup=4), "StackedMuon"),
+])
+def test_cuda_muon_options_follow_the_cpu_within_bf16_precision(options, kind) -> None:
+    """torch.optim.Muon for Jordan's polynomial (ns_steps and the momentum set through its param_groups),
+    StackedMuon in bfloat16 for Polar Express's table; against the CPU's bfloat16 StackedMuon."""
+    from backends.torch_backend import TorchBackend
+
+    optim = OptimConfig(optimizer="muon", muon_lr_scale=5.0, muon_bf16=True, **options)
+    weights = init_weights(CONFIG, 0)
+    gpu, cpu = (TorchBackend(CONFIG, weights, optim, device=device) for device in ("cuda", "cpu"))
+    assert type(gpu.muon).__name__ == kind
+    for micro in (batches(2, seed) for seed in range(5)):
+        assert gpu.train_step(micro, 1e-3).loss == pytest.approx(cpu.train_step(micro, 1e-3).loss, abs=3e-2)
+    assert gpu.muon.param_groups[0]["momentum"] == cpu.muon.param_groups[0]["momentum"] == pytest.approx(0.95)
+    ours, reference = gpu.get_weights(), cpu.get_weights()
+    for name in cpu.muon_names:  # on average the GPU's matrices moved as the CPU's did (CPU vs NumPy: ~2% apart)
+        moved = np.abs(reference[name] - weights[name]).mean()
+        assert np.abs(ours[name] - reference[name]).mean() < 0.3 * moved, name
+
+
+@cuda_only
 def test_float64_on_cuda_is_not_autocast() -> None:
     gpu = backend("cuda", dtype="float64")
     x, y = batches(1)[0]
