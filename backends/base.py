@@ -446,6 +446,9 @@ class Backend(ABC):
     def num_parameters(self) -> int:
         return count_parameters(self.config)
 
+    def synchronize(self) -> None:  # noqa: B027 (a CPU backend has nothing to wait for: the default is a no-op)
+        """Wait until the work queued so far has run (for timing: a GPU's launches return at once)."""
+
     # Data parallelism over processes (torchrun). A backend that supports it overrides all three; the
     # core sees only a rank, a size and these collectives.
     @classmethod

@@ -305,6 +305,12 @@ class TorchBackend(Backend):
         entry = self.optimizer.state.get(self.params["wte.weight"])
         return int(entry["step"]) if entry else 0
 
+    def synchronize(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        elif self._device.type == "mps":
+            torch.mps.synchronize()
+
     @staticmethod
     def set_threads(n: int) -> None:
         # torch keeps the count per thread (OpenMP's nthreads-var): this sets the calling thread's, and the

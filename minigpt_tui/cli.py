@@ -752,11 +752,15 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, samples: int, length: i
 @click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, help="Repeat to compare.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="baby", show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=None,
-              help="Timed training steps (default 20; with --contention 200 per mode).")
+              help="Timed training steps (default 20; with --contention 200 per mode; with --optimizer-step the "
+              "rounds, default 10).")
 @click.option("--gen-tokens", type=click.IntRange(min=1), default=500, show_default=True)
 @device_option
 @threads_option()
 @output_file_option("--json", "json_path", "Write the results as JSON.", allow_stdout=True)
+@click.option("--optimizer-step", is_flag=True, help="The optimizer update alone, for the preset's model (same "
+              "weights, the gradient of one batch): AdamW and Muon's variants (Jordan or Polar Express, 5 to 3 "
+              "Newton-Schulz steps, float32 or bfloat16), interleaved round by round; median ms and ratio to AdamW.")
 @click.option("--contention", is_flag=True, help="Training tokens/s beside busy processes the benchmark starts and "
               "stops: auto, each thread count, torch's default (with and without OMP_WAIT_POLICY=PASSIVE).")
 @click.option("--loads", default="0,1,2", show_default=True, help="With --contention: busy processes per condition.")
@@ -776,6 +780,7 @@ def bench(
     device: str | None,
     threads,
     json_path: Path | None,
+    optimizer_step: bool,
     contention: bool,
     loads: str,
     modes: str | None,
@@ -791,8 +796,13 @@ def bench(
     from minigpt_tui.experiments.bench import bench_backend
     from minigpt_tui.training.config import preset as load_preset
 
+    if contention and optimizer_step:
+        raise MiniGPTError("--optimizer-step and --contention are two benchmarks: ask for one at a time")
     if contention:
         bench_contention(preset, iters or 200, loads, modes, max_seconds, peer_cmd, peer_tokens_per_iter, json_path)
+        return
+    if optimizer_step:
+        bench_optimizer(backends, preset, iters or 10, device, threads, json_path)
         return
     iters = iters or 20
 
@@ -835,6 +845,31 @@ def bench(
         write_output_text(
             json_path, json.dumps({"preset": preset, "results": {r.backend: r.to_dict() for r in results}}, indent=1)
         )
+
+
+def bench_optimizer(backends: tuple[str, ...], preset: str, rounds: int, device: str | None, threads,
+                    json_path: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from minigpt_tui.experiments.bench import UPDATES_PER_ROUND, bench_optimizer_step
+    from minigpt_tui.training.config import preset as load_preset
+
+    config = load_preset(preset)
+    results = [bench_optimizer_step(name, config, rounds=rounds, device=device, threads=threads) for name in backends]
+    console = Console(stderr=json_path == STDOUT)  # stdout is the JSON's when asked there
+    for r in results:
+        table = Table(title=f"minigpt bench --optimizer-step: preset {preset}, {r.backend} on {r.device}, "
+                      f"{r.threads} threads, median of {r.rounds} rounds x {UPDATES_PER_ROUND} updates")
+        for column in ("optimizer", "ms per update", "x AdamW"):
+            table.add_column(column, justify="right")
+        for t in r.timings:
+            table.add_row(t.variant, f"{t.ms:.2f}", f"{t.ratio:.2f}")
+        console.print(table)
+    if json_path:
+        document = {"preset": preset, "updates_per_round": UPDATES_PER_ROUND,
+                    "results": {r.backend: r.to_dict() for r in results}}
+        write_output_text(json_path, json.dumps(document, indent=1))
 
 
 def bench_contention(preset: str, steps: int, loads: str, modes: str | None, max_seconds: float,

@@ -1,4 +1,5 @@
-"""Throughput benchmark: training and generation tokens/s per backend, FLOPs/token and MFU."""
+"""Throughput benchmark: training and generation tokens/s per backend, FLOPs/token and MFU; and the optimizer
+update alone (``bench --optimizer-step``): AdamW against Muon's variants, interleaved in one process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from backends.base import init_weights
+from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.temperature import sample_batch_with_scores, sample_with_scores
 from minigpt_tui.inspection.inspector import inspect_tokens
 from minigpt_tui.training.config import TrainConfig
@@ -115,3 +117,83 @@ def time_inspection(backend, repeats: int = 7) -> float:
         inspect_tokens(backend, tokens, tokenizer)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+# (label, config changes): what --optimizer-step times, AdamW first (the others are read as ratios to it)
+OPTIMIZER_VARIANTS: tuple[tuple[str, dict], ...] = (
+    ("AdamW", dict(optimizer="adamw")),
+    ("Muon jordan 5", dict(optimizer="muon", muon_coefficients="jordan", muon_ns_steps=5)),
+    ("Muon polar_express 5", dict(optimizer="muon", muon_coefficients="polar_express", muon_ns_steps=5)),
+    ("Muon polar_express 4", dict(optimizer="muon", muon_coefficients="polar_express", muon_ns_steps=4)),
+    ("Muon polar_express 3", dict(optimizer="muon", muon_coefficients="polar_express", muon_ns_steps=3)),
+    ("Muon jordan 5 bf16", dict(optimizer="muon", muon_coefficients="jordan", muon_ns_steps=5, muon_bf16=True)),
+    ("Muon polar_express 5 bf16", dict(optimizer="muon", muon_coefficients="polar_express", muon_ns_steps=5,
+                                       muon_bf16=True)),
+    ("Muon polar_express 3 bf16", dict(optimizer="muon", muon_coefficients="polar_express", muon_ns_steps=3,
+                                       muon_bf16=True)),
+)
+UPDATES_PER_ROUND = 3  # updates timed back to back per variant and round (one is a few ms: too short alone)
+
+
+@dataclass(frozen=True)
+class OptimizerTiming:
+    variant: str
+    ms: float  # median over the rounds of the mean time of one update
+    ratio: float  # ms over AdamW's ms
+    rounds_ms: list[float]  # each round's mean time of one update, in round order
+
+
+@dataclass(frozen=True)
+class OptimizerBench:
+    backend: str
+    device: str
+    threads: int
+    rounds: int
+    timings: list[OptimizerTiming]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_optimizer_step(name: str, config: TrainConfig, *, rounds: int = 10, device: str | None = None,
+                         threads: ThreadSetting | None = None,
+                         variants: tuple[tuple[str, dict], ...] = OPTIMIZER_VARIANTS) -> OptimizerBench:
+    """Milliseconds of one optimizer update (no forward, no backward) for each variant, on the model of
+    ``config``: every variant starts from the same weights and the gradient of the same batch, then each
+    round times UPDATES_PER_ROUND updates of every variant in turn (the order rotating from round to round),
+    so a machine that slows down or speeds up meanwhile weighs on all of them alike. The first variant is
+    the yardstick of the ratios."""
+    config = config.with_vocab_size(BENCH_VOCAB)
+    weights = init_weights(config.model, config.rng_seed)
+    x = np.random.default_rng(0).integers(0, BENCH_VOCAB, (config.batch_size, config.model.block_size + 1))
+    micro_batches = [(x[:, :-1], x[:, 1:])]
+    backends = []
+    for _, changes in variants:
+        backend = build_backend(config.replace(**changes), weights, backend=name, device=device)
+        try:
+            backend.accumulate_gradients(micro_batches)
+        except NotImplementedError:
+            raise MiniGPTError(f"backend {name!r} cannot time its optimizer update alone (it has no "
+                               "accumulate_gradients / optimizer_update)") from None
+        backends.append(backend)
+    lr = config.learning_rate
+
+    def update(backend, n: int = 1) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            backend.optimizer_update(lr)
+        backend.synchronize()
+        return (time.perf_counter() - start) / n
+
+    for backend in backends:  # warm-up: first-call allocations, kernels
+        update(backend, 2)
+    probe = backends[1] if len(backends) > 1 else backends[0]
+    apply_threads(threads, probe.set_threads, lambda: update(probe))
+    times: list[list[float]] = [[] for _ in backends]
+    for r in range(rounds):
+        for i in [(j + r) % len(backends) for j in range(len(backends))]:
+            times[i].append(update(backends[i], UPDATES_PER_ROUND) * 1000)
+    medians = [statistics.median(t) for t in times]
+    timings = [OptimizerTiming(label, ms, ms / medians[0], t)
+               for (label, _), ms, t in zip(variants, medians, times, strict=True)]
+    return OptimizerBench(name, backends[0].device, probe.get_threads(), rounds, timings)
