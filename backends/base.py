@@ -238,7 +238,8 @@ class ForwardTrace:
     logits: np.ndarray  # (T, vocab_size): the next-token logits at every position
     attention: np.ndarray  # (n_layer, n_head, T, T): softmax rows, query i over keys 0..i (zero above)
     # (n_layer + 1, T, n_embd): the stream after the embedding and after each block; the final LayerNorm
-    # and the head applied to entry l give what the model would predict if it stopped there (logit lens)
+    # and the head (and any logit soft-cap) applied to entry l give what the model would predict if it stopped
+    # there (logit lens)
     residual: np.ndarray
     head_outputs: np.ndarray  # (n_layer, n_head, T, head_size): each head's output before c_proj (after ablation)
 
