@@ -66,6 +66,10 @@ class ModelConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain) before attention
     activation: str = "gelu_tanh"
     zero_init_proj: bool = False  # output projections start at 0: each block starts as the identity
+    # modded-nanogpt's value embeddings: a second token table whose row for each input token is added,
+    # times a learned per-layer gain, to the attention values of every layer
+    value_embedding: bool = False
+    logit_softcap: float = 0.0  # 0: off; else logits <- cap * tanh(logits / cap) (Gemma 2, modded-nanogpt)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -83,6 +87,8 @@ class ModelConfig:
             raise ValueError(f"rope needs an even head size (n_embd / n_head), got {self.n_embd // self.n_head}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not 0.0 <= self.logit_softcap <= FLOAT32_MAX:  # also refuses NaN
+            raise ValueError(f"logit_softcap must be a finite number >= 0 (0: off), got {self.logit_softcap}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +155,8 @@ def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C)}
     if config.pos_encoding == "learned":
         shapes["wpe.weight"] = (config.block_size, C)
+    if config.value_embedding:
+        shapes["value_embed.weight"] = (V, C)
 
     def add_linear(name: str, n_out: int, n_in: int) -> None:
         shapes[f"{name}.weight"] = (n_out, n_in)
@@ -164,6 +172,8 @@ def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         add_layernorm(f"h.{i}.ln_1")
         add_linear(f"h.{i}.attn.c_attn", 3 * C, C)
         add_linear(f"h.{i}.attn.c_proj", C, C)
+        if config.value_embedding:
+            shapes[f"h.{i}.attn.ve_gain"] = (1,)
         add_layernorm(f"h.{i}.ln_2")
         add_linear(f"h.{i}.mlp.c_fc", 4 * C, C)
         add_linear(f"h.{i}.mlp.c_proj", C, 4 * C)
@@ -186,12 +196,15 @@ def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     With ``zero_init_proj`` the projections start at 0 (modded-nanogpt): every block is then the
     identity at step 0 and the first updates shape the residual stream from a clean slate. The
     random draws are the same either way, so only the projections differ between the two inits.
+    The value-embedding table starts at 0 and draws nothing (modded-nanogpt's current init): the model
+    starts as the one without it, with every other draw unchanged; its per-layer gains start at 1 like
+    the other gains, so the table's first gradients reach it at full strength.
     """
     rng = np.random.default_rng(seed)
     residual_std = 0.02 / math.sqrt(2 * config.n_layer)
     weights = {}
     for name, shape in canonical_shapes(config).items():
-        if name.endswith(".bias"):
+        if name.endswith(".bias") or name == "value_embed.weight":
             weights[name] = np.zeros(shape, np.float32)
         elif len(shape) == 1:
             weights[name] = np.ones(shape, np.float32)
@@ -285,7 +298,8 @@ class ForwardTrace:
     logits: np.ndarray  # (T, vocab_size): the next-token logits at every position
     attention: np.ndarray  # (n_layer, n_head, T, T): softmax rows, query i over keys 0..i (zero above)
     # (n_layer + 1, T, n_embd): the stream after the embedding and after each block; the final LayerNorm
-    # and the head applied to entry l give what the model would predict if it stopped there (logit lens)
+    # and the head (and any logit soft-cap) applied to entry l give what the model would predict if it stopped
+    # there (logit lens)
     residual: np.ndarray
     head_outputs: np.ndarray  # (n_layer, n_head, T, head_size): each head's output before c_proj (after ablation)
 

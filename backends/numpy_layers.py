@@ -76,6 +76,30 @@ def embedding_backward(dwte: np.ndarray, dwpe: np.ndarray | None, dout: np.ndarr
         dwpe[T:] = 0.0
 
 
+# ---------------------------------------------------------------- value embedding: a token table added to the values
+
+
+def value_embed_forward(v: np.ndarray, ve: np.ndarray, gain: np.ndarray, scratch: np.ndarray) -> None:
+    """v (B, T, C), the values of one layer (any strides: the v third of qkv) += gain (1,) * ve (B, T, C),
+    the value-embedding rows of the input tokens (``embedding_forward`` of the table, no positions).
+    In place, so that attention, its backward and a KV cache all read the values after the add.
+    scratch is (B, T, C)."""
+    np.multiply(ve, gain, out=scratch)
+    v += scratch
+
+
+def value_embed_backward(dve: np.ndarray, dgain: np.ndarray, dv: np.ndarray, ve: np.ndarray, gain: np.ndarray,
+                         scratch: np.ndarray) -> None:
+    """dv (B, T, C), the gradient of one layer's values (any strides) -> dve (B, T, C) accumulated (every
+    layer adds to the one table; ``embedding_backward`` then scatters it into the table's rows) and
+    dgain (1,) written: d(gain * ve) gives dve += gain * dv and dgain = sum(dv * ve). The values'
+    own gradient, dv, passes on to c_attn unchanged. scratch is (B, T, C)."""
+    np.multiply(dv, ve, out=scratch)
+    dgain[0] = rows(scratch).sum()
+    np.multiply(dv, gain, out=scratch)
+    dve += scratch
+
+
 # ---------------------------------------------------------------- LayerNorm
 
 
@@ -441,6 +465,25 @@ def dropout_forward(out: np.ndarray, keep: np.ndarray, x: np.ndarray, p: float, 
 def dropout_backward(dx: np.ndarray, dout: np.ndarray, keep: np.ndarray) -> None:
     """dout (...) -> dx = dout * keep (dx may be dout)."""
     np.multiply(dout, keep, out=dx)
+
+
+# ---------------------------------------------------------------- logit soft-capping (Gemma 2, modded-nanogpt)
+
+
+def softcap_forward(out: np.ndarray, t: np.ndarray, x: np.ndarray, cap: float) -> None:
+    """x (...) -> out = cap * tanh(x / cap) (out may be x); saves t = tanh(x / cap) (...). Smooth, about the
+    identity for |x| << cap, and bounded by cap: no logit can run away however confident the model gets."""
+    np.multiply(x, 1.0 / cap, out=t)
+    np.tanh(t, out=t)
+    np.multiply(t, cap, out=out)
+
+
+def softcap_backward(dx: np.ndarray, dout: np.ndarray, t: np.ndarray) -> None:
+    """dout (...) -> dx = dout * (1 - t^2) written (dx may be dout). t, the saved tanh, is consumed: it is
+    the scratch for 1 - t^2 (a logits-sized buffer fewer)."""
+    np.multiply(t, t, out=t)
+    np.subtract(1.0, t, out=t)
+    np.multiply(dout, t, out=dx)
 
 
 # ---------------------------------------------------------------- fused softmax + cross-entropy

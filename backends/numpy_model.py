@@ -31,13 +31,18 @@ from backends.numpy_layers import (
     residual_forward,
     rope_backward,
     rope_forward,
+    softcap_backward,
+    softcap_forward,
     split_heads,
+    value_embed_backward,
+    value_embed_forward,
 )
 
-# a block's parameters, by their names inside the block; the bias entries exist only with bias=True
+# a block's parameters, by their names inside the block; the bias entries exist only with bias=True, the
+# value-embedding gain only with value_embedding=True
 BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
                 "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                "mlp.c_proj.weight", "mlp.c_proj.bias")
+                "mlp.c_proj.weight", "mlp.c_proj.bias", "attn.ve_gain")
 
 
 class Workspace:
@@ -74,6 +79,10 @@ class Workspace:
         if config.qk_norm or config.pos_encoding == "rope":
             self.dqk, self.qk_scratch = buf(2, B, nh, T, hs), (buf(B, nh, T, hs), buf(B, nh, T, hs))
             self.qk_row = buf(B, nh, T, 1)
+        if config.value_embedding:  # the table's rows for the batch, their gradient (summed over layers), scratch
+            self.ve, self.dve, self.ve_scratch = buf(B, T, C), buf(B, T, C), buf(B, T, C)
+        if config.logit_softcap:
+            self.softcap_t = buf(B, T, V)  # tanh(logits / cap), for the backward
         if config.dropout > 0:
             self.keep_emb = buf(B, T, C)
             self.keep_att, self.att_kept = buf(L, B, nh, T, T), buf(L, B, nh, T, T)
@@ -172,6 +181,8 @@ class NumpyGPT:
         embedding_forward(x, idx, p["wte.weight"], self.positions(0, T))
         if drop:
             dropout_forward(x, ws.keep_emb, x, c.dropout, rng)
+        if c.value_embedding:  # looked up once; every layer adds its own multiple to its values
+            embedding_forward(ws.ve, idx, p["value_embed.weight"], None)
         bias = self.bias[:T, :T]
         for l in range(c.n_layer):
             w = self.block(p, l)
@@ -179,6 +190,8 @@ class NumpyGPT:
             # mid = x + attn(ln_1(x))
             layernorm_forward(ws.ln1[l], ws.ln1_xhat[l], ws.ln1_rstd[l], x, w["ln_1.weight"], w["ln_1.bias"])
             linear_forward(ws.qkv[l], ws.ln1[l], w["attn.c_attn.weight"], w["attn.c_attn.bias"])
+            if c.value_embedding:  # into qkv itself: attention and the backward read the values after the add
+                value_embed_forward(ws.qkv[l][..., 2 * c.n_embd :], ws.ve, w["attn.ve_gain"], ws.ve_scratch)
             dropped = (ws.keep_att[l], ws.att_kept[l]) if drop else (None, None)
             if drop:
                 dropout_mask(ws.keep_att[l], c.dropout, rng)
@@ -201,6 +214,8 @@ class NumpyGPT:
             residual_forward(out, mid, ws.branch)
         layernorm_forward(ws.lnf, ws.lnf_xhat, ws.lnf_rstd, ws.residual[-1], p["ln_f.weight"], p.get("ln_f.bias"))
         linear_forward(ws.logits, ws.lnf, p[self.head_name], None)
+        if c.logit_softcap:
+            softcap_forward(ws.logits, ws.softcap_t, ws.logits, c.logit_softcap)
 
     def qk_buffers(self, ws: Workspace, layer: int) -> tuple[np.ndarray | None, ...]:
         c = self.config
@@ -228,11 +243,15 @@ class NumpyGPT:
         nh = c.n_head
         dlogits = ws.logits.reshape(-1, c.vocab_size)
         crossentropy_backward(dlogits, dlogits, targets.reshape(-1), scale)
+        if c.logit_softcap:
+            softcap_backward(ws.logits, ws.logits, ws.softcap_t)
         linear_backward(ws.dln, grads[self.head_name], None, ws.logits, ws.lnf, p[self.head_name])
         dres, dmid = ws.dres
         dres.fill(0.0)
         layernorm_backward(dres, grads["ln_f.weight"], grads.get("ln_f.bias"), ws.dln, ws.lnf_xhat, ws.lnf_rstd,
                            p["ln_f.weight"], ws.ln_scratch)
+        if c.value_embedding:
+            ws.dve.fill(0.0)
         for l in reversed(range(c.n_layer)):
             w, g = self.block(p, l), self.block(grads, l)
             # out = mid + mlp(ln_2(mid)): dres holds d(out) and becomes d(mid) in dmid
@@ -262,6 +281,9 @@ class NumpyGPT:
                                ws.att[l], q, k, v, ws.att_row, ws.att_scratch, *dropped)
             if self.transforms_qk:
                 self.qk_backward(ws, l, dq, dk)
+            if c.value_embedding:
+                value_embed_backward(ws.dve, g["attn.ve_gain"], ws.dqkv[..., 2 * c.n_embd :], ws.ve,
+                                     w["attn.ve_gain"], ws.ve_scratch)
             linear_backward(ws.dln, g["attn.c_attn.weight"], g["attn.c_attn.bias"], ws.dqkv, ws.ln1[l],
                             w["attn.c_attn.weight"])
             layernorm_backward(dres, g["ln_1.weight"], g["ln_1.bias"], ws.dln, ws.ln1_xhat[l], ws.ln1_rstd[l],
@@ -271,6 +293,9 @@ class NumpyGPT:
         if not c.tie_weights:
             grads["wte.weight"].fill(0.0)  # the embedding's backward adds; a tied head wrote its part
         embedding_backward(grads["wte.weight"], grads.get("wpe.weight"), dres, idx)
+        if c.value_embedding:
+            grads["value_embed.weight"].fill(0.0)  # the scatter-add accumulates
+            embedding_backward(grads["value_embed.weight"], None, ws.dve, idx)
 
     def decode(self, keys: np.ndarray, values: np.ndarray, tokens: np.ndarray, start: int) -> np.ndarray:
         """Logits (B, V) after (B, T) ``tokens`` at positions start.. given a cache holding ``start``
@@ -283,6 +308,9 @@ class NumpyGPT:
         x = np.empty((B, T, C), dt)
         embedding_forward(x, tokens, p["wte.weight"], self.positions(start, T))
         ln, xhat, y, branch = (np.empty((B, T, C), dt) for _ in range(4))
+        if c.value_embedding:
+            ve, ve_scratch = np.empty((B, T, C), dt), np.empty((B, T, C), dt)
+            embedding_forward(ve, tokens, p["value_embed.weight"], None)
         rstd = np.empty((B, T, 1), dt)
         qkv = np.empty((B, T, 3 * C), dt)
         att, row = np.empty((B, nh, T, end), dt), np.empty((B, nh, T, 1), dt)
@@ -295,6 +323,8 @@ class NumpyGPT:
             w = self.block(p, l)
             layernorm_forward(ln, xhat, rstd, x, w["ln_1.weight"], w["ln_1.bias"])
             linear_forward(qkv, ln, w["attn.c_attn.weight"], w["attn.c_attn.bias"])
+            if c.value_embedding:  # before caching: the cache holds the values attention reads
+                value_embed_forward(qkv[..., 2 * C :], ve, w["attn.ve_gain"], ve_scratch)
             q, k, v = split_heads(qkv, nh)
             if self.transforms_qk:  # the cache holds keys as attention reads them: rotated at their position
                 q, k = self.qk_forward(q, k, start, *qk_saved)
@@ -312,4 +342,6 @@ class NumpyGPT:
         layernorm_forward(ln, xhat, rstd, last, p["ln_f.weight"], p.get("ln_f.bias"))
         logits = np.empty((B, 1, c.vocab_size), dt)
         linear_forward(logits, ln, p[self.head_name], None)
+        if c.logit_softcap:
+            softcap_forward(logits, np.empty_like(logits), logits, c.logit_softcap)
         return logits[:, 0]

@@ -16,6 +16,14 @@ def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
     return F.gelu(x, approximate="tanh" if kind == "gelu_tanh" else "none")
 
 
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) (0: off): about the identity for small logits, bounded by cap (Gemma 2,
+    modded-nanogpt). bf16 autocast logits are upcast first: tanh near its saturation needs the bits."""
+    if not cap:
+        return logits
+    return cap * torch.tanh(logits.to(torch.promote_types(logits.dtype, torch.float32)) / cap)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (i, i + hs/2) of x (..., T, hs) by the angles whose cos and sin (T, hs/2)
     are given (same convention as numpy_layers.rope_forward)."""
@@ -92,13 +100,20 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.transform = QKTransform(config) if config.qk_norm or config.pos_encoding == "rope" else None
+        if config.value_embedding:  # this layer's multiple of the shared value-embedding rows (GPT.value_embed)
+            self.ve_gain = nn.Parameter(torch.ones(1))
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, recorder: TraceRecorder | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, recorder: TraceRecorder | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         # (B, T, 3C) -> three (B, nh, T, hs): heads become a batch dimension
         q, k, v = self.c_attn(x).split(C, dim=2)
+        if ve is not None:
+            # value embeddings: (B, T, C) rows of the input tokens, split into heads below like v; added
+            # before the cache and the recorder, so that both see the values attention reads
+            v = v + (self.ve_gain * ve).to(v.dtype)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.transform is not None:  # with a cache, the new tokens sit at positions cache.length..
             q, k = self.transform(q, k, cache.length if cache is not None else 0)
@@ -148,9 +163,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, recorder: TraceRecorder | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, recorder: TraceRecorder | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, recorder)
+        x = x + self.attn(self.ln_1(x), cache, layer, recorder, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -165,6 +181,11 @@ class GPT(nn.Module):
             # sinusoids are defined for any position: keep a table 4x the context for long prompts
             table = torch.from_numpy(sinusoidal_positions(4 * config.block_size, config.n_embd))
             self.register_buffer("sinusoids", table, persistent=False)
+        if config.value_embedding:
+            # modded-nanogpt keeps three tables, each shared by a layer of the first and of the last three of
+            # 12; with 4 layers one table shared by all is the simple form (each layer has its own gain), and
+            # it costs one more wte-sized table, not n_layer of them
+            self.value_embed = nn.Embedding(config.vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias)
@@ -185,15 +206,16 @@ class GPT(nn.Module):
         attention probabilities, head outputs and the residual stream, and may knock heads out."""
         start = cache.length if cache is not None else 0
         x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1], idx.device))
+        ve = self.value_embed(idx) if self.config.value_embedding else None  # (B, T, C), no dropout
         if recorder is not None:
             recorder.residual.append(x)
         for layer, block in enumerate(self.h):
-            x = block(x, cache, layer, recorder)
+            x = block(x, cache, layer, recorder, ve)
             if recorder is not None:
                 recorder.residual.append(x)
         x = self.ln_f(x)
         head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
-        return F.linear(x, head)
+        return softcap(F.linear(x, head), self.config.logit_softcap)
 
 
 class KVCache:
@@ -247,6 +269,7 @@ class Decoder:
                 b.mlp.c_fc.bias,
                 b.mlp.c_proj.weight,
                 b.mlp.c_proj.bias,
+                getattr(b.attn, "ve_gain", None),
             )
             for b in model.h
         ]
@@ -255,6 +278,8 @@ class Decoder:
         self.n_embd, self.n_head = config.n_embd, config.n_head
         self.transforms = [b.attn.transform for b in model.h]
         self.activation = config.activation
+        self.value_embed = model.value_embed.weight if config.value_embedding else None
+        self.logit_softcap = config.logit_softcap
 
     def __call__(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
         """(B,) token ids, one per row of the cache -> (B, vocab) logits."""
@@ -263,11 +288,13 @@ class Decoder:
         hs = C // nh
         B = tokens.shape[0]
         x = model.wte.weight[tokens] + model.positions(pos, 1, self.head.device)  # (B, C)
-        for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b) in enumerate(
-            self.layers
-        ):
+        ve = self.value_embed[tokens].view(B, nh, 1, hs) if self.value_embed is not None else None
+        for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b,
+                    ve_gain) in enumerate(self.layers):
             h = F.layer_norm(x, (C,), ln1_w, ln1_b, 1e-5)
             q, k, v = F.linear(h, attn_w, attn_b).view(B, 3, nh, 1, hs).unbind(1)  # each (B, nh, T=1, hs)
+            if ve is not None:  # cached with the value embedding added, as GPT.forward caches it
+                v = v + (ve_gain * ve).to(v.dtype)
             if self.transforms[layer] is not None:  # at position pos
                 q, k = self.transforms[layer](q, k, pos)
             cache.keys[layer, :, :, pos : pos + 1] = k
@@ -280,4 +307,4 @@ class Decoder:
             x = x + F.linear(h, fc2_w, fc2_b)
         x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias, 1e-5)
         cache.length += 1
-        return F.linear(x, self.head)
+        return softcap(F.linear(x, self.head), self.logit_softcap)

@@ -1202,8 +1202,8 @@ def ablate_sweep(grid: str, seeds: str, **options) -> None:
 
 
 @ablate.command(name="ladder")
-@click.option("--rows", default=None, help="Comma-separated rungs to run (default: all): baseline, budget, muon, "
-              "rope, qk_norm, relu2, zero_init.")
+@click.option("--rows", default=None, help="Comma-separated rungs to run (default: all; an unknown name lists "
+              "them, e.g. --rows list).")
 @click.option("--top", type=click.Choice(list(PRESETS)), default="speedrun", show_default=True,
               help="The preset the ladder climbs to.")
 @seeds_option("1,2,3")

@@ -143,6 +143,13 @@ def test_zero_initialised_projections_export_and_speedrun_options_are_refused(tm
         assert_one_line_error(invoke("export-hf", tmp_path / name, tmp_path / f"out-{name}"), f"{name}={value!r}")
 
 
+@pytest.mark.parametrize("name, value", [("value_embedding", True), ("logit_softcap", 15.0)])
+def test_value_embeddings_and_logit_softcap_are_refused_by_name(tmp_path, name, value):
+    make_run(tmp_path / "run", CharTokenizer.from_text(TEXT), **{name: value})
+    assert_one_line_error(invoke("export-hf", tmp_path / "run", tmp_path / "out"), f"{name}={value!r}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_option_picks_best_or_latest(tmp_path):
     tokenizer = CharTokenizer.from_text(TEXT)
     run, latest = make_run(tmp_path / "run", tokenizer)

@@ -12,6 +12,7 @@ from minigpt_tui.cli import main
 from minigpt_tui.errors import MiniGPTError
 from minigpt_tui.experiments.speedrun import (
     LADDER,
+    Rung,
     ladder_configs,
     ladder_variants,
     parse_grid,
@@ -47,18 +48,39 @@ def test_sweep_is_the_product_of_the_grid_times_the_seeds():
 
 def test_the_ladder_climbs_from_baby_to_the_speedrun_one_change_at_a_time():
     rungs = ladder_configs("speedrun")
-    assert [name for name, _ in rungs] == [name for name, _ in LADDER]
-    assert rungs[0][1] == preset("baby") and rungs[-1][1] == preset("speedrun")
-    for (_, before), (name, after), (_, fields) in zip(rungs, rungs[1:], LADDER[1:], strict=False):
-        changed = {k for k, v in after.to_flat().items() if before.to_flat()[k] != v}
-        assert changed and changed <= set(fields), name
+    assert [name for name, _, _ in rungs] == [r.name for r in LADDER]
+    kept = [(name, config) for name, config, keep in rungs if keep]
+    assert kept[0][1] == preset("baby") and kept[-1][1] == preset("speedrun")
+    steps = {r.name: r for r in LADDER}
+    previous = preset("baby")
+    for name, config, keep in rungs[1:]:
+        changed = {k for k, v in config.to_flat().items() if previous.to_flat()[k] != v}
+        assert changed and changed <= set(steps[name].fields), name
+        if keep:
+            previous = config
+
+
+def test_a_rung_the_top_preset_does_not_keep_is_tried_on_top_and_then_dropped(monkeypatch):
+    import minigpt_tui.experiments.speedrun as speedrun
+
+    monkeypatch.setattr(speedrun, "LADDER", [Rung("baseline", ()), Rung("muon", ("optimizer",)),
+                                             Rung("relu2", ("activation",), {"activation": "relu2"}),
+                                             Rung("rope", ("pos_encoding",))])
+    monkeypatch.setitem(speedrun.PRESETS, "top", {"optimizer": "muon", "pos_encoding": "rope"})
+    rungs = {name: (config, keep) for name, config, keep in ladder_configs("top")}
+    assert rungs["relu2"][1] is False and rungs["relu2"][0].model.activation == "relu2"
+    assert rungs["relu2"][0].optim.optimizer == "muon"  # on top of the rungs above it
+    assert rungs["rope"][0].model.activation == "gelu_tanh" and rungs["rope"][0].model.pos_encoding == "rope"
+    names = [name for name, _ in ladder_variants([1], top="top")]
+    assert names == ["0-baseline-seed1", "1-muon-seed1", "2-relu2-dropped-seed1", "3-rope-seed1"]
+    assert [name for name, _ in ladder_variants([1], top="top", rows=["relu2"])] == ["2-relu2-dropped-seed1"]
 
 
 def test_ladder_rows_seeds_and_overrides():
     variants = ladder_variants([1, 2], rows=["baseline", "muon"], overrides={"backend": "numpy"})
     assert [name for name, _ in variants] == ["0-baseline-seed1", "0-baseline-seed2", "2-muon-seed1", "2-muon-seed2"]
     assert {config.backend for _, config in variants} == {"numpy"}
-    with pytest.raises(MiniGPTError, match="unknown ladder row"):
+    with pytest.raises(MiniGPTError, match="unknown ladder row 'warp'; rows: baseline, budget"):
         ladder_variants([1], rows=["warp"])
 
 

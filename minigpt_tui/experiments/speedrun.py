@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from minigpt_tui.errors import MiniGPTError
@@ -19,19 +19,39 @@ from minigpt_tui.training.config import PRESETS, TrainConfig, field_names, field
 from minigpt_tui.training.runs import METRICS_FILE, read_metrics
 
 SEED_SUFFIX = "-seed"
+DROPPED_SUFFIX = "-dropped"  # a ladder rung the top preset does not keep
 TARGET_VAL_LOSS = 1.88  # nanoGPT's baby run ends near here on tiny Shakespeare (issue 11)
 
-# Each rung adds its fields to everything above it. "budget" is the speedrun's step budget and schedule
-# with nothing else changed; the last rung is the speedrun preset itself (a test checks it).
-LADDER: list[tuple[str, tuple[str, ...]]] = [
-    ("baseline", ()),
-    ("budget", ("max_iters", "warmup_iters", "learning_rate", "min_lr", "batch_size", "eval_interval")),
-    ("muon", ("optimizer", "muon_lr_scale")),
-    ("rope", ("pos_encoding",)),
-    ("qk_norm", ("qk_norm",)),
-    ("relu2", ("activation",)),
-    ("zero_init", ("zero_init_proj",)),
+@dataclass(frozen=True)
+class Rung:
+    """One change of the record ladder. ``fields`` are read from the top preset; a rung whose fields the top
+    preset leaves at the base config's values was tried and dropped: it runs with ``tried`` on top of the
+    rungs above it, and the rungs below do not keep it."""
+
+    name: str
+    fields: tuple[str, ...]
+    tried: dict = field(default_factory=dict)
+
+
+# "budget" is the speedrun's step budget and schedule with nothing else changed. The kept rungs, in order,
+# end at the top preset itself (a test checks it); the dropped ones show what each change cost or gave.
+LADDER: list[Rung] = [
+    Rung("baseline", ()),
+    Rung("budget", ("max_iters", "warmup_iters", "learning_rate", "min_lr", "batch_size", "eval_interval",
+                    "eval_iters")),
+    Rung("muon", ("optimizer", "muon_lr_scale")),
+    Rung("rope", ("pos_encoding",)),
+    Rung("qk_norm", ("qk_norm",)),
+    Rung("relu2", ("activation",)),
+    Rung("zero_init", ("zero_init_proj",), {"zero_init_proj": True}),
 ]
+
+
+def rung(name: str) -> Rung:
+    found = next((r for r in LADDER if r.name == name), None)
+    if found is None:
+        raise MiniGPTError(f"unknown ladder row {name!r}; rows: " + ", ".join(r.name for r in LADDER))
+    return found
 
 
 def value_label(value) -> str:
@@ -92,30 +112,32 @@ def sweep_variants(base: TrainConfig, grid: dict[str, list], seeds: list[int]) -
     return with_seeds(variants, seeds)
 
 
-def ladder_configs(top: str = "speedrun", base: TrainConfig | None = None) -> list[tuple[str, TrainConfig]]:
-    """The rungs from ``base`` (default: the baby preset) up to preset ``top``: each rung takes its fields
-    from ``top``."""
+def ladder_configs(top: str = "speedrun", base: TrainConfig | None = None) -> list[tuple[str, TrainConfig, bool]]:
+    """The rungs from ``base`` (default: the baby preset) up to preset ``top``, as (name, config, kept): a
+    kept rung takes its fields from ``top`` and stays for the rungs below; a dropped one adds its ``tried``
+    values to the rungs above it only."""
     target, config, rungs = PRESETS[top], base or preset("baby"), []
-    for name, fields in LADDER:
-        config = config.replace(**{f: target[f] for f in fields if f in target})
-        rungs.append((name, config))
+    for step in LADDER:
+        given = {f: target[f] for f in step.fields if f in target}
+        if given or not step.tried:
+            config = config.replace(**given)
+            rungs.append((step.name, config, True))
+        else:
+            rungs.append((step.name, config.replace(**step.tried), False))
     return rungs
 
 
 def ladder_variants(seeds: list[int], top: str = "speedrun", rows: list[str] | None = None,
                     overrides: dict | None = None, base: TrainConfig | None = None) -> list[tuple[str, TrainConfig]]:
     """The ladder from ``base`` (--preset and --config; default baby), once per seed; ``overrides`` (the
-    config flags) apply to every rung, after the rung's own fields."""
-    rungs = [(f"{i}-{name}", config) for i, (name, config) in enumerate(ladder_configs(top, base))]
+    config flags) apply to every rung, after the rung's own fields. A dropped rung is named ``N-name-dropped``."""
+    rungs = [(name, f"{i}-{name}" + ("" if kept else DROPPED_SUFFIX), config)
+             for i, (name, config, kept) in enumerate(ladder_configs(top, base))]
     if rows is not None:
-        unknown = set(rows) - {name for name, _ in LADDER}
-        if unknown:
-            raise MiniGPTError(f"unknown ladder row(s) {', '.join(sorted(unknown))}; rows: "
-                               + ", ".join(name for name, _ in LADDER))
-        rungs = [(label, config) for label, config in rungs if label.split("-", 1)[1] in rows]
-    if overrides:
-        rungs = [(label, config.replace(**overrides)) for label, config in rungs]
-    return with_seeds(rungs, seeds)
+        wanted = {rung(name).name for name in rows}
+        rungs = [r for r in rungs if r[0] in wanted]
+    variants = [(label, config.replace(**overrides) if overrides else config) for _, label, config in rungs]
+    return with_seeds(variants, seeds)
 
 
 def time_to_loss(run_dir: Path, target: float = TARGET_VAL_LOSS) -> float:

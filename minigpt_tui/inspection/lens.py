@@ -27,11 +27,13 @@ def depth_name(depth: int) -> str:
 
 @dataclass(frozen=True)
 class Unembedding:
-    """The final LayerNorm and the output head, as float64 arrays."""
+    """The final LayerNorm and the output head, as float64 arrays, and the model's logit soft-cap: part of
+    its head, so that the lens of the last depth stays the model's own prediction."""
 
     gain: np.ndarray  # (C,)
     bias: np.ndarray | None  # (C,)
     head: np.ndarray  # (V, C)
+    softcap: float = 0.0  # 0: off; else logits <- cap * tanh(logits / cap)
 
     @classmethod
     def of(cls, backend: Backend) -> Unembedding:
@@ -39,7 +41,7 @@ class Unembedding:
         head = w["wte.weight"] if backend.config.tie_weights else w["lm_head.weight"]
         bias = w.get("ln_f.bias")
         return cls(w["ln_f.weight"].astype(np.float64), None if bias is None else bias.astype(np.float64),
-                   head.astype(np.float64))
+                   head.astype(np.float64), backend.config.logit_softcap)
 
     def logits(self, residual: np.ndarray) -> np.ndarray:
         """(..., C) stream -> (..., V) logits."""
@@ -47,7 +49,8 @@ class Unembedding:
         x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + LN_EPS) * self.gain
         if self.bias is not None:
             x = x + self.bias
-        return x @ self.head.T
+        logits = x @ self.head.T
+        return self.softcap * np.tanh(logits / self.softcap) if self.softcap else logits
 
 
 @dataclass(frozen=True)

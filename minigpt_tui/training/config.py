@@ -197,6 +197,9 @@ FIELD_HELP = {
     "qk_norm": "RMS-normalise each head's queries and keys before attention.",
     "activation": "MLP activation: gelu_tanh (GPT-2), gelu (exact) or relu2 (ReLU squared).",
     "zero_init_proj": "Start the attention and MLP output projections at zero.",
+    "value_embedding": "Value embeddings (modded-nanogpt): a second token table added, times a learned per-layer "
+    "gain, to every layer's attention values.",
+    "logit_softcap": "Soft-cap the logits at this value: cap * tanh(logits / cap) (0: off; modded-nanogpt uses 15-30).",
     "tokenizer": "char, or bpe (byte-level BPE trained on the train split).",
     "vocab_size": "BPE vocabulary size (a character vocabulary is whatever the text holds).",
     "batch_size": "Sequences per micro-batch (per process under torchrun).",
