@@ -44,6 +44,12 @@ LADDER: list[Rung] = [
     Rung("qk_norm", ("qk_norm",)),
     Rung("relu2", ("activation",)),
     Rung("zero_init", ("zero_init_proj",), {"zero_init_proj": True}),
+    Rung("polar_express", ("muon_coefficients", "muon_ns_steps"),
+         {"muon_coefficients": "polar_express", "muon_ns_steps": 3}),
+    Rung("muon_bf16", ("muon_bf16",), {"muon_bf16": True}),
+    Rung("momentum_warmup", ("muon_momentum_warmup",), {"muon_momentum_warmup": 100}),
+    Rung("value_embed", ("value_embedding",), {"value_embedding": True}),
+    Rung("softcap", ("logit_softcap",), {"logit_softcap": 30.0}),
 ]
 
 
