@@ -173,14 +173,12 @@ class TorchBackend(Backend):
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
         result = self.accumulate_gradients(micro_batches)
         self.optimizer_update(lr)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.muon is not None:
-            self.muon.zero_grad()
         return result
 
     @out_of_memory_as_ours
     def accumulate_gradients(self, micro_batches: list[tuple[np.ndarray, np.ndarray]]) -> StepResult:
-        self.model.zero_grad(set_to_none=True)  # nothing to do after a train_step, which cleared them
+        # the last step's gradients: optimizer_update leaves them, so that the bench can repeat an update
+        self.model.zero_grad(set_to_none=True)
         self._train_forward.train()
         last = len(micro_batches) - 1
         with _dropout_rng(self.generator, self._device):

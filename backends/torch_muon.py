@@ -70,8 +70,3 @@ class StackedMuon:
             if self.weight_decay:
                 torch._foreach_mul_(group, 1 - lr * self.weight_decay)
             torch._foreach_add_(group, list(update.unbind(0)), alpha=-adjusted)
-
-    def zero_grad(self) -> None:
-        for _, group, _ in self.stacks:
-            for p in group:
-                p.grad = None
