@@ -141,10 +141,19 @@ def test_muon_moves_matrices_differently_from_adamw():
     assert np.abs(muon.params["h.0.mlp.c_fc.weight"] - adamw.params["h.0.mlp.c_fc.weight"]).max() > 1e-4
 
 
+# a plain Muon run, and one resumed at step 4 of a 6-step momentum warmup: the momentum picks up at step 4
+RESUMED_MUON_OPTIONS = {
+    "jordan": dict(pos_encoding="rope", qk_norm=True, activation="relu2", zero_init_proj=True),
+    "momentum-warmup": dict(muon_coefficients="polar_express", muon_ns_steps=4, muon_momentum_warmup=6,
+                            muon_momentum_start=0.5),
+}
+
+
+@pytest.mark.parametrize("options", RESUMED_MUON_OPTIONS)
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
-def test_resume_with_muon_continues_exactly(tmp_path, corpus_path, backend):
-    config = tiny_config(backend=backend, optimizer="muon", muon_lr_scale=5.0, pos_encoding="rope", qk_norm=True,
-                         activation="relu2", zero_init_proj=True, max_iters=8, eval_interval=4)
+def test_resume_with_muon_continues_exactly(tmp_path, corpus_path, backend, options):
+    config = tiny_config(backend=backend, optimizer="muon", muon_lr_scale=5.0, max_iters=8, eval_interval=4,
+                         **RESUMED_MUON_OPTIONS[options])
     straight, _, _ = train_tiny(tmp_path / "straight", corpus_path, config)
     train_tiny(tmp_path / "resumed", corpus_path, config.replace(max_iters=4, lr_decay_iters=8))
     resumed = resume_training(tmp_path / "resumed", read_corpus(corpus_path), {"max_iters": 8})
@@ -340,18 +349,3 @@ def test_momentum_warmup_survives_a_state_round_trip():
     for micro in micro_batches:
         warm.train_step(micro, 1e-2)
     assert np.abs(warm.params["h.0.mlp.c_fc.weight"] - straight.params["h.0.mlp.c_fc.weight"]).max() > 1e-4
-
-
-@pytest.mark.parametrize("backend", ["torch", "numpy"])
-def test_resume_with_momentum_warmup_continues_exactly(tmp_path, corpus_path, backend):
-    """Resumed at step 4 of a 6-step momentum warmup: the momentum picks up at step 4, not at the start."""
-    config = tiny_config(backend=backend, optimizer="muon", muon_lr_scale=5.0, muon_coefficients="polar_express",
-                         muon_ns_steps=4, muon_momentum_warmup=6, muon_momentum_start=0.5, max_iters=8,
-                         eval_interval=4)
-    straight, _, _ = train_tiny(tmp_path / "straight", corpus_path, config)
-    train_tiny(tmp_path / "resumed", corpus_path, config.replace(max_iters=4, lr_decay_iters=8))
-    resumed = resume_training(tmp_path / "resumed", read_corpus(corpus_path), {"max_iters": 8})
-    assert resumed.run().reason == "finished"
-    expected, actual = straight.backend.get_weights(), resumed.backend.get_weights()
-    for name in expected:
-        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
