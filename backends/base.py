@@ -41,6 +41,7 @@ POLAR_EXPRESS_COEFFICIENTS = (
 POLAR_EXPRESS_MARGIN = 2e-2  # modded-nanogpt: X / (||X||_F (1 + 2e-2) + 1e-6), a safety margin below norm 1
 POLAR_EXPRESS_EPS = 1e-6
 MUON_COEFFICIENTS = ("jordan", "polar_express")
+SMEAR_GATE_INPUTS = 12  # modded-nanogpt's gate reads the first 12 channels of the embedding
 SINUSOID_SCALE = 0.02 * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2); this gives RMS 0.02
 
 
@@ -70,6 +71,12 @@ class ModelConfig:
     # times a learned per-layer gain, to the attention values of every layer
     value_embedding: bool = False
     logit_softcap: float = 0.0  # 0: off; else logits <- cap * tanh(logits / cap) (Gemma 2, modded-nanogpt)
+    # modded-nanogpt's bigram embedding, exact for a small vocabulary: a (V * V, C) table whose row for the pair
+    # (previous token, token) is added to the embedding of every position but the first of a window
+    bigram_embedding: bool = False
+    # modded-nanogpt's smear gate: each position's embedding takes in the previous one's, times
+    # smear_lambda * sigmoid(a gate read from its own first SMEAR_GATE_INPUTS channels)
+    smear_gate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -157,6 +164,11 @@ def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["wpe.weight"] = (config.block_size, C)
     if config.value_embedding:
         shapes["value_embed.weight"] = (V, C)
+    if config.bigram_embedding:
+        shapes["bigram.weight"] = (V * V, C)
+    if config.smear_gate:
+        shapes["smear_gate.weight"] = (1, smear_gate_inputs(config))
+        shapes["smear_lambda"] = (1,)
 
     def add_linear(name: str, n_out: int, n_in: int) -> None:
         shapes[f"{name}.weight"] = (n_out, n_in)
@@ -183,6 +195,20 @@ def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def smear_gate_inputs(config: ModelConfig) -> int:
+    """How many leading embedding channels the smear gate reads."""
+    return min(SMEAR_GATE_INPUTS, config.n_embd)
+
+
+def embedding_lookback(config: ModelConfig) -> int:
+    """How many tokens before a position its embedding reads (bigram and smear gate: the previous one). A
+    generation session passes that token along when it decodes past the start of its cache."""
+    return 1 if config.bigram_embedding or config.smear_gate else 0
+
+
+ZERO_INIT = ("value_embed.weight", "bigram.weight", "smear_gate.weight", "smear_lambda")
+
+
 def count_parameters(config: ModelConfig) -> int:
     """Trainable parameters (a tied output head counts once)."""
     return sum(math.prod(shape) for shape in canonical_shapes(config).values())
@@ -198,13 +224,14 @@ def init_weights(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     random draws are the same either way, so only the projections differ between the two inits.
     The value-embedding table starts at 0 and draws nothing (modded-nanogpt's current init): the model
     starts as the one without it, with every other draw unchanged; its per-layer gains start at 1 like
-    the other gains, so the table's first gradients reach it at full strength.
+    the other gains, so the table's first gradients reach it at full strength. The bigram table, the smear
+    gate and its lambda start at 0 the same way (``ZERO_INIT``): each option starts as the model without it.
     """
     rng = np.random.default_rng(seed)
     residual_std = 0.02 / math.sqrt(2 * config.n_layer)
     weights = {}
     for name, shape in canonical_shapes(config).items():
-        if name.endswith(".bias") or name == "value_embed.weight":
+        if name.endswith(".bias") or name in ZERO_INIT:
             weights[name] = np.zeros(shape, np.float32)
         elif len(shape) == 1:
             weights[name] = np.ones(shape, np.float32)
@@ -243,8 +270,9 @@ def rope_tables(n_positions: int, head_size: int) -> tuple[np.ndarray, np.ndarra
 
 
 def is_decayed(name: str, shape: tuple[int, ...]) -> bool:
-    """Weight decay applies to matrices (embeddings and linear weights), not to gains and biases."""
-    return len(shape) >= 2
+    """Weight decay applies to matrices (embeddings and linear weights), not to gains, biases and the smear
+    gate (a (1, k) row, but a gate like the gains)."""
+    return len(shape) >= 2 and name != "smear_gate.weight"
 
 
 def is_hidden_matrix(name: str, shape: tuple[int, ...]) -> bool:
@@ -358,6 +386,13 @@ class GenerationSession(ABC):
     @abstractmethod
     def reset(self) -> None:
         """Forget the context."""
+
+    def _previous(self, history: np.ndarray, rebuild: bool, lookback: int) -> np.ndarray | None:
+        """The token before the ones about to run, per row, for a model whose embedding reads it
+        (``embedding_lookback``); None when it does not, or when the run starts a fresh cache."""
+        if not lookback or rebuild or history.shape[1] == 0:
+            return None
+        return history[:, -1]
 
     def _extend(self, history: np.ndarray, tokens) -> tuple[np.ndarray, np.ndarray, bool]:
         """The context after appending ``tokens`` to ``history`` (which the cache holds), the tokens to run

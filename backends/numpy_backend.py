@@ -28,6 +28,7 @@ from backends.base import (
     StepResult,
     canonical_shapes,
     check_weights,
+    embedding_lookback,
     is_decayed,
     is_hidden_matrix,
     muon_lr,
@@ -347,7 +348,8 @@ class NumpyGenerationSession(GenerationSession):
         self.context = np.zeros((self.batch, 0), np.int64)  # what the cache holds, per row
 
     def feed_rows(self, tokens: np.ndarray) -> np.ndarray:
-        cached = self.context.shape[1]
+        cached, history = self.context.shape[1], self.context
         self.context, tokens, rebuild = self._extend(self.context, tokens)
-        logits = self.model.decode(self.keys, self.values, tokens, 0 if rebuild else cached)
+        previous = self._previous(history, rebuild, embedding_lookback(self.model.config))
+        logits = self.model.decode(self.keys, self.values, tokens, 0 if rebuild else cached, previous)
         return logits.astype(np.float32)

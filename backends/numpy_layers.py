@@ -76,6 +76,59 @@ def embedding_backward(dwte: np.ndarray, dwpe: np.ndarray | None, dout: np.ndarr
         dwpe[T:] = 0.0
 
 
+# ---------------------------------------------------------------- bigram embedding: a table of token pairs
+
+
+def bigram_pairs(idx: np.ndarray, vocab_size: int) -> np.ndarray:
+    """idx (B, T) -> (B, T - 1) rows of the bigram table, previous * V + current, for positions 1.. (the first
+    position of a window has no previous token in it)."""
+    return idx[:, :-1] * vocab_size + idx[:, 1:]
+
+
+def bigram_forward(x: np.ndarray, pairs: np.ndarray, table: np.ndarray) -> None:
+    """x (B, T, C) += the table's (V * V, C) rows for the (B, T - 1) pairs, at positions 1.."""
+    x[:, 1:] += table[pairs]
+
+
+def bigram_backward(dtable: np.ndarray, dx: np.ndarray, pairs: np.ndarray) -> None:
+    """dx (B, T, C) -> dtable (V * V, C) written: each pair's row gets the sum of dx at its positions."""
+    dtable.fill(0.0)
+    if pairs.size:  # a window of one token has no pair
+        embedding_backward(dtable, None, np.ascontiguousarray(dx[:, 1:]), pairs)
+
+
+# ---------------------------------------------------------------- smear gate: the previous embedding mixed in
+
+
+def smear_forward(out: np.ndarray, gate: np.ndarray, e: np.ndarray, weight: np.ndarray, lam: np.ndarray) -> None:
+    """e (B, T, C), the embedding -> out (B, T, C): out_0 = e_0 and out_t = e_t + lam * gate_t * e_{t-1}, where
+    gate_t = sigmoid(e_t[:k] . weight), weight (1, k), lam (1,). Saves gate (B, T - 1, 1). The gate reads the
+    current position only, so each position decides how much of its predecessor to take."""
+    k = weight.shape[1]
+    np.matmul(e[:, 1:, :k], weight.T, out=gate)
+    np.negative(gate, out=gate)
+    np.exp(gate, out=gate)
+    gate += 1.0
+    np.reciprocal(gate, out=gate)
+    np.copyto(out, e)
+    out[:, 1:] += (lam * gate) * e[:, :-1]
+
+
+def smear_backward(de: np.ndarray, dweight: np.ndarray, dlam: np.ndarray, dout: np.ndarray, e: np.ndarray,
+                   gate: np.ndarray, weight: np.ndarray, lam: np.ndarray) -> None:
+    """dout (B, T, C) -> de (B, T, C), dweight (1, k) and dlam (1,), all written. e_t reaches out_t directly
+    and out_{t+1} through lam * gate_{t+1}; with m_t = dout_t . e_{t-1}, dlam = sum gate_t m_t and the gate's
+    pre-activation gets ds_t = lam m_t gate_t (1 - gate_t), which flows to weight and to e_t[:k]."""
+    k = weight.shape[1]
+    mixed = np.sum(dout[:, 1:] * e[:, :-1], axis=-1, keepdims=True)  # m_t, (B, T - 1, 1)
+    dlam[0] = np.sum(gate * mixed)
+    np.copyto(de, dout)
+    de[:, :-1] += (lam * gate) * dout[:, 1:]
+    ds = lam * mixed * gate * (1.0 - gate)
+    de[:, 1:, :k] += ds * weight
+    dweight[...] = np.tensordot(ds, e[:, 1:, :k], axes=([0, 1], [0, 1]))
+
+
 # ---------------------------------------------------------------- value embedding: a token table added to the values
 
 

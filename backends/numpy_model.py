@@ -10,6 +10,9 @@ from backends.base import HeadAblation, ModelConfig, rope_tables, sinusoidal_pos
 from backends.numpy_layers import (
     attention_backward,
     attention_forward,
+    bigram_backward,
+    bigram_forward,
+    bigram_pairs,
     causal_bias,
     crossentropy_backward,
     crossentropy_forward,
@@ -31,6 +34,8 @@ from backends.numpy_layers import (
     residual_forward,
     rope_backward,
     rope_forward,
+    smear_backward,
+    smear_forward,
     softcap_backward,
     softcap_forward,
     split_heads,
@@ -81,6 +86,8 @@ class Workspace:
             self.qk_row = buf(B, nh, T, 1)
         if config.value_embedding:  # the table's rows for the batch, their gradient (summed over layers), scratch
             self.ve, self.dve, self.ve_scratch = buf(B, T, C), buf(B, T, C), buf(B, T, C)
+        if config.smear_gate:  # the embedding before the gate mixes it, and the gate itself
+            self.embed, self.smear_gate = buf(B, T, C), buf(B, max(T - 1, 0), 1)
         if config.logit_softcap:
             self.softcap_t = buf(B, T, V)  # tanh(logits / cap), for the backward
         if config.dropout > 0:
@@ -135,6 +142,22 @@ class NumpyGPT:
         table = self.params["wpe.weight"] if self.sinusoids is None else self.sinusoids
         return table[start : start + length]
 
+    def embed(self, out: np.ndarray, idx: np.ndarray, start: int, saved: tuple[np.ndarray, np.ndarray] | None = None,
+              ) -> None:
+        """(B, T) ids at positions start.. -> out (B, T, C): token and position embeddings, mixed by the smear
+        gate, plus the bigram rows. ``saved`` receives what the smear gate's backward needs (the embedding
+        before it and the gate; fresh buffers when None)."""
+        c, p = self.config, self.params
+        B, T = idx.shape
+        if c.smear_gate:
+            e, gate = saved if saved is not None else (np.empty_like(out), np.empty((B, T - 1, 1), self.dtype))
+            embedding_forward(e, idx, p["wte.weight"], self.positions(start, T))
+            smear_forward(out, gate, e, p["smear_gate.weight"], p["smear_lambda"])
+        else:
+            embedding_forward(out, idx, p["wte.weight"], self.positions(start, T))
+        if c.bigram_embedding:
+            bigram_forward(out, bigram_pairs(idx, c.vocab_size), p["bigram.weight"])
+
     def qk_forward(self, q: np.ndarray, k: np.ndarray, start: int, hat: np.ndarray | None, rstd: np.ndarray | None,
                    rot: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """QK-norm then RoPE on (B, nh, T, hs) q and k at positions start..; hat, rstd and rot are
@@ -178,7 +201,7 @@ class NumpyGPT:
         ws.dropout = drop
         T, nh = idx.shape[1], c.n_head
         x = ws.residual[0]
-        embedding_forward(x, idx, p["wte.weight"], self.positions(0, T))
+        self.embed(x, idx, 0, (ws.embed, ws.smear_gate) if c.smear_gate else None)
         if drop:
             dropout_forward(x, ws.keep_emb, x, c.dropout, rng)
         if c.value_embedding:  # looked up once; every layer adds its own multiple to its values
@@ -290,6 +313,12 @@ class NumpyGPT:
                                w["ln_1.weight"], ws.ln_scratch)
         if ws.dropout:
             dropout_backward(dres, dres, ws.keep_emb)
+        if c.bigram_embedding:
+            bigram_backward(grads["bigram.weight"], dres, bigram_pairs(idx, c.vocab_size))
+        if c.smear_gate:  # dres is d(out) of the gate; ws.dln, free after the last block, takes d(embedding)
+            smear_backward(ws.dln, grads["smear_gate.weight"], grads["smear_lambda"], dres, ws.embed, ws.smear_gate,
+                           p["smear_gate.weight"], p["smear_lambda"])
+            dres = ws.dln
         if not c.tie_weights:
             grads["wte.weight"].fill(0.0)  # the embedding's backward adds; a tied head wrote its part
         embedding_backward(grads["wte.weight"], grads.get("wpe.weight"), dres, idx)
@@ -297,16 +326,23 @@ class NumpyGPT:
             grads["value_embed.weight"].fill(0.0)  # the scatter-add accumulates
             embedding_backward(grads["value_embed.weight"], None, ws.dve, idx)
 
-    def decode(self, keys: np.ndarray, values: np.ndarray, tokens: np.ndarray, start: int) -> np.ndarray:
+    def decode(self, keys: np.ndarray, values: np.ndarray, tokens: np.ndarray, start: int,
+               previous: np.ndarray | None = None) -> np.ndarray:
         """Logits (B, V) after (B, T) ``tokens`` at positions start.. given a cache holding ``start``
-        positions; keys and values (n_layer, B, nh, block_size, hs) receive the new ones. No workspace:
-        T is small and varies, and a decoding step's cost is per-call overhead, not allocation."""
+        positions; keys and values (n_layer, B, nh, block_size, hs) receive the new ones. ``previous`` (B,),
+        the tokens at start - 1, is what the bigram embedding and the smear gate read there (None at
+        start 0). No workspace: T is small and varies, and a decoding step's cost is per-call overhead."""
         c, p, dt = self.config, self.params, self.dtype
         B, T = tokens.shape
         C, nh = c.n_embd, c.n_head
         end = start + T
-        x = np.empty((B, T, C), dt)
-        embedding_forward(x, tokens, p["wte.weight"], self.positions(start, T))
+        if previous is not None:  # embed one position earlier, then drop it
+            x = np.empty((B, T + 1, C), dt)
+            self.embed(x, np.concatenate([previous[:, None], tokens], axis=1), start - 1)
+            x = np.ascontiguousarray(x[:, 1:])
+        else:
+            x = np.empty((B, T, C), dt)
+            self.embed(x, tokens, start)
         ln, xhat, y, branch = (np.empty((B, T, C), dt) for _ in range(4))
         if c.value_embedding:
             ve, ve_scratch = np.empty((B, T, C), dt), np.empty((B, T, C), dt)

@@ -382,14 +382,18 @@ class TorchGenerationSession(GenerationSession):
     def feed_rows(self, tokens: np.ndarray) -> np.ndarray:
         if self.model.training:
             self.model.eval()
+        history = self.context
         self.context, tokens, rebuild = self._extend(self.context, tokens)
         if rebuild:
             self.cache.length = 0
+        previous = self._previous(history, rebuild, self.decoder.lookback)
+        if previous is not None:
+            previous = torch.from_numpy(np.ascontiguousarray(previous)).to(self.backend._device)
         with self.backend._autocast:
             if tokens.shape[1] == 1 and self.cache.length > 0:
-                logits = self.decoder(self.cache, torch.from_numpy(tokens[:, 0]).to(self.backend._device))
+                logits = self.decoder(self.cache, torch.from_numpy(tokens[:, 0]).to(self.backend._device), previous)
             else:
                 idx = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.backend._device)
-                logits = self.model(idx, self.cache)[:, -1]
+                logits = self.model(idx, self.cache, previous=previous)[:, -1]
                 self.cache.commit()
         return logits.float().cpu().numpy()

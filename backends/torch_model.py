@@ -6,7 +6,15 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from backends.base import QK_NORM_EPS, HeadAblation, ModelConfig, rope_tables, sinusoidal_positions
+from backends.base import (
+    QK_NORM_EPS,
+    HeadAblation,
+    ModelConfig,
+    embedding_lookback,
+    rope_tables,
+    sinusoidal_positions,
+    smear_gate_inputs,
+)
 
 
 def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -186,6 +194,11 @@ class GPT(nn.Module):
             # 12; with 4 layers one table shared by all is the simple form (each layer has its own gain), and
             # it costs one more wte-sized table, not n_layer of them
             self.value_embed = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.bigram_embedding:  # row previous * V + current: exact for a character vocabulary
+            self.bigram = nn.Embedding(config.vocab_size * config.vocab_size, config.n_embd)
+        if config.smear_gate:
+            self.smear_gate = nn.Linear(smear_gate_inputs(config), 1, bias=False)
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias)
@@ -200,12 +213,30 @@ class GPT(nn.Module):
             return 0.0
         return self.sinusoids[start : start + length]
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                recorder: TraceRecorder | None = None) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        """(B, T) ids at positions start.. -> (B, T, C): token and position embeddings, the smear gate's mix of
+        each with the one before (numpy_layers.smear_forward), plus the bigram rows from position 1 on."""
+        x = self.wte(idx) + self.positions(start, idx.shape[1], idx.device)
+        if self.config.smear_gate:
+            gate = torch.sigmoid(self.smear_gate(x[:, 1:, : self.smear_gate.in_features]))  # (B, T - 1, 1)
+            x = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda * gate * x[:, :-1]], dim=1)
+        if self.config.bigram_embedding:
+            pairs = idx[:, :-1] * self.config.vocab_size + idx[:, 1:]
+            x = torch.cat([x[:, :1], x[:, 1:] + self.bigram(pairs)], dim=1)
+        return x
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, recorder: TraceRecorder | None = None,
+                previous: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) logits. A ``recorder`` (for inspection) receives each layer's
-        attention probabilities, head outputs and the residual stream, and may knock heads out."""
+        attention probabilities, head outputs and the residual stream, and may knock heads out. ``previous``
+        (B,), the tokens before idx, is what the bigram embedding and smear gate read at idx's first position
+        when a cache holds the ones before."""
         start = cache.length if cache is not None else 0
-        x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1], idx.device))
+        if previous is not None:  # embed one position earlier, then drop it
+            x = self.embed(torch.cat([previous[:, None], idx], dim=1), start - 1)[:, 1:]
+        else:
+            x = self.embed(idx, start)
+        x = self.drop(x)
         ve = self.value_embed(idx) if self.config.value_embedding else None  # (B, T, C), no dropout
         if recorder is not None:
             recorder.residual.append(x)
@@ -279,15 +310,20 @@ class Decoder:
         self.transforms = [b.attn.transform for b in model.h]
         self.activation = config.activation
         self.value_embed = model.value_embed.weight if config.value_embedding else None
+        self.lookback = embedding_lookback(config)
         self.logit_softcap = config.logit_softcap
 
-    def __call__(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,) token ids, one per row of the cache -> (B, vocab) logits."""
+    def __call__(self, cache: KVCache, tokens: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) token ids, one per row of the cache -> (B, vocab) logits; ``previous`` (B,), the tokens the
+        cache ends with, is needed where the embedding reads them (bigram, smear gate)."""
         model, pos = self.model, cache.length
         C, nh = self.n_embd, self.n_head
         hs = C // nh
         B = tokens.shape[0]
-        x = model.wte.weight[tokens] + model.positions(pos, 1, self.head.device)  # (B, C)
+        if self.lookback:
+            x = model.embed(torch.stack([previous, tokens], dim=1), pos - 1)[:, 1]
+        else:
+            x = model.wte.weight[tokens] + model.positions(pos, 1, self.head.device)  # (B, C)
         ve = self.value_embed[tokens].view(B, nh, 1, hs) if self.value_embed is not None else None
         for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b,
                     ve_gain) in enumerate(self.layers):

@@ -95,6 +95,7 @@ def test_unknown_override_field():
     (dict(tokenizer="word"), "tokenizer"),
     (dict(dtype="float16"), "dtype"),
     (dict(pos_encoding="sinusoidal", n_embd=33, n_head=3), "even"),
+    (dict(tokenizer="bpe", vocab_size=512, bigram_embedding=True), "bigram_embedding needs the char tokenizer"),
 ])
 def test_impossible_configs_are_rejected(changes, fragment):
     with pytest.raises(MiniGPTError, match=fragment):
@@ -121,6 +122,13 @@ def test_sections_are_the_backend_dataclasses_and_every_field_is_a_flag():
 def test_the_run_config_carries_the_tokenizer_vocabulary():
     model = preset("tiny").replace(dropout=0.1, bias=True).with_vocab_size(65).model
     assert (model.vocab_size, model.n_layer, model.dropout, model.bias) == (65, 2, 0.1, True)
+
+
+def test_a_bigram_table_needs_a_small_character_vocabulary():
+    config = preset("tiny").replace(bigram_embedding=True)
+    assert config.with_vocab_size(256).model.vocab_size == 256  # 65,536 rows: the most it takes
+    with pytest.raises(MiniGPTError, match="at most 256 distinct characters.*this text has 257"):
+        config.with_vocab_size(257)
 
 
 @pytest.mark.parametrize("document, fragment", [

@@ -143,8 +143,9 @@ def test_zero_initialised_projections_export_and_speedrun_options_are_refused(tm
         assert_one_line_error(invoke("export-hf", tmp_path / name, tmp_path / f"out-{name}"), f"{name}={value!r}")
 
 
-@pytest.mark.parametrize("name, value", [("value_embedding", True), ("logit_softcap", 15.0)])
-def test_value_embeddings_and_logit_softcap_are_refused_by_name(tmp_path, name, value):
+@pytest.mark.parametrize("name, value", [("value_embedding", True), ("logit_softcap", 15.0), ("bigram_embedding", True),
+                                         ("smear_gate", True)])
+def test_the_speedrun_layers_are_refused_by_name(tmp_path, name, value):
     make_run(tmp_path / "run", CharTokenizer.from_text(TEXT), **{name: value})
     assert_one_line_error(invoke("export-hf", tmp_path / "run", tmp_path / "out"), f"{name}={value!r}")
     assert not (tmp_path / "out").exists()

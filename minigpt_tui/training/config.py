@@ -31,6 +31,7 @@ TOKENIZERS = ("char", "bpe")
 DTYPES = ("float32", "float64")
 MIN_BPE_VOCAB = 256  # byte-level BPE: every byte is a token before any merge
 MAX_BPE_VOCAB = 2**16  # GPT-2 has 50257; beyond this the merges outnumber what a small corpus can support
+MAX_BIGRAM_VOCAB = 256  # the bigram table has V * V rows: 65 characters give 4,225, a BPE vocabulary millions
 MAX_SEED = 2**63 - 1  # numpy and torch seeds are unsigned 64-bit; a negative seed is folded into this range
 
 
@@ -83,6 +84,9 @@ class TrainConfig:
             raise ValueError(
                 f"vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] for BPE, got {self.model.vocab_size}"
             )
+        if self.model.bigram_embedding and self.tokenizer == "bpe":
+            raise ValueError(f"bigram_embedding needs the char tokenizer: its table has vocab_size ** 2 rows "
+                             f"({self.model.vocab_size ** 2:,} for this BPE vocabulary)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not -MAX_SEED <= self.seed <= MAX_SEED:
@@ -103,6 +107,9 @@ class TrainConfig:
 
     def with_vocab_size(self, vocab_size: int) -> TrainConfig:
         """This config for a tokenizer of ``vocab_size`` tokens (what a run's config records)."""
+        if self.model.bigram_embedding and vocab_size > MAX_BIGRAM_VOCAB:
+            raise MiniGPTError(f"bigram_embedding needs at most {MAX_BIGRAM_VOCAB} distinct characters (its table has "
+                               f"vocab_size ** 2 rows); this text has {vocab_size}")
         return self.replace(vocab_size=vocab_size)
 
     def get(self, name: str):
@@ -199,6 +206,10 @@ FIELD_HELP = {
     "zero_init_proj": "Start the attention and MLP output projections at zero.",
     "value_embedding": "Value embeddings (modded-nanogpt): a second token table added, times a learned per-layer "
     "gain, to every layer's attention values.",
+    "bigram_embedding": "Bigram embedding (modded-nanogpt): a table with a row per (previous, current) character "
+    "pair, added to the embedding. Char tokenizer only, at most 256 characters.",
+    "smear_gate": "Smear gate (modded-nanogpt): each position's embedding adds the previous one's, times a learned "
+    "scalar and a sigmoid gate read from its own first 12 channels.",
     "logit_softcap": "Soft-cap the logits at this value: cap * tanh(logits / cap) (0: off; modded-nanogpt uses 15-30).",
     "tokenizer": "char, or bpe (byte-level BPE trained on the train split).",
     "vocab_size": "BPE vocabulary size (a character vocabulary is whatever the text holds).",

@@ -1,4 +1,5 @@
-"""Value embeddings and logit soft-capping (issue 22): the NumPy backend against the PyTorch one (loss,
+"""The speedrun's layers of issue 22 (value embeddings, logit soft-capping, the bigram embedding, the smear
+gate): the NumPy backend against the PyTorch one (loss,
 logits, every gradient, AdamW and Muon trajectories), KV-cached decoding against a full forward in both,
 inspection traces and the logit lens, and checkpoints moving between the backends. The helpers are
 test_numpy_backend.py's.
@@ -29,6 +30,11 @@ CONFIGS = {
                                   tie_weights=False, value_embedding=True),
     "softcap-tied-learned": ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16,
                                         logit_softcap=1.5),
+    "speedrun-bigram-smear": ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16,
+                                         pos_encoding="rope", qk_norm=True, activation="relu2", value_embedding=True,
+                                         bigram_embedding=True, smear_gate=True),
+    "bigram-smear-learned-untied": ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8,
+                                               tie_weights=False, bias=True, bigram_embedding=True, smear_gate=True),
 }
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 ADAMW = OptimConfig(weight_decay=0.1, grad_clip=0.7)
@@ -64,6 +70,10 @@ def test_loss_logits_and_every_gradient_match_torch(name, dtype):
     assert grads.keys() == numpy_backend.grads.keys()
     if config.value_embedding:
         assert np.abs(grads["value_embed.weight"]).max() > 1e-4 and np.abs(grads["h.1.attn.ve_gain"]).max() > 1e-4
+    if config.smear_gate:
+        assert np.abs(grads["smear_gate.weight"]).max() > 1e-4 and np.abs(grads["smear_lambda"]).max() > 1e-4
+    if config.bigram_embedding:
+        assert np.abs(grads["bigram.weight"]).max() > 1e-4
     errors = {n: relative(numpy_backend.grads[n], g) for n, g in grads.items()}
     assert max(errors.values()) < tol, errors
 
@@ -88,6 +98,9 @@ def test_ten_optimizer_steps_from_the_init_match_torch(name, optim):
     if config.value_embedding:
         assert np.abs(numpy_backend.params["value_embed.weight"]).max() > 1e-3  # it did train
         assert np.abs(numpy_backend.params["h.0.attn.ve_gain"] - 1.0).max() > 1e-4
+    for name in ("bigram.weight", "smear_lambda", "smear_gate.weight"):  # from zero: the first steps grow them
+        if name in numpy_backend.params:
+            assert np.abs(numpy_backend.params[name]).max() > 1e-4, name
     ours, reference = numpy_backend.get_optimizer_state(), torch_backend.get_optimizer_state()
     assert ours.keys() == reference.keys()
     if config.value_embedding:
@@ -109,7 +122,7 @@ def test_kv_cache_session_equals_full_forward_and_torch(name):
         np.testing.assert_allclose(logits, full, atol=1e-5)
         np.testing.assert_allclose(reference.feed(tokens), full, atol=1e-5)
         np.testing.assert_allclose(torch_backend.logits(np.asarray([window]))[0, -1], full, atol=1e-5)
-    # two rows decoded side by side (the torch Decoder's per-row value-embedding rows)
+    # two rows decoded side by side (the torch Decoder's per-row value-embedding rows and previous tokens)
     rows = np.asarray([[1, 2, 3, 4], [5, 3, 9, 0]])
     sessions = numpy_backend.generation_session(batch=2), torch_backend.generation_session(batch=2)
     for session in sessions:
@@ -138,17 +151,19 @@ def test_traces_match_torch_and_the_last_lens_is_the_models_prediction(name):
 
 
 @pytest.mark.parametrize("trained_with, loaded_with", [("torch", "numpy"), ("numpy", "torch")])
-def test_a_checkpoint_with_both_options_moves_between_the_backends(tmp_path, corpus_path, trained_with, loaded_with):
+def test_a_checkpoint_with_every_option_moves_between_the_backends(tmp_path, corpus_path, trained_with, loaded_with):
     out = tmp_path / "run"
     config = tiny_config(backend=trained_with, max_iters=4, eval_interval=4, value_embedding=True, logit_softcap=15.0,
-                         optimizer="muon")
+                         bigram_embedding=True, smear_gate=True, optimizer="muon")
     train_tiny(out, corpus_path, config)
     run = open_run(out)
     assert run.config.model.value_embedding and run.config.model.logit_softcap == 15.0
+    assert run.config.model.bigram_embedding and run.config.model.smear_gate
     original, _ = load_model(run)
     other, _ = load_model(run, backend=loaded_with)
     weights = other.get_weights()
-    assert np.abs(weights["value_embed.weight"]).max() > 0  # trained, saved and loaded
+    for name in ("value_embed.weight", "bigram.weight", "smear_lambda"):  # trained, saved and loaded
+        assert np.abs(weights[name]).max() > 0, name
     context = np.asarray([run.tokenizer.encode("The king and the")])
     np.testing.assert_allclose(other.logits(context), original.logits(context), atol=1e-5)
     np.testing.assert_allclose(other.generation_session().feed(list(context[0])),

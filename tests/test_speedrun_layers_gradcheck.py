@@ -1,6 +1,7 @@
-"""Value embeddings and logit soft-capping (issue 22) in the NumPy backend: their layer pairs and whole
-models against central finite differences in float64, their inits, and that each option really changes
-what the model computes (the parity tests against torch could not see an option both backends ignore).
+"""The speedrun's layers of issue 22 (value embeddings, logit soft-capping, the bigram embedding, the smear
+gate) in the NumPy backend: their layer pairs and whole models against central finite differences in
+float64, their inits, and that each option really changes what the model computes (the parity tests
+against torch could not see an option both backends ignore).
 No torch here, as in test_numpy_gradcheck.py, whose helpers these tests use.
 """
 
@@ -42,6 +43,55 @@ def test_value_embed(rng):
     assert_grads({"ve": (dve - start, numeric_grad(f, ve)), "gain": (dgain, numeric_grad(f, gain))})
 
 
+@pytest.mark.parametrize("T", [1, 4])
+def test_bigram(rng, T):
+    B, C, V = 2, 3, 4
+    idx = rng.integers(0, V, (B, T))
+    idx[0, :3 if T > 2 else T] = 1  # a repeated pair: its row sums the gradients of both positions
+    x0, table, R = rng.normal(size=(B, T, C)), rng.normal(size=(V * V, C)), rng.normal(size=(B, T, C))
+    x = np.empty_like(x0)
+    pairs = nl.bigram_pairs(idx, V)
+    assert pairs.shape == (B, T - 1)
+
+    def f():
+        np.copyto(x, x0)
+        nl.bigram_forward(x, pairs, table)
+        return float(np.sum(x * R))
+
+    f()
+    np.testing.assert_array_equal(x[:, 0], x0[:, 0])  # the first position has no previous token
+    for b in range(B):
+        for t in range(1, T):
+            np.testing.assert_allclose(x[b, t], x0[b, t] + table[idx[b, t - 1] * V + idx[b, t]], rtol=1e-15)
+    dtable = np.full_like(table, 7.0)  # written, not accumulated
+    nl.bigram_backward(dtable, R, pairs)
+    if T == 1:  # no pair at all: no gradient (and the table must still be written)
+        assert not dtable.any()
+    else:
+        assert_grads({"table": (dtable, numeric_grad(f, table))})
+
+
+def test_smear_gate(rng):
+    B, T, C, k = 2, 4, 5, 3
+    e, weight, lam, R = rng.normal(size=(B, T, C)), rng.normal(size=(1, k)), rng.normal(size=1), \
+        rng.normal(size=(B, T, C))
+    out, gate = np.empty_like(e), np.empty((B, T - 1, 1))
+
+    def f():
+        nl.smear_forward(out, gate, e, weight, lam)
+        return float(np.sum(out * R))
+
+    f()
+    np.testing.assert_array_equal(out[:, 0], e[:, 0])
+    expected_gate = 1.0 / (1.0 + np.exp(-(e[:, 1:, :k] @ weight.T)))
+    np.testing.assert_allclose(gate, expected_gate, rtol=1e-14)
+    np.testing.assert_allclose(out[:, 1:], e[:, 1:] + lam * expected_gate * e[:, :-1], rtol=1e-14)
+    de, dweight, dlam = np.full_like(e, 7.0), np.full_like(weight, 7.0), np.full(1, 7.0)  # all written
+    nl.smear_backward(de, dweight, dlam, R, e, gate, weight, lam)
+    assert_grads({"e": (de, numeric_grad(f, e)), "weight": (dweight, numeric_grad(f, weight)),
+                  "lam": (dlam, numeric_grad(f, lam))})
+
+
 @pytest.mark.parametrize("in_place", [False, True])
 def test_softcap(rng, in_place):
     cap = 2.5
@@ -71,6 +121,14 @@ MODEL_CONFIGS = {
                                           tie_weights=False, value_embedding=True),
     "softcap-tied-sinusoidal": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8,
                                            pos_encoding="sinusoidal", logit_softcap=1.0),
+    "bigram-smear-rope-dropout": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8,
+                                             pos_encoding="rope", dropout=0.2, bigram_embedding=True,
+                                             smear_gate=True, value_embedding=True),
+    "bigram-untied-learned": ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8,
+                                         tie_weights=False, bigram_embedding=True),
+    # n_embd 16 > SMEAR_GATE_INPUTS: the gate reads only the first 12 channels
+    "smear-learned-bias": ModelConfig(vocab_size=7, block_size=5, n_layer=1, n_head=2, n_embd=16, bias=True,
+                                      smear_gate=True),
 }
 
 
@@ -102,11 +160,18 @@ def test_whole_model(name, rng):
             entries = (seen[:, None] * config.n_embd + np.arange(0, config.n_embd, 3)).reshape(-1)
             unseen = np.setdiff1d(np.arange(config.vocab_size), seen)
             assert np.all(analytic[pname][unseen] == 0.0)
+        if pname == "bigram.weight":  # rows of the pairs in the batch, likewise
+            seen = np.unique(inputs[:, :-1] * config.vocab_size + inputs[:, 1:])
+            entries = (seen[:, None] * config.n_embd + np.arange(0, config.n_embd, 3)).reshape(-1)
+            assert np.all(np.delete(analytic[pname], seen, axis=0) == 0.0)
         numeric = numeric_grad(f, param, entries=entries)
         pairs[pname] = (analytic[pname].reshape(-1)[entries], numeric.reshape(-1)[entries])
     assert_grads(pairs)
     if config.value_embedding:
         assert all(np.abs(analytic[f"h.{i}.attn.ve_gain"]).max() > 1e-6 for i in range(config.n_layer))
+    if config.smear_gate:
+        assert np.abs(analytic["smear_gate.weight"]).min() > 1e-8 and abs(analytic["smear_lambda"][0]) > 1e-6
+        assert np.abs(analytic["wte.weight"]).max() > 1e-6
 
 
 def test_the_options_off_change_nothing_and_on_add_only_their_own_parameters():
@@ -128,6 +193,25 @@ def test_the_options_off_change_nothing_and_on_add_only_their_own_parameters():
     offset, size = muon._offsets["value_embed.weight"], 7 * 8
     assert muon.n_muon <= offset and offset + size <= muon.n_decayed  # in the flat buffer's AdamW-decayed slice
     assert muon._offsets["h.0.attn.ve_gain"] >= muon.n_decayed
+
+
+def test_bigram_and_smear_gate_add_only_their_own_zero_parameters():
+    on = ModelConfig(**{**BASE.to_dict(), "n_embd": 16, "bigram_embedding": True, "smear_gate": True})
+    off = ModelConfig(**{**on.to_dict(), "bigram_embedding": False, "smear_gate": False})
+    shapes, base_shapes = canonical_shapes(on), canonical_shapes(off)
+    assert [n for n in shapes if n not in base_shapes] == ["bigram.weight", "smear_gate.weight", "smear_lambda"]
+    assert shapes["bigram.weight"] == (49, 16) and shapes["smear_gate.weight"] == (1, 12)
+    before, after = init_weights(off, 3), init_weights(on, 3)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+    assert not any(after[n].any() for n in ("bigram.weight", "smear_gate.weight", "smear_lambda"))
+    # the table decays like wte; the gate and its lambda are gates: no decay; none of them is Muon's
+    assert is_decayed("bigram.weight", (49, 16)) and not is_decayed("smear_gate.weight", (1, 12))
+    assert not any(is_hidden_matrix(n, shapes[n]) for n in ("bigram.weight", "smear_gate.weight", "smear_lambda"))
+    ids = np.random.default_rng(0).integers(0, 7, (2, 5))
+    zero = NumpyBackend(on, after, OptimConfig(), dtype="float64")
+    np.testing.assert_allclose(zero.logits(ids), NumpyBackend(off, before, OptimConfig(), dtype="float64").logits(ids),
+                               rtol=1e-6)  # the zero tables and gate add nothing
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
@@ -157,3 +241,12 @@ def test_each_option_changes_what_the_model_computes(rng):
     with_ve.params["h.0.attn.ve_gain"][...] = 0.0  # one layer's gain off: that layer reads its plain values
     with_ve.params["h.1.attn.ve_gain"][...] = 0.0
     np.testing.assert_allclose(with_ve.logits(ids), reference, rtol=1e-6)
+    for option, moved_name in (("bigram_embedding", "bigram.weight"), ("smear_gate", "smear_lambda")):
+        config = ModelConfig(**{**BASE.to_dict(), option: True})
+        extra = {n: v for n, v in init_weights(config, 0).items() if n not in weights}
+        backend = NumpyBackend(config, {**weights, **extra}, OptimConfig(), dtype="float64")
+        backend.params[moved_name][...] = rng.normal(scale=0.5, size=backend.params[moved_name].shape)
+        changed = backend.logits(ids)
+        assert np.abs(changed - reference).max() > 1e-2, option
+        # the first position has no previous token: its logits are the plain model's
+        np.testing.assert_allclose(changed[:, 0], reference[:, 0], rtol=1e-6, err_msg=option)
