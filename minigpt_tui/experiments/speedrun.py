@@ -50,6 +50,8 @@ LADDER: list[Rung] = [
     Rung("momentum_warmup", ("muon_momentum_warmup",), {"muon_momentum_warmup": 100}),
     Rung("value_embed", ("value_embedding",), {"value_embedding": True}),
     Rung("softcap", ("logit_softcap",), {"logit_softcap": 30.0}),
+    Rung("bigram", ("bigram_embedding",), {"bigram_embedding": True}),
+    Rung("smear", ("smear_gate",), {"smear_gate": True}),
 ]
 
 
