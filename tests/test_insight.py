@@ -110,8 +110,8 @@ def test_inspect_logit_lens_json_has_a_depth_per_layer_the_last_the_next_token_d
     assert len(lens) == run.config.model.n_layer + 1
     assert [d["after"] for d in lens] == ["embedding", "block 0", "block 1"]
     own = {c["token_id"]: c["probability"] for c in document["next_tokens"]["candidates"]}
-    for candidate in lens[-1]["candidates"]:
-        assert candidate["probability"] == pytest.approx(own[candidate["token_id"]], rel=1e-6)
+    for candidate in lens[-1]["candidates"]:  # float32 logits against the lens's float64 softmax of them
+        assert candidate["probability"] == pytest.approx(own[candidate["token_id"]], rel=1e-5)
     assert (tmp_path / "inspect-lens.png").stat().st_size > 0
 
 
