@@ -137,7 +137,8 @@ def test_muon_moves_matrices_differently_from_adamw():
     muon, adamw = (NumpyBackend(CONFIG, weights, o, dtype="float64") for o in (MUON, OptimConfig(grad_clip=0.7)))
     muon.train_step(micro_batches, 1e-2)
     adamw.train_step(micro_batches, 1e-2)
-    np.testing.assert_array_equal(muon.params["wte.weight"], adamw.params["wte.weight"])
+    # equal up to the rounding of the clipping norm, summed in another order over another flat layout
+    np.testing.assert_allclose(muon.params["wte.weight"], adamw.params["wte.weight"], rtol=1e-12, atol=1e-15)
     assert np.abs(muon.params["h.0.mlp.c_fc.weight"] - adamw.params["h.0.mlp.c_fc.weight"]).max() > 1e-4
 
 
