@@ -200,6 +200,13 @@ def smear_gate_inputs(config: ModelConfig) -> int:
     return min(SMEAR_GATE_INPUTS, config.n_embd)
 
 
+def bigram_pairs(idx, vocab_size: int):
+    """(B, T) ids -> (B, T - 1) rows of the bigram table, previous * V + current, for positions 1.. (the first
+    position of a window has no previous token in it). The table's row layout, so both backends (NumPy arrays
+    and torch tensors alike) and every checkpoint share it."""
+    return idx[:, :-1] * vocab_size + idx[:, 1:]
+
+
 def embedding_lookback(config: ModelConfig) -> int:
     """How many tokens before a position its embedding reads (bigram and smear gate: the previous one). A
     generation session passes that token along when it decodes past the start of its cache."""

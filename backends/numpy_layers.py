@@ -79,12 +79,6 @@ def embedding_backward(dwte: np.ndarray, dwpe: np.ndarray | None, dout: np.ndarr
 # ---------------------------------------------------------------- bigram embedding: a table of token pairs
 
 
-def bigram_pairs(idx: np.ndarray, vocab_size: int) -> np.ndarray:
-    """idx (B, T) -> (B, T - 1) rows of the bigram table, previous * V + current, for positions 1.. (the first
-    position of a window has no previous token in it)."""
-    return idx[:, :-1] * vocab_size + idx[:, 1:]
-
-
 def bigram_forward(x: np.ndarray, pairs: np.ndarray, table: np.ndarray) -> None:
     """x (B, T, C) += the table's (V * V, C) rows for the (B, T - 1) pairs, at positions 1.."""
     x[:, 1:] += table[pairs]

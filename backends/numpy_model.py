@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import HeadAblation, ModelConfig, rope_tables, sinusoidal_positions
+from backends.base import HeadAblation, ModelConfig, bigram_pairs, rope_tables, sinusoidal_positions
 from backends.numpy_layers import (
     attention_backward,
     attention_forward,
     bigram_backward,
     bigram_forward,
-    bigram_pairs,
     causal_bias,
     crossentropy_backward,
     crossentropy_forward,
@@ -87,7 +86,7 @@ class Workspace:
         if config.value_embedding:  # the table's rows for the batch, their gradient (summed over layers), scratch
             self.ve, self.dve, self.ve_scratch = buf(B, T, C), buf(B, T, C), buf(B, T, C)
         if config.smear_gate:  # the embedding before the gate mixes it, and the gate itself
-            self.embed, self.smear_gate = buf(B, T, C), buf(B, max(T - 1, 0), 1)
+            self.embed, self.smear_gate = buf(B, T, C), buf(B, T - 1, 1)
         if config.logit_softcap:
             self.softcap_t = buf(B, T, V)  # tanh(logits / cap), for the backward
         if config.dropout > 0:

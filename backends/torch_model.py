@@ -10,6 +10,7 @@ from backends.base import (
     QK_NORM_EPS,
     HeadAblation,
     ModelConfig,
+    bigram_pairs,
     embedding_lookback,
     rope_tables,
     sinusoidal_positions,
@@ -221,8 +222,7 @@ class GPT(nn.Module):
             gate = torch.sigmoid(self.smear_gate(x[:, 1:, : self.smear_gate.in_features]))  # (B, T - 1, 1)
             x = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda * gate * x[:, :-1]], dim=1)
         if self.config.bigram_embedding:
-            pairs = idx[:, :-1] * self.config.vocab_size + idx[:, 1:]
-            x = torch.cat([x[:, :1], x[:, 1:] + self.bigram(pairs)], dim=1)
+            x = torch.cat([x[:, :1], x[:, 1:] + self.bigram(bigram_pairs(idx, self.config.vocab_size))], dim=1)
         return x
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, recorder: TraceRecorder | None = None,

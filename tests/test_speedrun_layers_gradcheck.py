@@ -12,7 +12,15 @@ import pytest
 from test_numpy_gradcheck import assert_grads, numeric_grad
 
 from backends import numpy_layers as nl
-from backends.base import ModelConfig, OptimConfig, canonical_shapes, init_weights, is_decayed, is_hidden_matrix
+from backends.base import (
+    ModelConfig,
+    OptimConfig,
+    bigram_pairs,
+    canonical_shapes,
+    init_weights,
+    is_decayed,
+    is_hidden_matrix,
+)
 from backends.numpy_backend import NumpyBackend
 
 BASE = ModelConfig(vocab_size=7, block_size=5, n_layer=2, n_head=2, n_embd=8)
@@ -50,7 +58,7 @@ def test_bigram(rng, T):
     idx[0, :3 if T > 2 else T] = 1  # a repeated pair: its row sums the gradients of both positions
     x0, table, R = rng.normal(size=(B, T, C)), rng.normal(size=(V * V, C)), rng.normal(size=(B, T, C))
     x = np.empty_like(x0)
-    pairs = nl.bigram_pairs(idx, V)
+    pairs = bigram_pairs(idx, V)
     assert pairs.shape == (B, T - 1)
 
     def f():
